@@ -1,0 +1,15 @@
+//! genesis-core: the machinery of genesis-recovery that knows nothing of any
+//! concrete stage or of the trading schema: the backup repository, capture
+//! (snapshots, WAL replication, the event archive), rebuilding a database at
+//! a txid, the restore plan, the pipeline engine, safe apply, reports and
+//! metrics.
+
+pub mod checksum;
+pub mod error;
+pub mod pipeline;
+pub mod plan;
+pub mod progress;
+pub mod repo;
+pub mod time;
+
+pub use error::{ConfigIssue, Error, Result};

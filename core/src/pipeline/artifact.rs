@@ -1,0 +1,187 @@
+//! The artifacts that flow between pipeline stages.
+//!
+//! Every stage consumes artifacts of some kinds and produces artifacts of some
+//! kinds; the pipeline compiler checks that every stage's inputs are produced
+//! by an earlier stage. Artifacts carry what a later stage needs and nothing
+//! about how an earlier stage worked. The domain reports (validation,
+//! reconciliation, replay) are generic here so that `core` knows nothing of
+//! the trading schema.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::repo::{Manifest, ObjectBytes};
+
+/// The kind of an artifact, used for the compile-time check of a pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArtifactKind {
+    /// The resolved pipeline parameters; the runner sends one to the first stage.
+    Request,
+    /// The restore plan (which objects, which restore point).
+    Plan,
+    /// An object's compressed bytes as read from the repository.
+    FetchedObject,
+    /// An object's raw content.
+    DecompressedObject,
+    /// An object whose checksums and place in the chain were verified.
+    VerifiedObject,
+    /// A database built in the staging directory (after wal-apply), enriched by later stages.
+    StagedDatabase,
+}
+
+impl ArtifactKind {
+    /// The kebab-case name used in messages and pipeline files.
+    pub fn name(self) -> &'static str {
+        match self {
+            ArtifactKind::Request => "request",
+            ArtifactKind::Plan => "plan",
+            ArtifactKind::FetchedObject => "fetched-object",
+            ArtifactKind::DecompressedObject => "decompressed-object",
+            ArtifactKind::VerifiedObject => "verified-object",
+            ArtifactKind::StagedDatabase => "staged-database",
+        }
+    }
+}
+
+/// One artifact in flight.
+#[derive(Debug, Clone)]
+pub enum Artifact {
+    Request(Arc<Params>),
+    Plan(Arc<crate::plan::RestorePlan>),
+    FetchedObject(FetchedObject),
+    DecompressedObject(DecompressedObject),
+    VerifiedObject(DecompressedObject),
+    StagedDatabase(Box<StagedDatabase>),
+}
+
+impl Artifact {
+    /// The kind of this artifact.
+    pub fn kind(&self) -> ArtifactKind {
+        match self {
+            Artifact::Request(_) => ArtifactKind::Request,
+            Artifact::Plan(_) => ArtifactKind::Plan,
+            Artifact::FetchedObject(_) => ArtifactKind::FetchedObject,
+            Artifact::DecompressedObject(_) => ArtifactKind::DecompressedObject,
+            Artifact::VerifiedObject(_) => ArtifactKind::VerifiedObject,
+            Artifact::StagedDatabase(_) => ArtifactKind::StagedDatabase,
+        }
+    }
+
+    /// Bytes this artifact carries, for the per-stage report.
+    pub fn byte_len(&self) -> u64 {
+        match self {
+            Artifact::FetchedObject(o) => o.bytes.len() as u64,
+            Artifact::DecompressedObject(o) | Artifact::VerifiedObject(o) => o.raw_len(),
+            _ => 0,
+        }
+    }
+}
+
+/// The resolved parameters of a pipeline run (defaults overridden by `--set`).
+pub type Params = std::collections::BTreeMap<String, ParamValue>;
+
+/// A parameter value. Parameters are strings, integers, floats or booleans.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+impl ParamValue {
+    /// The value as text (strings verbatim, others formatted).
+    pub fn as_text(&self) -> String {
+        match self {
+            ParamValue::Bool(b) => b.to_string(),
+            ParamValue::Int(i) => i.to_string(),
+            ParamValue::Float(f) => f.to_string(),
+            ParamValue::Str(s) => s.clone(),
+        }
+    }
+}
+
+/// An object's compressed bytes, memory-mapped when the repository is local.
+#[derive(Debug, Clone)]
+pub struct FetchedObject {
+    pub manifest: Arc<Manifest>,
+    pub bytes: Arc<ObjectBytes>,
+}
+
+/// An object's raw content. Snapshots stay split in their independent frames
+/// (decompressed in parallel) so that nothing needs one contiguous buffer.
+#[derive(Debug, Clone)]
+pub struct DecompressedObject {
+    pub manifest: Arc<Manifest>,
+    /// The raw content, frame by frame, in order (one element for segments and event segments).
+    pub frames: Arc<Vec<Vec<u8>>>,
+    /// The compressed bytes, kept for verification of the stored checksum.
+    pub compressed: Arc<ObjectBytes>,
+}
+
+impl DecompressedObject {
+    /// Total raw length.
+    pub fn raw_len(&self) -> u64 {
+        self.frames.iter().map(|f| f.len() as u64).sum()
+    }
+}
+
+/// A finding of a check: a code, a message, and optional details.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Stable short code, e.g. `sequence_gap` or `quick_check`.
+    pub code: String,
+    /// Human-readable message naming the row/object concerned.
+    pub message: String,
+}
+
+/// The validation report (DOMAIN.md's StateReconstructor output shape).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ValidationReport {
+    pub is_consistent: bool,
+    pub errors: Vec<Finding>,
+    pub warnings: Vec<Finding>,
+    /// Aggregate metrics (free-form JSON object).
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ValidationReport {
+    /// Merges another report into this one (errors, warnings, metrics), keeping consistency.
+    pub fn merge(&mut self, other: ValidationReport) {
+        self.errors.extend(other.errors);
+        self.warnings.extend(other.warnings);
+        self.metrics.extend(other.metrics);
+        self.is_consistent = self.errors.is_empty();
+    }
+}
+
+/// The database built in the staging directory, and what later stages found.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StagedDatabase {
+    /// Path of the staged database file.
+    pub path: PathBuf,
+    /// The txid the database was rebuilt at.
+    pub txid: u64,
+    /// The generation it belongs to.
+    pub generation: String,
+    /// The database checksum (hex) proven after wal-apply.
+    pub checksum: String,
+    /// Pages and page size of the rebuilt file.
+    pub pages: u64,
+    pub page_size: u32,
+    /// Set by event-replay.
+    pub replay: Option<serde_json::Value>,
+    /// Number of events replayed on top of the rebuilt database.
+    pub events_replayed: u64,
+    /// Set by validate (and plugins that validate).
+    pub validation: Option<ValidationReport>,
+    /// Set by reconcile: the report as JSON, and whether it reconciled.
+    pub reconciliation: Option<serde_json::Value>,
+    pub reconciled: Option<bool>,
+    /// Reports of plugin stages, by stage id.
+    pub plugin_reports: serde_json::Map<String, serde_json::Value>,
+}

@@ -1,0 +1,309 @@
+//! The catalog: every readable manifest, organised by generation, and the
+//! questions a restore asks of it (which restore points exist, which chain of
+//! objects rebuilds a txid, where a chain is broken).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::repo::{BadManifest, Manifest, ObjectKind};
+
+/// One instant the repository can restore to: a committed transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RestorePoint {
+    pub generation: String,
+    pub txid: u64,
+    /// Commit time as observed by the capturer.
+    pub time: DateTime<Utc>,
+    /// Database checksum at this txid (hex).
+    pub checksum: String,
+    pub db_pages: u64,
+}
+
+/// The objects of one generation, ordered.
+#[derive(Debug, Clone, Default)]
+pub struct Generation {
+    pub id: String,
+    /// Snapshots by txid.
+    pub snapshots: Vec<Arc<Manifest>>,
+    /// Segments by first txid.
+    pub segments: Vec<Arc<Manifest>>,
+    /// Event objects by first sequence number.
+    pub events: Vec<Arc<Manifest>>,
+}
+
+/// The chain that rebuilds one txid.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    pub generation: String,
+    pub snapshot: Arc<Manifest>,
+    /// Segments after the snapshot, contiguous, up to the one holding `point`.
+    pub segments: Vec<Arc<Manifest>>,
+    /// The restore point the chain reaches.
+    pub point: RestorePoint,
+    /// Set when the asked-for point lies beyond a gap: what is missing.
+    pub gap: Option<String>,
+}
+
+impl Generation {
+    /// Every restore point of the generation, in txid order (snapshots' points
+    /// and every transaction of every segment), deduplicated by txid.
+    pub fn restore_points(&self) -> Vec<RestorePoint> {
+        let mut by_txid: BTreeMap<u64, RestorePoint> = BTreeMap::new();
+        for s in &self.snapshots {
+            for t in &s.transactions {
+                by_txid.entry(t.txid).or_insert_with(|| RestorePoint {
+                    generation: self.id.clone(),
+                    txid: t.txid,
+                    time: t.time,
+                    checksum: t.checksum.clone(),
+                    db_pages: t.db_pages,
+                });
+            }
+        }
+        for s in &self.segments {
+            for t in &s.transactions {
+                by_txid.insert(
+                    t.txid,
+                    RestorePoint {
+                        generation: self.id.clone(),
+                        txid: t.txid,
+                        time: t.time,
+                        checksum: t.checksum.clone(),
+                        db_pages: t.db_pages,
+                    },
+                );
+            }
+        }
+        by_txid.into_values().collect()
+    }
+
+    /// The first and last txid and time the generation covers.
+    pub fn span(&self) -> Option<(RestorePoint, RestorePoint)> {
+        let pts = self.restore_points();
+        Some((pts.first()?.clone(), pts.last()?.clone()))
+    }
+
+    /// The chain that rebuilds `txid`: the newest snapshot at or before it and
+    /// the contiguous segments after it. When a segment is missing, the chain
+    /// stops at the last reachable txid and `gap` says what is missing.
+    ///
+    /// # Errors
+    /// `Error::Usage` when no snapshot of the generation is at or before `txid`.
+    pub fn chain_to(&self, txid: u64) -> Result<Chain> {
+        let snapshot = self
+            .snapshots
+            .iter()
+            .filter(|s| s.txid_max <= txid)
+            .max_by_key(|s| s.txid_max)
+            .cloned()
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "generation {} has no snapshot at or before txid {txid}",
+                    self.id
+                ))
+            })?;
+        let snap_txn = snapshot.transactions.first().cloned().ok_or_else(|| {
+            Error::corrupt(
+                &snapshot.id,
+                "snapshot manifest records no transaction point",
+            )
+        })?;
+        let mut point = RestorePoint {
+            generation: self.id.clone(),
+            txid: snap_txn.txid,
+            time: snap_txn.time,
+            checksum: snap_txn.checksum.clone(),
+            db_pages: snap_txn.db_pages,
+        };
+        let mut segments = Vec::new();
+        let mut next = snapshot.txid_max + 1;
+        let mut gap = None;
+        while next <= txid {
+            // Prefer the segment that starts exactly at `next`.
+            match self.segments.iter().find(|s| s.txid_min == next) {
+                Some(seg) => {
+                    segments.push(seg.clone());
+                    for t in &seg.transactions {
+                        if t.txid <= txid {
+                            point = RestorePoint {
+                                generation: self.id.clone(),
+                                txid: t.txid,
+                                time: t.time,
+                                checksum: t.checksum.clone(),
+                                db_pages: t.db_pages,
+                            };
+                        }
+                    }
+                    next = seg.txid_max + 1;
+                }
+                None => {
+                    let after = self
+                        .segments
+                        .iter()
+                        .filter(|s| s.txid_min > next)
+                        .map(|s| s.txid_min)
+                        .min();
+                    gap = Some(match after {
+                        Some(a) => format!(
+                            "the incremental backups for txids {next}..{} of generation {} are missing",
+                            a - 1,
+                            self.id
+                        ),
+                        None => format!("no incremental backup holds txid {next} of generation {}", self.id),
+                    });
+                    break;
+                }
+            }
+        }
+        Ok(Chain {
+            generation: self.id.clone(),
+            snapshot,
+            segments,
+            point,
+            gap,
+        })
+    }
+}
+
+/// All manifests of a repository, by generation.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// Generations by id (ids sort by creation time).
+    pub generations: Vec<Generation>,
+    /// Manifests that could not be read.
+    pub bad: Vec<BadManifest>,
+}
+
+impl Catalog {
+    /// Organises manifests into generations.
+    pub fn new(manifests: Vec<Manifest>, bad: Vec<BadManifest>) -> Self {
+        let mut gens: BTreeMap<String, Generation> = BTreeMap::new();
+        for m in manifests {
+            let g = gens
+                .entry(m.generation.clone())
+                .or_insert_with(|| Generation {
+                    id: m.generation.clone(),
+                    ..Default::default()
+                });
+            let m = Arc::new(m);
+            match m.kind {
+                ObjectKind::Snapshot => g.snapshots.push(m),
+                ObjectKind::Segment => g.segments.push(m),
+                ObjectKind::Events => g.events.push(m),
+            }
+        }
+        let mut generations: Vec<Generation> = gens.into_values().collect();
+        for g in &mut generations {
+            g.snapshots.sort_by_key(|s| s.txid_max);
+            g.segments.sort_by_key(|s| (s.txid_min, s.txid_max));
+            g.events.sort_by_key(|e| (e.seq_min, e.seq_max));
+        }
+        Catalog { generations, bad }
+    }
+
+    /// All manifests, every kind.
+    pub fn manifests(&self) -> impl Iterator<Item = &Arc<Manifest>> {
+        self.generations.iter().flat_map(|g| {
+            g.snapshots
+                .iter()
+                .chain(g.segments.iter())
+                .chain(g.events.iter())
+        })
+    }
+
+    /// A manifest by id.
+    pub fn find(&self, id: &str) -> Option<&Arc<Manifest>> {
+        self.manifests().find(|m| m.id == id)
+    }
+
+    /// A generation by id.
+    pub fn generation(&self, id: &str) -> Option<&Generation> {
+        self.generations.iter().find(|g| g.id == id)
+    }
+
+    /// Every restore point of every generation, oldest first.
+    pub fn restore_points(&self) -> Vec<RestorePoint> {
+        let mut all: Vec<RestorePoint> = self
+            .generations
+            .iter()
+            .flat_map(|g| g.restore_points())
+            .collect();
+        all.sort_by(|a, b| (a.time, a.txid).cmp(&(b.time, b.txid)));
+        all
+    }
+
+    /// The newest restore point, if any.
+    pub fn latest_point(&self) -> Option<RestorePoint> {
+        self.restore_points()
+            .into_iter()
+            .max_by_key(|p| (p.txid, p.time))
+    }
+
+    /// The last restore point observed at or before `t`.
+    ///
+    /// # Errors
+    /// `Error::Usage` naming the range that exists when `t` is before the first
+    /// restore point or the repository is empty.
+    pub fn point_at_or_before(&self, t: DateTime<Utc>) -> Result<RestorePoint> {
+        let points = self.restore_points();
+        let (first, last) = match (points.first(), points.last()) {
+            (Some(f), Some(l)) => (f, l),
+            _ => return Err(Error::Usage("the backup repository holds no restore point yet: run `genesis-recovery backup full` or `backup replicate` first".into())),
+        };
+        points
+            .iter()
+            .rev()
+            .find(|p| p.time <= t)
+            .cloned()
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "{} is before the first backup: restore points exist from {} to {}",
+                    crate::time::format_rfc3339(t),
+                    crate::time::format_rfc3339(first.time),
+                    crate::time::format_rfc3339(last.time)
+                ))
+            })
+    }
+
+    /// The restore point of a txid.
+    ///
+    /// # Errors
+    /// `Error::Usage` naming the txid range that exists.
+    pub fn point_for_txid(&self, txid: u64) -> Result<RestorePoint> {
+        let points = self.restore_points();
+        if let Some(p) = points.iter().find(|p| p.txid == txid) {
+            return Ok(p.clone());
+        }
+        let lo = points.iter().map(|p| p.txid).min();
+        let hi = points.iter().map(|p| p.txid).max();
+        Err(Error::Usage(match (lo, hi) {
+            (Some(lo), Some(hi)) => format!(
+                "txid {txid} is not a restore point: the repository holds txids {lo}..={hi}"
+            ),
+            _ => "the backup repository holds no restore point yet".to_string(),
+        }))
+    }
+
+    /// The chain that rebuilds a restore point.
+    ///
+    /// # Errors
+    /// `Error::Usage` when the generation is unknown or has no snapshot before it.
+    pub fn chain_to(&self, point: &RestorePoint) -> Result<Chain> {
+        self.generation(&point.generation)
+            .ok_or_else(|| Error::Usage(format!("unknown generation {}", point.generation)))?
+            .chain_to(point.txid)
+    }
+
+    /// The largest txid recorded anywhere (0 for an empty repository).
+    pub fn max_txid(&self) -> u64 {
+        self.manifests()
+            .filter(|m| m.kind != ObjectKind::Events)
+            .map(|m| m.txid_max)
+            .max()
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,141 @@
+//! The backup repository (DESIGN.md §2): immutable objects with JSON
+//! manifests, on a [`Backend`].
+
+pub mod backend;
+pub mod catalog;
+pub mod formats;
+pub mod ids;
+pub mod manifest;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use backend::{Backend, LocalBackend, ObjectBytes};
+pub use catalog::Catalog;
+pub use manifest::{
+    checksum_hex, parse_checksum, FrameEntry, Manifest, ObjectKind, TxnEntry, WalPosition,
+    FORMAT_VERSION,
+};
+
+use crate::error::{Error, Result};
+
+/// A manifest that could not be read, with why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BadManifest {
+    pub key: String,
+    pub problem: String,
+}
+
+/// A backup repository.
+#[derive(Clone)]
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Repository({})", self.backend.describe())
+    }
+}
+
+impl Repository {
+    /// A repository on any backend.
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Repository { backend }
+    }
+
+    /// Opens a local directory repository; `create` makes it (for capture).
+    ///
+    /// # Errors
+    /// `Error::Usage` when missing (and not created) or not writable when creating.
+    pub fn open_local(path: &Path, create: bool) -> Result<Self> {
+        let local = LocalBackend::open(path, create)?;
+        if create {
+            local.check_writable()?;
+        }
+        Ok(Repository {
+            backend: Arc::new(local),
+        })
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Stores an object and then its manifest (the manifest is the commit point:
+    /// an object without a manifest is garbage from a crash, removed by prune).
+    ///
+    /// # Errors
+    /// Backend failures.
+    pub fn write_object(&self, manifest: &Manifest, compressed: &[u8]) -> Result<()> {
+        ids::validate_id(&manifest.id)?;
+        self.backend.put(&manifest.object_key(), compressed)?;
+        let json = serde_json::to_vec_pretty(manifest)
+            .map_err(|e| Error::Failed(format!("encode manifest: {e}")))?;
+        self.backend
+            .put(&Manifest::manifest_key(&manifest.id), &json)
+    }
+
+    /// Reads every manifest; unreadable ones are returned as problems, not errors.
+    ///
+    /// # Errors
+    /// Backend failures listing the repository.
+    pub fn load_manifests(&self) -> Result<(Vec<Manifest>, Vec<BadManifest>)> {
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for key in self.backend.list("manifests")? {
+            if !key.ends_with(".json") {
+                continue;
+            }
+            let bytes = match self.backend.get(&key) {
+                Ok(b) => b,
+                Err(e) => {
+                    bad.push(BadManifest {
+                        key,
+                        problem: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            match Manifest::from_json(&key, &bytes) {
+                Ok(m) => good.push(m),
+                Err(e) => bad.push(BadManifest {
+                    key,
+                    problem: e.to_string(),
+                }),
+            }
+        }
+        Ok((good, bad))
+    }
+
+    /// Loads the catalog (all readable manifests, organised by generation).
+    ///
+    /// # Errors
+    /// Backend failures.
+    pub fn catalog(&self) -> Result<Catalog> {
+        let (manifests, bad) = self.load_manifests()?;
+        Ok(Catalog::new(manifests, bad))
+    }
+
+    /// Reads an object's compressed bytes.
+    ///
+    /// # Errors
+    /// A missing object or I/O failure, naming the object.
+    pub fn read_object(&self, manifest: &Manifest) -> Result<ObjectBytes> {
+        ids::validate_id(&manifest.id)?;
+        self.backend.get(&manifest.object_key())
+    }
+}
+
+/// A new generation id: UTC time plus 6 hex digits of entropy, sortable by time.
+pub fn new_generation_id() -> String {
+    let now = chrono::Utc::now();
+    let mut h = blake3::Hasher::new();
+    h.update(&now.timestamp_nanos_opt().unwrap_or_default().to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    let local = 0u8;
+    h.update(&(std::ptr::addr_of!(local) as usize).to_le_bytes());
+    let hex = h.finalize().to_hex();
+    format!("{}-{}", now.format("%Y%m%dT%H%M%S"), &hex[..6])
+}
