@@ -1,1 +1,23 @@
+//! The trading domain of genesis-recovery (DOMAIN.md): the schema, the events and
+//! their effects, the fast replay, the canonical state hash, the StateReconstructor
+//! validation, the position rebuild, reconciliation with the exchange, and the
+//! workload simulator used by tests, benches and drills.
+//!
+//! The crate knows nothing about backups or pipelines; `core` and `stages` call it.
 
+pub mod effects;
+pub mod error;
+pub mod event;
+pub mod positions;
+pub mod reconcile;
+pub mod replay;
+pub mod schema;
+pub mod simulate;
+pub mod statehash;
+pub mod time;
+pub mod validate;
+
+pub use error::{Error, Result};
+pub use event::{read_events, Event};
+pub use replay::{replay, EventExtension, ReplayOptions, ReplayReport, SqlStatement, UnknownType};
+pub use statehash::state_hash;

@@ -1,0 +1,790 @@
+//! Replay of archived events onto a database: each event row is inserted into
+//! `events` and its effect (see [`crate::effects`]) applied, in sequence order, in
+//! one transaction that is rolled back entirely on any error.
+//!
+//! Speed comes from folding instead of executing: the effects are parsed in
+//! parallel (rayon), partitioned by the row they touch and folded in memory into
+//! the final value of each row, so each projection row is written once, while the
+//! event rows are inserted on the calling thread. The result equals applying the
+//! events one by one (row for row, rowids included): new rows are inserted in the
+//! order their first event created them; an update of a row the fold did not
+//! create must find it in the database; an insert of a key that exists fails.
+//! When several events cannot apply, the one with the lowest sequence number is
+//! reported.
+//!
+//! Events handled by an [`EventExtension`] split the stream: the fold is flushed,
+//! the extension's statements run, and folding resumes, so plugins see exactly
+//! the state a one-by-one replay would show them.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use rayon::prelude::*;
+use rusqlite::types::ToSql;
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+use crate::effects::{self, effect_of, OpKind, RowOp, SqlVal, Table};
+use crate::error::{Error, Result};
+use crate::event::{max_sequence, Event};
+
+/// A statement an extension asks to run: SQL with positional parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SqlStatement {
+    pub sql: String,
+    /// JSON values bound in order: null, bool (as 0/1), number, string; arrays
+    /// and objects are bound as their JSON text.
+    #[serde(default)]
+    pub params: Vec<serde_json::Value>,
+}
+
+/// A handler for event types DOMAIN.md does not define (a plugin).
+pub trait EventExtension {
+    /// Whether this extension handles the event type.
+    fn handles(&self, event_type: &str) -> bool;
+    /// The statements that apply the event, run in the replay's transaction.
+    ///
+    /// # Errors
+    /// A message; the replay fails naming the event.
+    fn effects(&mut self, ev: &Event) -> Result<Vec<SqlStatement>, String>;
+}
+
+/// How to replay.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// Require the first event to follow the database's highest sequence number
+    /// and each next one to follow it by one (default true).
+    pub check_sequence: bool,
+    /// Insert the event rows into `events` (default true; validation's rebuild
+    /// only needs the projections).
+    pub record_events: bool,
+    /// Enlarge the page cache for the replay and restore it afterwards (default true).
+    pub tune_pragmas: bool,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        ReplayOptions {
+            check_sequence: true,
+            record_events: true,
+            tune_pragmas: true,
+        }
+    }
+}
+
+/// An event type with no effect and no extension.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnknownType {
+    pub count: u64,
+    pub first_sequence: i64,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayReport {
+    /// Events replayed (rows inserted), unknown types included.
+    pub applied: u64,
+    /// Unknown event types: count and first sequence number.
+    pub unknown: BTreeMap<String, UnknownType>,
+    /// Events whose effect an extension supplied.
+    pub handled_by_extension: u64,
+    pub first_sequence: Option<i64>,
+    pub last_sequence: Option<i64>,
+    pub last_created_at: Option<String>,
+}
+
+/// Replays events onto the database; see the module documentation.
+///
+/// # Errors
+/// [`Error::Event`] naming the event whose sequence number does not follow, whose
+/// row cannot be inserted or whose effect cannot apply; [`Error::Sqlite`]. The
+/// database is unchanged on error.
+pub fn replay(
+    conn: &mut Connection,
+    events: &[Event],
+    opts: &ReplayOptions,
+) -> Result<ReplayReport> {
+    replay_with_extensions(conn, events, opts, &mut [])
+}
+
+/// Like [`replay`], with extensions for event types DOMAIN.md does not define.
+/// Extensions are asked only about such types; the first that handles a type wins.
+///
+/// # Errors
+/// As [`replay`], plus [`Error::Extension`] when an extension fails or its
+/// statements do.
+pub fn replay_with_extensions(
+    conn: &mut Connection,
+    events: &[Event],
+    opts: &ReplayOptions,
+    extensions: &mut [Box<dyn EventExtension + Send>],
+) -> Result<ReplayReport> {
+    let _span = tracing::info_span!("replay", events = events.len()).entered();
+    if opts.check_sequence {
+        check_sequence(conn, events)?;
+    }
+    let mut report = ReplayReport {
+        applied: events.len() as u64,
+        first_sequence: events.first().map(|e| e.sequence_number),
+        last_sequence: events.last().map(|e| e.sequence_number),
+        last_created_at: events.last().map(|e| e.created_at.clone()),
+        ..ReplayReport::default()
+    };
+    // Which extension handles each unknown type, decided once per type.
+    let mut handler: HashMap<&str, Option<usize>> = HashMap::new();
+    let mut split: Vec<(usize, usize)> = Vec::new();
+    for (i, ev) in events.iter().enumerate() {
+        if effects::is_known(&ev.event_type) {
+            continue;
+        }
+        let h = *handler
+            .entry(ev.event_type.as_str())
+            .or_insert_with(|| extensions.iter().position(|x| x.handles(&ev.event_type)));
+        match h {
+            Some(x) => {
+                report.handled_by_extension += 1;
+                split.push((i, x));
+            }
+            None => {
+                let u = report
+                    .unknown
+                    .entry(ev.event_type.clone())
+                    .or_insert(UnknownType {
+                        count: 0,
+                        first_sequence: ev.sequence_number,
+                    });
+                u.count += 1;
+            }
+        }
+    }
+
+    let saved_cache = if opts.tune_pragmas {
+        let old: i64 = conn
+            .query_row("PRAGMA cache_size", [], |r| r.get(0))
+            .map_err(Error::sqlite("reading cache_size"))?;
+        conn.pragma_update(None, "cache_size", -1_048_576i64)
+            .map_err(Error::sqlite("setting cache_size"))?;
+        Some(old)
+    } else {
+        None
+    };
+    conn.set_prepared_statement_cache_capacity(256);
+    let result = (|| {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(Error::sqlite("beginning the replay transaction"))?;
+        let mut start = 0;
+        for &(i, x) in &split {
+            replay_segment(&tx, &events[start..i], opts.record_events)?;
+            let ev = &events[i];
+            if opts.record_events {
+                insert_event_rows(&tx, std::slice::from_ref(ev))?;
+            }
+            run_extension(&tx, ev, extensions[x].as_mut())?;
+            start = i + 1;
+        }
+        replay_segment(&tx, &events[start..], opts.record_events)?;
+        tx.commit().map_err(Error::sqlite("committing the replay"))
+    })();
+    if let Some(old) = saved_cache {
+        // Restoring the cache size cannot change the data; a failure is only logged.
+        if let Err(e) = conn.pragma_update(None, "cache_size", old) {
+            tracing::warn!("cannot restore cache_size: {e}");
+        }
+    }
+    result.map(|()| report)
+}
+
+fn check_sequence(conn: &Connection, events: &[Event]) -> Result<()> {
+    let mut expected = max_sequence(conn)? + 1;
+    let base = expected - 1;
+    for ev in events {
+        if ev.sequence_number != expected {
+            let reason = if ev.sequence_number <= base {
+                format!("sequence number {} does not follow the database's highest sequence number {base}", ev.sequence_number)
+            } else if ev.sequence_number < expected {
+                format!(
+                    "duplicate or out-of-order sequence number {} (expected {expected})",
+                    ev.sequence_number
+                )
+            } else {
+                format!(
+                    "gap in sequence numbers: expected {expected}, found {}",
+                    ev.sequence_number
+                )
+            };
+            return Err(Error::event(ev, reason));
+        }
+        expected += 1;
+    }
+    Ok(())
+}
+
+fn run_extension(
+    tx: &Transaction<'_>,
+    ev: &Event,
+    ext: &mut (dyn EventExtension + Send),
+) -> Result<()> {
+    let fail = |message: String| Error::Extension {
+        sequence: ev.sequence_number,
+        event_id: ev.event_id.clone(),
+        event_type: ev.event_type.clone(),
+        message,
+    };
+    let stmts = ext.effects(ev).map_err(fail)?;
+    for (n, s) in stmts.iter().enumerate() {
+        let params: Vec<rusqlite::types::Value> = s.params.iter().map(json_to_sql).collect();
+        tx.execute(&s.sql, rusqlite::params_from_iter(params.iter()))
+            .map_err(|e| fail(format!("statement {n} ({}): {e}", s.sql)))?;
+    }
+    Ok(())
+}
+
+fn json_to_sql(v: &serde_json::Value) -> rusqlite::types::Value {
+    use rusqlite::types::Value;
+    match v {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Integer(i64::from(*b)),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::Integer(i),
+            None => Value::Real(n.as_f64().unwrap_or(0.0)),
+        },
+        serde_json::Value::String(s) => Value::Text(s.clone()),
+        other => Value::Text(other.to_string()),
+    }
+}
+
+const INSERT_EVENT: &str = "INSERT INTO events (event_id, event_type, aggregate_id, event_data, sequence_number, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+fn insert_event_rows(tx: &Transaction<'_>, events: &[Event]) -> Result<()> {
+    let mut stmt = tx
+        .prepare_cached(INSERT_EVENT)
+        .map_err(Error::sqlite("preparing the event insert"))?;
+    for ev in events {
+        stmt.execute(rusqlite::params![
+            ev.event_id,
+            ev.event_type,
+            ev.aggregate_id,
+            ev.event_data,
+            ev.sequence_number,
+            ev.created_at
+        ])
+        .map_err(|e| Error::event(ev, format!("cannot insert the event row: {e}")))?;
+    }
+    Ok(())
+}
+
+/// A small fast hasher for the fold's maps (keys are short ids).
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        for &b in chunks.remainder() {
+            self.add(u64::from(b));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+}
+
+impl FxHasher {
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+fn partition_of(table: Table, key: &str, parts: usize) -> usize {
+    let mut h = FxHasher::default();
+    h.write_u8(table as u8);
+    h.write(key.as_bytes());
+    // Mix the high bits down so that the modulus sees them.
+    let x = h.finish();
+    ((x ^ (x >> 29)) % parts as u64) as usize
+}
+
+/// How the fold knows a row.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// Inserted by the event at this index.
+    Created(usize),
+    /// Updated first by the event at this index: it must exist in the database.
+    MustExist(usize),
+    /// Upserted: whether it exists does not matter.
+    Upsert,
+}
+
+#[derive(Debug)]
+struct RowState<'a> {
+    table: Table,
+    key: Cow<'a, str>,
+    first: usize,
+    mode: Mode,
+    /// An insert after a [`Mode::MustExist`] update: an error either way.
+    late_insert: Option<usize>,
+    cols: Vec<Option<SqlVal<'a>>>,
+}
+
+impl<'a> RowState<'a> {
+    fn assign(&mut self, set: Vec<(u8, SqlVal<'a>)>) {
+        for (c, v) in set {
+            self.cols[usize::from(c)] = Some(v);
+        }
+    }
+    fn mask(&self) -> u32 {
+        self.cols
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_some())
+            .fold(0, |m, (i, _)| m | (1 << i))
+    }
+}
+
+/// The folded effects of a segment.
+struct Folded<'a> {
+    rows: Vec<RowState<'a>>,
+    appends: Vec<(usize, RowOp<'a>)>,
+    /// Errors found while folding: (event index, error).
+    errors: Vec<(usize, Error)>,
+}
+
+type Parsed<'a> = Result<Option<Vec<(usize, RowOp<'a>)>>>;
+
+fn fold(events: &[Event]) -> Folded<'_> {
+    let parts = rayon::current_num_threads().clamp(1, 8);
+    let parsed: Vec<Parsed<'_>> = events
+        .par_iter()
+        .with_min_len(4096)
+        .map(|ev| {
+            Ok(effect_of(ev)?.map(|ops| {
+                ops.into_iter()
+                    .map(|op| {
+                        let p = if op.kind == OpKind::Append {
+                            0
+                        } else {
+                            partition_of(op.table, &op.key, parts)
+                        };
+                        (p, op)
+                    })
+                    .collect()
+            }))
+        })
+        .collect();
+    let mut errors = Vec::new();
+    for (i, p) in parsed.iter().enumerate() {
+        if let Err(e) = p {
+            errors.push((i, clone_event_error(e, &events[i])));
+        }
+    }
+    let per_part: Vec<Folded<'_>> = (0..parts)
+        .into_par_iter()
+        .map(|part| fold_part(events, &parsed, part))
+        .collect();
+    let mut out = Folded {
+        rows: Vec::new(),
+        appends: Vec::new(),
+        errors,
+    };
+    for f in per_part {
+        out.rows.extend(f.rows);
+        out.appends.extend(f.appends);
+        out.errors.extend(f.errors);
+    }
+    out.rows.sort_unstable_by_key(|r| r.first);
+    out
+}
+
+fn clone_event_error(e: &Error, ev: &Event) -> Error {
+    Error::event(ev, e.to_string())
+}
+
+fn fold_part<'a>(events: &'a [Event], parsed: &[Parsed<'a>], part: usize) -> Folded<'a> {
+    let mut map: FxMap<(Table, Cow<'a, str>), RowState<'a>> = FxMap::default();
+    let mut appends = Vec::new();
+    let mut errors = Vec::new();
+    for (i, p) in parsed.iter().enumerate() {
+        let Ok(Some(ops)) = p else { continue };
+        for (p, op) in ops {
+            if *p != part {
+                continue;
+            }
+            let op = op.clone();
+            if op.kind == OpKind::Append {
+                appends.push((i, op));
+                continue;
+            }
+            let table = op.table;
+            let entry = map.entry((table, op.key.clone()));
+            let st = match entry {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let mode = match op.kind {
+                        OpKind::Insert => Mode::Created(i),
+                        OpKind::Update => Mode::MustExist(i),
+                        _ => Mode::Upsert,
+                    };
+                    let st = v.insert(RowState {
+                        table,
+                        key: op.key.clone(),
+                        first: i,
+                        mode,
+                        late_insert: None,
+                        cols: vec![None; table.columns().len()],
+                    });
+                    st.assign(op.set);
+                    continue;
+                }
+            };
+            match (op.kind, st.mode) {
+                (OpKind::Insert, Mode::Created(j)) => errors.push((
+                    i,
+                    Error::event(
+                        &events[i],
+                        format!(
+                            "{} {} already exists (created by event #{})",
+                            table.row_noun(),
+                            op.key,
+                            events[j].sequence_number
+                        ),
+                    ),
+                )),
+                (OpKind::Insert, Mode::MustExist(_)) => {
+                    st.late_insert.get_or_insert(i);
+                }
+                _ => st.assign(op.set),
+            }
+        }
+    }
+    Folded {
+        rows: map.into_values().collect(),
+        appends,
+        errors,
+    }
+}
+
+fn replay_segment(tx: &Transaction<'_>, events: &[Event], record: bool) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let (rows_result, folded) = std::thread::scope(|s| {
+        let folder = s.spawn(|| fold(events));
+        let rows = if record {
+            insert_event_rows(tx, events)
+        } else {
+            Ok(())
+        };
+        (rows, folder.join())
+    });
+    let folded = match folded {
+        Ok(f) => f,
+        Err(_) => {
+            return Err(Error::Schema(
+                "internal error: the replay fold panicked".to_string(),
+            ))
+        }
+    };
+    let mut first_error: Option<(usize, Error)> = None;
+    let mut note = |i: usize, e: Error| {
+        if first_error.as_ref().is_none_or(|(j, _)| i < *j) {
+            first_error = Some((i, e));
+        }
+    };
+    if let Err(e) = rows_result {
+        let i = e
+            .sequence()
+            .and_then(|s| events.iter().position(|ev| ev.sequence_number == s))
+            .unwrap_or(0);
+        note(i, e);
+    }
+    for (i, e) in folded.errors {
+        note(i, e);
+    }
+    write_rows(tx, events, &folded.rows, &mut note)?;
+    for (i, op) in &folded.appends {
+        let mut set = op.set.clone();
+        set.sort_by_key(|(c, _)| *c);
+        let mask = set.iter().fold(0u32, |m, (c, _)| m | (1 << c));
+        let sql = effects::sql::statement(op.table, OpKind::Append, mask);
+        let params: Vec<&dyn ToSql> = set.iter().map(|(_, v)| v as &dyn ToSql).collect();
+        if let Err(e) = tx
+            .prepare_cached(&sql)
+            .and_then(|mut s| s.execute(params.as_slice()))
+        {
+            note(
+                *i,
+                Error::event(
+                    &events[*i],
+                    format!("cannot write {}: {e}", op.table.row_noun()),
+                ),
+            );
+        }
+    }
+    match first_error {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn write_rows(
+    tx: &Transaction<'_>,
+    events: &[Event],
+    rows: &[RowState<'_>],
+    note: &mut impl FnMut(usize, Error),
+) -> Result<()> {
+    let mut params: Vec<&dyn ToSql> = Vec::with_capacity(16);
+    const NULL: SqlVal<'static> = SqlVal::Null;
+    let mut sql_cache: FxMap<(Table, OpKind, u32), String> = FxMap::default();
+    for row in rows {
+        params.clear();
+        params.push(&row.key);
+        let (kind, mask) = match row.mode {
+            Mode::Created(_) => {
+                params.extend(
+                    row.cols
+                        .iter()
+                        .map(|v| v.as_ref().unwrap_or(&NULL) as &dyn ToSql),
+                );
+                (OpKind::Insert, (1u32 << row.cols.len()) - 1)
+            }
+            Mode::MustExist(_) => {
+                params.extend(row.cols.iter().flatten().map(|v| v as &dyn ToSql));
+                (OpKind::Update, row.mask())
+            }
+            Mode::Upsert => {
+                params.extend(row.cols.iter().flatten().map(|v| v as &dyn ToSql));
+                (OpKind::Upsert, row.mask())
+            }
+        };
+        let sql = sql_cache
+            .entry((row.table, kind, mask))
+            .or_insert_with(|| effects::sql::statement(row.table, kind, mask));
+        let mut stmt = tx
+            .prepare_cached(sql)
+            .map_err(Error::sqlite(format!("preparing {sql}")))?;
+        let outcome = if kind == OpKind::Update && mask == 0 {
+            stmt.exists(params.as_slice()).map(usize::from)
+        } else {
+            stmt.execute(params.as_slice())
+        };
+        let noun = row.table.row_noun();
+        match (outcome, row.mode) {
+            (Err(e), Mode::Created(i)) => {
+                let exists = tx
+                    .prepare_cached(&effects::sql::statement(row.table, OpKind::Update, 0))
+                    .and_then(|mut s| s.exists([&row.key]))
+                    .unwrap_or(false);
+                let reason = if exists {
+                    format!("{noun} {} already exists", row.key)
+                } else {
+                    format!("cannot write {noun} {}: {e}", row.key)
+                };
+                note(i, Error::event(&events[i], reason));
+            }
+            (Err(e), _) => note(
+                row.first,
+                Error::event(
+                    &events[row.first],
+                    format!("cannot write {noun} {}: {e}", row.key),
+                ),
+            ),
+            (Ok(0), Mode::MustExist(i)) => note(
+                i,
+                Error::event(&events[i], format!("no {noun} {} to update", row.key)),
+            ),
+            (Ok(_), Mode::MustExist(_)) => {
+                if let Some(j) = row.late_insert {
+                    note(
+                        j,
+                        Error::event(&events[j], format!("{noun} {} already exists", row.key)),
+                    );
+                }
+            }
+            (Ok(_), _) => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: i64, ty: &str, id: &str, data: &str) -> Event {
+        Event {
+            event_id: format!("evt-{seq}"),
+            event_type: ty.into(),
+            aggregate_id: id.into(),
+            event_data: data.into(),
+            sequence_number: seq,
+            created_at: format!("2025-01-15T14:30:{:02}.000000", seq % 60),
+        }
+    }
+
+    fn db() -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        crate::schema::ensure_schema(&c).unwrap();
+        c
+    }
+
+    #[test]
+    fn applies_in_order_and_counts_unknown_types() {
+        let mut c = db();
+        let evs = vec![
+            ev(
+                1,
+                "ORDER_CREATED",
+                "o1",
+                r#"{"client_order_id":"c1","quantity":1.0,"price":10}"#,
+            ),
+            ev(2, "MARGIN_CALL", "x", "whatever"),
+            ev(
+                3,
+                "ORDER_PARTIALLY_FILLED",
+                "o1",
+                r#"{"filled_quantity":0.5,"executed_price":10}"#,
+            ),
+            ev(4, "MARGIN_CALL", "x", "{}"),
+            ev(5, "ORDER_FILLED", "o1", r#"{"filled_quantity":1.0}"#),
+        ];
+        let r = replay(&mut c, &evs, &ReplayOptions::default()).unwrap();
+        assert_eq!(r.applied, 5);
+        assert_eq!(
+            r.unknown["MARGIN_CALL"],
+            UnknownType {
+                count: 2,
+                first_sequence: 2
+            }
+        );
+        let (status, f, p, at): (String, f64, f64, String) = c
+            .query_row(
+                "SELECT status, filled_quantity, executed_price, filled_at FROM orders",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (status.as_str(), f, p, at.as_str()),
+            ("filled", 1.0, 10.0, "2025-01-15T14:30:05.000000")
+        );
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 5);
+    }
+
+    #[test]
+    fn errors_name_the_first_failing_event_and_leave_the_db_unchanged() {
+        let mut c = db();
+        replay(
+            &mut c,
+            &[ev(1, "ORDER_CREATED", "o1", "{}")],
+            &ReplayOptions::default(),
+        )
+        .unwrap();
+        let evs = vec![
+            ev(
+                2,
+                "BALANCE_UPDATED",
+                "b",
+                r#"{"asset":"USDT","free_balance":1}"#,
+            ),
+            ev(3, "ORDER_FILLED", "o9", "{}"),
+            ev(4, "ORDER_CREATED", "o1", "{}"),
+        ];
+        let err = replay(&mut c, &evs, &ReplayOptions::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("event #3 (evt-3, ORDER_FILLED)") && msg.contains("no order o9"),
+            "{msg}"
+        );
+        let err = replay(
+            &mut c,
+            &[evs[0].clone(), evs[2].clone().with_seq(3)],
+            &ReplayOptions::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("order o1 already exists"), "{err}");
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        let b: i64 = c
+            .query_row("SELECT count(*) FROM balances", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((n, b), (1, 0));
+        let err = replay(
+            &mut c,
+            &[ev(5, "CHECKPOINT", "k", "{}")],
+            &ReplayOptions::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("does not follow") || err.to_string().contains("gap"),
+            "{err}"
+        );
+    }
+
+    impl Event {
+        fn with_seq(mut self, s: i64) -> Event {
+            self.sequence_number = s;
+            self
+        }
+    }
+
+    struct Margin;
+    impl EventExtension for Margin {
+        fn handles(&self, t: &str) -> bool {
+            t == "MARGIN_CALL"
+        }
+        fn effects(&mut self, ev: &Event) -> Result<Vec<SqlStatement>, String> {
+            Ok(vec![SqlStatement {
+                sql: "UPDATE orders SET status = 'cancelled' WHERE order_id = ?1".into(),
+                params: vec![serde_json::Value::String(ev.aggregate_id.clone())],
+            }])
+        }
+    }
+
+    #[test]
+    fn extensions_run_in_order_with_the_other_events() {
+        let mut c = db();
+        let evs = vec![
+            ev(1, "ORDER_CREATED", "o1", "{}"),
+            ev(2, "MARGIN_CALL", "o1", "{}"),
+            ev(
+                3,
+                "ORDER_PARTIALLY_FILLED",
+                "o1",
+                r#"{"filled_quantity":0.5}"#,
+            ),
+            ev(4, "ORDER_CREATED", "o2", "{}"),
+            ev(5, "MARGIN_CALL", "o2", "{}"),
+        ];
+        let mut exts: Vec<Box<dyn EventExtension + Send>> = vec![Box::new(Margin)];
+        let r = replay_with_extensions(&mut c, &evs, &ReplayOptions::default(), &mut exts).unwrap();
+        assert_eq!(r.handled_by_extension, 2);
+        assert!(r.unknown.is_empty());
+        let s: Vec<String> = c
+            .prepare("SELECT status FROM orders ORDER BY order_id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(s, vec!["partially_filled", "cancelled"]);
+    }
+}
