@@ -3,12 +3,21 @@
 //! channels between them, cancellation on the first failure).
 
 pub mod artifact;
+pub mod compile;
+pub mod config;
+mod params;
+pub mod runner;
 pub mod stage;
 
 pub use artifact::{
     Artifact, ArtifactKind, DecompressedObject, FetchedObject, Finding, ParamValue, Params,
     StagedDatabase, ValidationReport,
 };
+pub use compile::{
+    compile_file, compile_str, CompiledPipeline, CompiledStage, OnError, PipelineSummary,
+    StageSummary,
+};
+pub use runner::{RunFailure, RunOutcome, StageReport, StageStatus};
 pub use stage::{
     decode_config, BuildContext, CancelToken, Emit, NoPlugins, PluginInstance, PluginLibrary,
     PluginLoader, Stage, StageContext, StageFactory, StageRegistry,
