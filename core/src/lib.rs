@@ -4,12 +4,17 @@
 //! a txid, the restore plan, the pipeline engine, safe apply, reports and
 //! metrics.
 
+pub mod capture;
 pub mod checksum;
 pub mod error;
+pub mod lock;
+pub mod objects;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
+pub mod rebuild;
 pub mod repo;
 pub mod time;
+pub mod wal;
 
 pub use error::{ConfigIssue, Error, Result};

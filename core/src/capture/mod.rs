@@ -1,0 +1,1004 @@
+//! Capture: snapshots, continuous WAL replication and the event archive
+//! (DESIGN.md §3).
+//!
+//! The capturer always holds an open read transaction on the database. While
+//! a reader holds a read mark above zero SQLite cannot restart the WAL, and a
+//! reader holding mark 0 blocks every backfill; in both cases frames the
+//! capturer has not copied cannot disappear (SQLite `src/wal.c`:
+//! `walRestartLog`, `walCheckpoint`, `walTryBeginRead`). Each step copies the
+//! valid committed frames after its position, ships them as a segment, then
+//! opens a new read transaction on its second connection *before* ending the
+//! old one. When the WAL grows past a limit it checkpoints itself under the
+//! write lock (see [`Capturer::step`]). Whatever it cannot prove continuous
+//! starts a new generation with a fresh snapshot.
+//!
+//! Snapshots are read directly from the database file overlaid with the WAL
+//! frames up to the capture position, under a read transaction opened before
+//! that position was read: the checkpointer can then only write pages that
+//! the overlay replaces, so the image is exactly the database at that txid.
+
+pub mod source;
+mod state;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rayon::prelude::*;
+use rusqlite::{Connection, OpenFlags};
+use tracing::{info, warn};
+
+use crate::checksum::{page_hash, PageHashes};
+use crate::error::{Error, Result};
+use crate::lock::{sibling, LockFile};
+use crate::repo::formats::{self, EventRow, SegmentTxnOwned, SNAPSHOT_FRAME_PAGES};
+use crate::repo::{
+    checksum_hex, new_generation_id, FrameEntry, Manifest, ObjectKind, Repository, TxnEntry,
+    WalPosition, FORMAT_VERSION,
+};
+use crate::wal::{self, WalRead, WalState};
+
+pub use state::SavedState;
+
+/// How a capturer runs.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// The database to capture.
+    pub db: PathBuf,
+    /// Switch a rollback-journal database to WAL instead of refusing it.
+    pub enable_wal: bool,
+    /// Take a snapshot when the last one is older than this.
+    pub snapshot_interval: Option<Duration>,
+    /// Checkpoint the WAL when it holds more frames than this.
+    pub checkpoint_frames: u32,
+    /// Most event rows archived per object.
+    pub events_per_object: usize,
+}
+
+impl CaptureOptions {
+    /// Defaults for a database path.
+    pub fn new(db: impl Into<PathBuf>) -> Self {
+        CaptureOptions {
+            db: db.into(),
+            enable_wal: false,
+            snapshot_interval: Some(Duration::from_secs(24 * 3600)),
+            checkpoint_frames: 1000,
+            events_per_object: 100_000,
+        }
+    }
+}
+
+/// What one capture step did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StepReport {
+    /// Transactions shipped.
+    pub txns: u64,
+    /// Pages shipped.
+    pub pages: u64,
+    /// The txid range shipped.
+    pub txid_min: Option<u64>,
+    pub txid_max: Option<u64>,
+    /// Segment objects written.
+    pub segments: Vec<String>,
+    /// Event rows archived, and the object.
+    pub events: u64,
+    pub event_objects: Vec<String>,
+    /// Snapshot written, if any.
+    pub snapshot: Option<String>,
+    /// A new generation started, and why.
+    pub new_generation: Option<String>,
+    /// Whether the capturer checkpointed the WAL.
+    pub checkpointed: bool,
+}
+
+impl StepReport {
+    fn absorb(&mut self, other: StepReport) {
+        self.txns += other.txns;
+        self.pages += other.pages;
+        self.txid_min = self.txid_min.or(other.txid_min);
+        self.txid_max = other.txid_max.or(self.txid_max);
+        self.segments.extend(other.segments);
+        self.events += other.events;
+        self.event_objects.extend(other.event_objects);
+        self.snapshot = other.snapshot.or(self.snapshot.take());
+        self.new_generation = other.new_generation.or(self.new_generation.take());
+        self.checkpointed |= other.checkpointed;
+    }
+}
+
+/// The state of the generation being captured.
+#[derive(Debug, Clone)]
+struct GenState {
+    id: String,
+    page_size: u32,
+    /// Txid of the last shipped commit (or of the generation's snapshot).
+    last_txid: u64,
+    last_time: DateTime<Utc>,
+    hashes: PageHashes,
+    wal: WalPosition,
+    /// Largest event sequence number archived (or present in the base snapshot).
+    last_seq: i64,
+    last_snapshot_at: DateTime<Utc>,
+}
+
+/// A running capturer holding the database's capture lock.
+pub struct Capturer {
+    opts: CaptureOptions,
+    repo: Repository,
+    _lock: LockFile,
+    readers: [Connection; 2],
+    active: usize,
+    writer: Connection,
+    checkpointer: Connection,
+    identity: (u64, u64),
+    gen: GenState,
+    /// True while a read transaction has been held without interruption since
+    /// `gen.wal` was recorded: only then is a WAL restart provably lossless.
+    continuous: bool,
+    has_events: bool,
+    /// Report of what `open` did (a new generation, a snapshot).
+    opened: StepReport,
+}
+
+/// The lock file of the capturer of a database.
+pub fn capture_lock_path(db: &Path) -> PathBuf {
+    sibling(db, "-genesis-capture.lock")
+}
+
+/// The file a `backup full` leaves for a running capturer to take a snapshot.
+pub fn snapshot_request_path(db: &Path) -> PathBuf {
+    sibling(db, "-genesis-snapshot-request")
+}
+
+fn open_conn(db: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| Error::sqlite("open", db, e))?;
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .map_err(|e| Error::sqlite("configure", db, e))?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(|e| Error::sqlite("configure", db, e))?;
+    Ok(conn)
+}
+
+fn begin_read(conn: &Connection, db: &Path) -> Result<()> {
+    conn.execute_batch("BEGIN DEFERRED")
+        .map_err(|e| Error::sqlite("begin read transaction", db, e))?;
+    if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())) {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(Error::sqlite("start read transaction", db, e));
+    }
+    Ok(())
+}
+
+fn end_read(conn: &Connection, db: &Path) -> Result<()> {
+    conn.execute_batch("COMMIT")
+        .map_err(|e| Error::sqlite("end read transaction", db, e))
+}
+
+fn has_events_table(conn: &Connection, db: &Path) -> Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type='table' AND name='events'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+    .map_err(|e| Error::sqlite("read schema", db, e))
+}
+
+fn max_event_seq(conn: &Connection, db: &Path) -> Result<i64> {
+    conn.query_row(
+        "SELECT coalesce(max(sequence_number), 0) FROM events",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map_err(|e| Error::sqlite("read events", db, e))
+}
+
+impl Capturer {
+    /// Opens the capturer: checks the database, takes the capture lock, holds
+    /// a read transaction, and resumes the saved generation when continuity
+    /// can be proven, or starts a new generation with a snapshot.
+    ///
+    /// # Errors
+    /// `Error::Usage` for a missing, foreign or rollback-journal database;
+    /// `Error::Locked` when another capturer runs; repository failures.
+    pub fn open(opts: CaptureOptions, repo: Repository) -> Result<Capturer> {
+        let header = source::ensure_wal(&opts.db, opts.enable_wal)?;
+        let lock = LockFile::try_acquire(
+            &capture_lock_path(&opts.db),
+            &format!("capturer of {}", opts.db.display()),
+        )?;
+        let readers = [open_conn(&opts.db)?, open_conn(&opts.db)?];
+        let writer = open_conn(&opts.db)?;
+        let checkpointer = open_conn(&opts.db)?;
+        let identity = source::file_identity(&opts.db)?;
+        begin_read(&readers[0], &opts.db)?;
+        let has_events = has_events_table(&readers[0], &opts.db)?;
+        let placeholder = GenState {
+            id: String::new(),
+            page_size: header.page_size,
+            last_txid: 0,
+            last_time: Utc::now(),
+            hashes: PageHashes::new(header.page_size as usize),
+            wal: WalPosition::default(),
+            last_seq: 0,
+            last_snapshot_at: Utc::now(),
+        };
+        let mut cap = Capturer {
+            opts,
+            repo,
+            _lock: lock,
+            readers,
+            active: 0,
+            writer,
+            checkpointer,
+            identity,
+            gen: placeholder,
+            continuous: false,
+            has_events,
+            opened: StepReport::default(),
+        };
+        match cap.try_resume()? {
+            Some(g) => {
+                info!(generation = %g.id, txid = g.last_txid, "resuming capture");
+                cap.gen = g;
+                cap.continuous = true;
+            }
+            None => {
+                let report = cap.new_generation(
+                    "no saved capture state could be proven continuous with the database",
+                )?;
+                cap.opened = report;
+            }
+        }
+        Ok(cap)
+    }
+
+    /// What `open` did (a new generation and its snapshot, or nothing).
+    pub fn opened(&self) -> &StepReport {
+        &self.opened
+    }
+
+    /// The generation being captured.
+    pub fn generation(&self) -> &str {
+        &self.gen.id
+    }
+
+    /// The last shipped txid.
+    pub fn last_txid(&self) -> u64 {
+        self.gen.last_txid
+    }
+
+    /// The current database checksum (hex).
+    pub fn checksum(&self) -> String {
+        checksum_hex(self.gen.hashes.checksum())
+    }
+
+    fn db(&self) -> &Path {
+        &self.opts.db
+    }
+
+    fn try_resume(&mut self) -> Result<Option<GenState>> {
+        let saved = match SavedState::load(&self.repo)? {
+            Some(s) => s,
+            None => return Ok(None),
+        };
+        let catalog = self.repo.catalog()?;
+        let why_not = |why: &str| {
+            info!("not resuming generation {}: {why}", saved.generation);
+            Ok(None)
+        };
+        if saved.identity != self.identity {
+            return why_not("the database file was replaced");
+        }
+        if saved.page_size != self.gen.page_size {
+            return why_not("the page size changed");
+        }
+        let latest = catalog
+            .generation(&saved.generation)
+            .and_then(|g| g.restore_points().last().cloned());
+        match latest {
+            Some(p)
+                if p.txid == saved.last_txid && p.checksum == checksum_hex(saved.checksum()) => {}
+            _ => {
+                return why_not(
+                    "the repository's last restore point does not match the saved state",
+                )
+            }
+        }
+        if catalog.max_txid() != saved.last_txid {
+            return why_not("the repository holds newer txids than the saved state");
+        }
+        match wal::read_wal(&wal::wal_path(self.db()), Some(&saved.wal))? {
+            WalState::Continues(_) => {}
+            WalState::Empty if saved.wal.frame == 0 => {}
+            WalState::Empty => {
+                // The WAL was checkpointed and removed; the database file must
+                // then hold exactly the saved state.
+                let h = source::read_db_header(self.db())?;
+                let hashes = self.scan_pages(&HashMap::new(), h.pages, None)?.0;
+                if hashes.checksum() != saved.checksum() {
+                    return why_not(
+                        "the WAL is gone and the database differs from the saved state",
+                    );
+                }
+            }
+            WalState::Restarted(_) => {
+                return why_not("the WAL was restarted while no capturer held it")
+            }
+        }
+        let last_time = catalog
+            .generation(&saved.generation)
+            .and_then(|g| g.restore_points().last().map(|p| p.time))
+            .unwrap_or_else(Utc::now);
+        let last_snapshot_at = catalog
+            .generation(&saved.generation)
+            .and_then(|g| g.snapshots.last().map(|s| s.created_at))
+            .unwrap_or_else(Utc::now);
+        Ok(Some(GenState {
+            id: saved.generation.clone(),
+            page_size: saved.page_size,
+            last_txid: saved.last_txid,
+            last_time,
+            hashes: saved.hashes(),
+            wal: saved.wal,
+            last_seq: saved.last_seq,
+            last_snapshot_at,
+        }))
+    }
+
+    /// Starts a new generation: a snapshot of the database at the current WAL
+    /// end, read under the held read transaction.
+    fn new_generation(&mut self, why: &str) -> Result<StepReport> {
+        let header = source::read_db_header(self.db())?;
+        let catalog = self.repo.catalog()?;
+        let txid = catalog.max_txid() + 1;
+        let id = new_generation_id();
+        warn!(generation = %id, "starting a new generation: {why}");
+        let read = match wal::read_wal(&wal::wal_path(self.db()), None)? {
+            WalState::Empty => None,
+            WalState::Continues(r) | WalState::Restarted(r) => Some(r),
+        };
+        let (overlay, db_pages, position, page_size) = match &read {
+            Some(r) if !r.txns.is_empty() => {
+                let mut overlay = HashMap::new();
+                for t in &r.txns {
+                    for (p, off) in &t.pages {
+                        overlay.insert(*p, *off);
+                    }
+                }
+                let pages = r
+                    .txns
+                    .last()
+                    .map(|t| u64::from(t.db_pages))
+                    .unwrap_or(header.pages);
+                (overlay, pages, r.end, r.header.page_size)
+            }
+            Some(r) => (HashMap::new(), header.pages, r.end, header.page_size),
+            None => (
+                HashMap::new(),
+                header.pages,
+                WalPosition::default(),
+                header.page_size,
+            ),
+        };
+        self.gen.page_size = page_size;
+        let last_seq = if self.has_events {
+            max_event_seq(&self.readers[self.active], self.db())?
+        } else {
+            0
+        };
+        let now = Utc::now();
+        self.gen = GenState {
+            id,
+            page_size,
+            last_txid: txid,
+            last_time: now,
+            hashes: PageHashes::new(page_size as usize),
+            wal: position,
+            last_seq,
+            last_snapshot_at: now,
+        };
+        let (manifest, hashes) = self.snapshot_at(txid, now, &overlay, db_pages, Some(last_seq))?;
+        self.gen.hashes = hashes;
+        self.continuous = true;
+        self.save_state()?;
+        Ok(StepReport {
+            snapshot: Some(manifest.id),
+            new_generation: Some(why.to_string()),
+            ..Default::default()
+        })
+    }
+
+    /// Reads the database image (file overlaid with WAL pages) in frames of
+    /// [`SNAPSHOT_FRAME_PAGES`] pages, calling `sink` with each frame in order.
+    /// Returns the page hashes.
+    fn scan_pages(
+        &self,
+        overlay: &HashMap<u32, u64>,
+        db_pages: u64,
+        mut sink: Option<&mut dyn FnMut(u64, Vec<u8>) -> Result<()>>,
+    ) -> Result<(PageHashes, ())> {
+        let ps = self.gen.page_size as usize;
+        let db_file = File::open(self.db()).map_err(|e| Error::io("open", self.db(), e))?;
+        let wal_path = wal::wal_path(self.db());
+        let wal_file = if overlay.is_empty() {
+            None
+        } else {
+            Some(File::open(&wal_path).map_err(|e| Error::io("open", &wal_path, e))?)
+        };
+        let frames = (db_pages as usize).div_ceil(SNAPSHOT_FRAME_PAGES);
+        let batch = rayon::current_num_threads().max(1) * 2;
+        let mut hashes = Vec::with_capacity(db_pages as usize);
+        let db_path = self.db().to_path_buf();
+        for batch_start in (0..frames).step_by(batch) {
+            let batch_end = (batch_start + batch).min(frames);
+            let results: Vec<Result<(Vec<u8>, Vec<u64>)>> = (batch_start..batch_end)
+                .into_par_iter()
+                .map(|f| {
+                    let first = f * SNAPSHOT_FRAME_PAGES + 1;
+                    let last = ((f + 1) * SNAPSHOT_FRAME_PAGES).min(db_pages as usize);
+                    let mut raw = vec![0u8; (last + 1 - first) * ps];
+                    let mut hs = Vec::with_capacity(last + 1 - first);
+                    for pgno in first..=last {
+                        let buf = &mut raw[(pgno - first) * ps..(pgno - first + 1) * ps];
+                        match (overlay.get(&(pgno as u32)), &wal_file) {
+                            (Some(off), Some(wf)) => wf
+                                .read_exact_at(buf, *off)
+                                .map_err(|e| Error::io("read", &wal_path, e))?,
+                            _ => read_page_or_zero(
+                                &db_file,
+                                &db_path,
+                                buf,
+                                ((pgno - 1) * ps) as u64,
+                            )?,
+                        }
+                        hs.push(page_hash(pgno as u32, buf));
+                    }
+                    Ok((raw, hs))
+                })
+                .collect();
+            for (i, r) in results.into_iter().enumerate() {
+                let (raw, hs) = r?;
+                hashes.extend(hs);
+                if let Some(s) = sink.as_mut() {
+                    s(((batch_start + i) * SNAPSHOT_FRAME_PAGES * ps) as u64, raw)?;
+                }
+            }
+        }
+        Ok((PageHashes::from_hashes(ps, hashes), ()))
+    }
+
+    /// Writes a snapshot of the image at `txid` and returns its manifest and page hashes.
+    fn snapshot_at(
+        &self,
+        txid: u64,
+        time: DateTime<Utc>,
+        overlay: &HashMap<u32, u64>,
+        db_pages: u64,
+        seq_max: Option<i64>,
+    ) -> Result<(Manifest, PageHashes)> {
+        let mut compressed: Vec<u8> = Vec::new();
+        let mut frames: Vec<FrameEntry> = Vec::new();
+        let mut raw_hasher = blake3::Hasher::new();
+        let mut pending: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut flush = |pending: &mut Vec<(u64, Vec<u8>)>,
+                         compressed: &mut Vec<u8>,
+                         frames: &mut Vec<FrameEntry>|
+         -> Result<()> {
+            let outs: Vec<Result<Vec<u8>>> = pending
+                .par_iter()
+                .map(|(_, raw)| formats::compress(raw))
+                .collect();
+            for ((off, raw), out) in pending.drain(..).zip(outs) {
+                let out = out?;
+                raw_hasher.update(&raw);
+                frames.push(FrameEntry {
+                    raw_offset: off,
+                    raw_len: raw.len() as u64,
+                    comp_offset: compressed.len() as u64,
+                    comp_len: out.len() as u64,
+                });
+                compressed.extend_from_slice(&out);
+            }
+            Ok(())
+        };
+        let batch = rayon::current_num_threads().max(1) * 2;
+        let (hashes, ()) = {
+            let mut sink = |off: u64, raw: Vec<u8>| -> Result<()> {
+                pending.push((off, raw));
+                if pending.len() >= batch {
+                    flush(&mut pending, &mut compressed, &mut frames)?;
+                }
+                Ok(())
+            };
+            self.scan_pages(overlay, db_pages, Some(&mut sink))?
+        };
+        flush(&mut pending, &mut compressed, &mut frames)?;
+        let raw_size = db_pages * u64::from(self.gen.page_size);
+        let checksum = checksum_hex(hashes.checksum());
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            id: format!("full_{}_{:012}", self.gen.id, txid),
+            kind: ObjectKind::Snapshot,
+            generation: self.gen.id.clone(),
+            created_at: Utc::now(),
+            page_size: self.gen.page_size,
+            txid_min: txid,
+            txid_max: txid,
+            time_min: time,
+            time_max: time,
+            seq_min: None,
+            seq_max,
+            raw_size,
+            compressed_size: compressed.len() as u64,
+            blake3_compressed: blake3::hash(&compressed).to_hex().to_string(),
+            blake3_raw: raw_hasher.finalize().to_hex().to_string(),
+            db_checksum_before: None,
+            db_checksum_after: Some(checksum.clone()),
+            db_pages,
+            frames,
+            transactions: vec![TxnEntry {
+                txid,
+                time,
+                db_pages,
+                checksum,
+                pages: db_pages as u32,
+            }],
+            wal: Some(self.gen.wal),
+            event_count: 0,
+            source_db: Some(self.db().display().to_string()),
+        };
+        self.repo.write_object(&manifest, &compressed)?;
+        info!(id = %manifest.id, pages = db_pages, bytes = compressed.len(), "snapshot written");
+        Ok((manifest, hashes))
+    }
+
+    /// Copies the committed transactions of `read` into one segment.
+    fn ship(&mut self, read: &WalRead) -> Result<StepReport> {
+        let mut report = StepReport::default();
+        if read.header.page_size != self.gen.page_size {
+            return Err(Error::Failed("page size changed".into()));
+        }
+        if read.txns.is_empty() {
+            self.gen.wal = read.end;
+            return Ok(report);
+        }
+        let wal_path = wal::wal_path(self.db());
+        let wal_file = File::open(&wal_path).map_err(|e| Error::io("open", &wal_path, e))?;
+        let ps = self.gen.page_size as usize;
+        let now = Utc::now();
+        let before = checksum_hex(self.gen.hashes.checksum());
+        let mut txns = Vec::with_capacity(read.txns.len());
+        let mut entries = Vec::with_capacity(read.txns.len());
+        let mut hashes = self.gen.hashes.clone();
+        let mut txid = self.gen.last_txid;
+        for t in &read.txns {
+            txid += 1;
+            let mut pages = Vec::with_capacity(t.pages.len());
+            for (pgno, off) in &t.pages {
+                let mut buf = vec![0u8; ps];
+                wal_file
+                    .read_exact_at(&mut buf, *off)
+                    .map_err(|e| Error::io("read", &wal_path, e))?;
+                hashes.set(*pgno, &buf);
+                pages.push((*pgno, buf));
+            }
+            hashes.resize(u64::from(t.db_pages));
+            let checksum = hashes.checksum();
+            entries.push(TxnEntry {
+                txid,
+                time: now,
+                db_pages: u64::from(t.db_pages),
+                checksum: checksum_hex(checksum),
+                pages: pages.len() as u32,
+            });
+            report.pages += pages.len() as u64;
+            txns.push(SegmentTxnOwned {
+                txid,
+                commit_time: now,
+                db_pages: u64::from(t.db_pages),
+                checksum,
+                pages,
+            });
+        }
+        let raw = formats::encode_segment(self.gen.page_size, &txns);
+        let compressed = formats::compress(&raw)?;
+        let first = self.gen.last_txid + 1;
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            id: format!("incr_{}_{:012}_{:012}", self.gen.id, first, txid),
+            kind: ObjectKind::Segment,
+            generation: self.gen.id.clone(),
+            created_at: now,
+            page_size: self.gen.page_size,
+            txid_min: first,
+            txid_max: txid,
+            time_min: now,
+            time_max: now,
+            seq_min: None,
+            seq_max: None,
+            raw_size: raw.len() as u64,
+            compressed_size: compressed.len() as u64,
+            blake3_compressed: blake3::hash(&compressed).to_hex().to_string(),
+            blake3_raw: blake3::hash(&raw).to_hex().to_string(),
+            db_checksum_before: Some(before),
+            db_checksum_after: Some(checksum_hex(hashes.checksum())),
+            db_pages: hashes.pages(),
+            frames: Vec::new(),
+            transactions: entries,
+            wal: Some(read.end),
+            event_count: 0,
+            source_db: Some(self.db().display().to_string()),
+        };
+        self.repo.write_object(&manifest, &compressed)?;
+        // Only once the segment is durable does the capture position advance.
+        self.gen.hashes = hashes;
+        self.gen.last_txid = txid;
+        self.gen.last_time = now;
+        self.gen.wal = read.end;
+        report.txns = read.txns.len() as u64;
+        report.txid_min = Some(first);
+        report.txid_max = Some(txid);
+        report.segments.push(manifest.id);
+        Ok(report)
+    }
+
+    /// Reads the WAL after the capture position and ships what is committed.
+    /// Returns `None` (after starting a new generation) when continuity is lost.
+    fn copy_new_frames(&mut self) -> Result<std::result::Result<StepReport, StepReport>> {
+        if source::file_identity(self.db())? != self.identity {
+            return Ok(Err(
+                self.restart_generation("the database file was replaced")?
+            ));
+        }
+        match wal::read_wal(&wal::wal_path(self.db()), Some(&self.gen.wal))? {
+            WalState::Empty => Ok(Ok(StepReport::default())),
+            WalState::Continues(r) => {
+                if r.header.page_size != self.gen.page_size {
+                    return Ok(Err(self.restart_generation("the page size changed")?));
+                }
+                Ok(Ok(self.ship(&r)?))
+            }
+            WalState::Restarted(r) => {
+                if !self.continuous {
+                    return Ok(Err(self.restart_generation(
+                        "the WAL was restarted while continuity was not held",
+                    )?));
+                }
+                if r.header.page_size != self.gen.page_size {
+                    return Ok(Err(self.restart_generation("the page size changed")?));
+                }
+                Ok(Ok(self.ship(&r)?))
+            }
+        }
+    }
+
+    fn restart_generation(&mut self, why: &str) -> Result<StepReport> {
+        // Reopen everything against the current file and re-hold a read transaction.
+        let _ = end_read(&self.readers[self.active], &self.opts.db);
+        self.readers = [open_conn(&self.opts.db)?, open_conn(&self.opts.db)?];
+        self.writer = open_conn(&self.opts.db)?;
+        self.checkpointer = open_conn(&self.opts.db)?;
+        self.active = 0;
+        self.identity = source::file_identity(&self.opts.db)?;
+        begin_read(&self.readers[0], &self.opts.db)?;
+        self.has_events = has_events_table(&self.readers[0], &self.opts.db)?;
+        self.new_generation(why)
+    }
+
+    /// Moves the held read transaction forward: opens the new one on the other
+    /// connection before ending the old.
+    fn roll_read(&mut self) -> Result<()> {
+        let other = 1 - self.active;
+        if let Err(e) = begin_read(&self.readers[other], &self.opts.db) {
+            return Err(e);
+        }
+        if let Err(e) = end_read(&self.readers[self.active], &self.opts.db) {
+            self.continuous = false;
+            return Err(e);
+        }
+        self.active = other;
+        Ok(())
+    }
+
+    /// Checkpoints under the write lock (DESIGN.md §3 step 3). Returns the
+    /// segment shipped while holding the lock. When the lock cannot be had
+    /// quickly, it only rolls the read transaction.
+    fn checkpoint(&mut self) -> Result<StepReport> {
+        let db = self.opts.db.clone();
+        self.writer
+            .busy_timeout(Duration::from_millis(200))
+            .map_err(|e| Error::sqlite("configure", &db, e))?;
+        let got = self.writer.execute_batch("BEGIN IMMEDIATE");
+        self.writer
+            .busy_timeout(Duration::from_secs(10))
+            .map_err(|e| Error::sqlite("configure", &db, e))?;
+        if got.is_err() {
+            self.roll_read()?;
+            return Ok(StepReport::default());
+        }
+        let result = (|| -> Result<StepReport> {
+            let mut report = match self.copy_new_frames()? {
+                Ok(r) => r,
+                Err(r) => return Ok(r),
+            };
+            end_read(&self.readers[self.active], &db)?;
+            self.continuous = false;
+            let ck: std::result::Result<(i64, i64, i64), _> =
+                self.checkpointer
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    });
+            let other = 1 - self.active;
+            begin_read(&self.readers[other], &db)?;
+            self.active = other;
+            self.continuous = true;
+            match ck {
+                Ok((_, log, done)) => {
+                    report.checkpointed = log == done;
+                    tracing::debug!(log, done, "checkpoint");
+                }
+                Err(e) => warn!("checkpoint of {} failed: {e}", db.display()),
+            }
+            Ok(report)
+        })();
+        let _ = self.writer.execute_batch("ROLLBACK");
+        result
+    }
+
+    /// One capture step: ship new commits as a segment, snapshot when due,
+    /// checkpoint when the WAL is long, move the read transaction forward, and
+    /// archive new events.
+    ///
+    /// # Errors
+    /// Repository or database failures; the capture position advances only
+    /// past what is durable.
+    pub fn step(&mut self, force_snapshot: bool) -> Result<StepReport> {
+        let mut report = match self.copy_new_frames()? {
+            Ok(r) => r,
+            Err(r) => {
+                // A new generation began with a snapshot; archive events and stop here.
+                let mut r = r;
+                r.absorb(self.archive_events()?);
+                return Ok(r);
+            }
+        };
+        let request = snapshot_request_path(self.db());
+        let requested = request.exists();
+        let interval_due = self.opts.snapshot_interval.is_some_and(|iv| {
+            (Utc::now() - self.gen.last_snapshot_at)
+                .to_std()
+                .unwrap_or_default()
+                >= iv
+        });
+        if force_snapshot || requested || interval_due {
+            report.absorb(self.snapshot_now()?);
+            if requested {
+                let _ = std::fs::remove_file(&request);
+            }
+        }
+        if self.gen.wal.frame >= self.opts.checkpoint_frames {
+            report.absorb(self.checkpoint()?);
+        } else {
+            self.roll_read()?;
+        }
+        report.absorb(self.archive_events()?);
+        Ok(report)
+    }
+
+    /// Snapshot of the current capture position (under the read transaction
+    /// opened before the position was read).
+    fn snapshot_now(&mut self) -> Result<StepReport> {
+        let mut overlay = HashMap::new();
+        if self.gen.wal.frame > 0 {
+            if let WalState::Continues(r) | WalState::Restarted(r) =
+                wal::read_wal_upto(&wal::wal_path(self.db()), self.gen.wal.frame)?
+            {
+                if r.end != self.gen.wal {
+                    return Err(Error::Failed(
+                        "the WAL no longer matches the capture position".into(),
+                    ));
+                }
+                for t in &r.txns {
+                    for (p, off) in &t.pages {
+                        overlay.insert(*p, *off);
+                    }
+                }
+            }
+        }
+        let seq = if self.has_events {
+            Some(self.gen.last_seq)
+        } else {
+            None
+        };
+        let (manifest, hashes) = self.snapshot_at(
+            self.gen.last_txid,
+            self.gen.last_time,
+            &overlay,
+            self.gen.hashes.pages(),
+            seq,
+        )?;
+        self.gen.last_snapshot_at = Utc::now();
+        if hashes.checksum() != self.gen.hashes.checksum() {
+            // The database changed in a way the WAL did not show: never guess.
+            let why = format!(
+                "the snapshot at txid {} has checksum {} but the captured chain says {}",
+                self.gen.last_txid,
+                checksum_hex(hashes.checksum()),
+                checksum_hex(self.gen.hashes.checksum())
+            );
+            let _ = self
+                .repo
+                .backend()
+                .delete(&Manifest::manifest_key(&manifest.id));
+            return self.restart_generation(&why);
+        }
+        Ok(StepReport {
+            snapshot: Some(manifest.id),
+            ..Default::default()
+        })
+    }
+
+    /// Archives events with sequence numbers above the last archived one.
+    fn archive_events(&mut self) -> Result<StepReport> {
+        let mut report = StepReport::default();
+        if !self.has_events {
+            self.has_events = has_events_table(&self.readers[self.active], &self.opts.db)?;
+            if !self.has_events {
+                return Ok(report);
+            }
+        }
+        loop {
+            let rows = self.read_events(self.gen.last_seq, self.opts.events_per_object)?;
+            if rows.is_empty() {
+                break;
+            }
+            let n = rows.len();
+            report.events += n as u64;
+            report.event_objects.push(self.write_events(&rows)?);
+            if n < self.opts.events_per_object {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    fn read_events(&self, after: i64, limit: usize) -> Result<Vec<EventRow>> {
+        let conn = &self.readers[self.active];
+        let db = self.db();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT sequence_number, event_id, event_type, aggregate_id, event_data, created_at \
+                 FROM events WHERE sequence_number > ?1 ORDER BY sequence_number LIMIT ?2",
+            )
+            .map_err(|e| Error::sqlite("read events", db, e))?;
+        let bytes = |r: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<Vec<u8>> {
+            Ok(match r.get_ref(i)? {
+                rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                    t.to_vec()
+                }
+                rusqlite::types::ValueRef::Null => Vec::new(),
+                rusqlite::types::ValueRef::Integer(v) => v.to_string().into_bytes(),
+                rusqlite::types::ValueRef::Real(v) => v.to_string().into_bytes(),
+            })
+        };
+        let rows = stmt
+            .query_map(rusqlite::params![after, limit as i64], |r| {
+                Ok(EventRow {
+                    sequence_number: r.get(0)?,
+                    event_id: bytes(r, 1)?,
+                    event_type: bytes(r, 2)?,
+                    aggregate_id: bytes(r, 3)?,
+                    event_data: bytes(r, 4)?,
+                    created_at: bytes(r, 5)?,
+                })
+            })
+            .map_err(|e| Error::sqlite("read events", db, e))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| Error::sqlite("read events", db, e))?;
+        Ok(rows)
+    }
+
+    fn write_events(&mut self, rows: &[EventRow]) -> Result<String> {
+        let first = rows.first().map(|r| r.sequence_number).unwrap_or_default();
+        let last = rows.last().map(|r| r.sequence_number).unwrap_or_default();
+        let times: Vec<DateTime<Utc>> = rows
+            .iter()
+            .filter_map(|r| {
+                std::str::from_utf8(&r.created_at)
+                    .ok()
+                    .and_then(crate::time::parse_timestamp_opt)
+            })
+            .collect();
+        let now = Utc::now();
+        let raw = formats::encode_events(rows);
+        let compressed = formats::compress(&raw)?;
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            id: format!("events_{}_{:012}_{:012}", self.gen.id, first, last),
+            kind: ObjectKind::Events,
+            generation: self.gen.id.clone(),
+            created_at: now,
+            page_size: self.gen.page_size,
+            txid_min: self.gen.last_txid,
+            txid_max: self.gen.last_txid,
+            time_min: times.iter().min().copied().unwrap_or(now),
+            time_max: times.iter().max().copied().unwrap_or(now),
+            seq_min: Some(first),
+            seq_max: Some(last),
+            raw_size: raw.len() as u64,
+            compressed_size: compressed.len() as u64,
+            blake3_compressed: blake3::hash(&compressed).to_hex().to_string(),
+            blake3_raw: blake3::hash(&raw).to_hex().to_string(),
+            db_checksum_before: None,
+            db_checksum_after: None,
+            db_pages: 0,
+            frames: Vec::new(),
+            transactions: Vec::new(),
+            wal: None,
+            event_count: rows.len() as u64,
+            source_db: Some(self.db().display().to_string()),
+        };
+        self.repo.write_object(&manifest, &compressed)?;
+        self.gen.last_seq = last;
+        Ok(manifest.id)
+    }
+
+    /// Saves the capture state so that a later run can resume the generation.
+    ///
+    /// # Errors
+    /// Repository failures.
+    pub fn save_state(&self) -> Result<()> {
+        SavedState {
+            generation: self.gen.id.clone(),
+            page_size: self.gen.page_size,
+            last_txid: self.gen.last_txid,
+            wal: self.gen.wal,
+            last_seq: self.gen.last_seq,
+            identity: self.identity,
+            hashes: self.gen.hashes.hashes().to_vec(),
+        }
+        .save(&self.repo)
+    }
+
+    /// Ships what is left, saves the state and releases the lock.
+    ///
+    /// # Errors
+    /// Repository or database failures of the last step.
+    pub fn finish(mut self) -> Result<StepReport> {
+        let report = self.step(false)?;
+        self.save_state()?;
+        let _ = end_read(&self.readers[self.active], &self.opts.db);
+        Ok(report)
+    }
+}
+
+fn read_page_or_zero(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => {
+                buf[done..].fill(0);
+                return Ok(());
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read", path, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Shared handle type used by the CLI to stop a replicate loop.
+pub type StopFlag = Arc<std::sync::atomic::AtomicBool>;
