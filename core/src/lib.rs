@@ -11,6 +11,7 @@ pub mod lock;
 pub mod objects;
 pub mod pipeline;
 pub mod plan;
+pub mod plugin_host;
 pub mod progress;
 pub mod rebuild;
 pub mod repo;
