@@ -10,8 +10,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::repo::formats::EventRow;
 use crate::repo::{Manifest, ObjectBytes};
 
 /// The kind of an artifact, used for the compile-time check of a pipeline.
@@ -160,7 +162,7 @@ impl ValidationReport {
 }
 
 /// The database built in the staging directory, and what later stages found.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StagedDatabase {
     /// Path of the staged database file.
     pub path: PathBuf,
@@ -184,4 +186,21 @@ pub struct StagedDatabase {
     pub reconciled: Option<bool>,
     /// Reports of plugin stages, by stage id.
     pub plugin_reports: serde_json::Map<String, serde_json::Value>,
+    /// Commit time of the restore point the database was rebuilt at (set by wal-apply).
+    #[serde(default)]
+    pub point_time: Option<DateTime<Utc>>,
+    /// The instant events are replayed up to: set by wal-apply only when the
+    /// restore target is a time.
+    #[serde(default)]
+    pub target_time: Option<DateTime<Utc>>,
+    /// `created_at` of the last event replayed (set by event-replay).
+    #[serde(default)]
+    pub replayed_until: Option<DateTime<Utc>>,
+    /// Archived event rows beyond the restore point, verified, for
+    /// event-replay (set by wal-apply; never serialized, e.g. to plugins).
+    #[serde(skip)]
+    pub events: Vec<Arc<Vec<EventRow>>>,
+    /// The plan the database was built from (set by wal-apply; not serialized).
+    #[serde(skip)]
+    pub plan: Option<Arc<crate::plan::RestorePlan>>,
 }

@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::error::{ConfigIssue, Error, Result};
 use crate::pipeline::artifact::{ArtifactKind, ParamValue, Params};
 use crate::pipeline::config::{self, ConfigDecl, Issues, PipelineFile, StageDecl};
-use crate::pipeline::params::{self, Substituted};
+use crate::pipeline::params::{self, Resolved, Substituted};
 use crate::pipeline::stage::{BuildContext, PluginLoader, Stage, StageFactory, StageRegistry};
 
 /// The stage type that names a plugin library instead of a registered type.
@@ -244,7 +244,7 @@ impl Compiler<'_> {
             }
             Some(_) => {}
         }
-        let params = params::resolve(&file.params, overrides, self.issues);
+        let resolved = params::resolve(&file.params, overrides, self.issues);
         if file.stages.is_empty() {
             self.issues.push(
                 None,
@@ -264,11 +264,18 @@ impl Compiler<'_> {
             let workers = self.workers(decl, &prefix);
             let channel_capacity = self.channel_capacity(decl, &prefix);
             let on_error = self.on_error(decl, &prefix);
-            let config = self.substitute_config(&decl.config, &params, &prefix);
+            let config = self.substitute_config(&decl.config, &resolved, &prefix);
             let stage = match (&stage_type, config) {
                 (Some(t), Some(config)) => {
                     let stage_id = id.clone().unwrap_or_else(|| prefix.clone());
-                    self.build(&t.factory, &config, decl, &stage_id, &params, &prefix)
+                    self.build(
+                        &t.factory,
+                        &config,
+                        decl,
+                        &stage_id,
+                        &resolved.values,
+                        &prefix,
+                    )
                 }
                 _ => None,
             };
@@ -301,7 +308,7 @@ impl Compiler<'_> {
             name: name?,
             description: file.description.map(|d| d.into_inner()),
             file: self.file.to_path_buf(),
-            params,
+            params: resolved.values,
             stages,
         })
     }
@@ -534,7 +541,7 @@ impl Compiler<'_> {
     fn substitute_config(
         &mut self,
         config: &ConfigDecl,
-        params: &Params,
+        params: &Resolved,
         prefix: &str,
     ) -> Option<toml::Table> {
         let mut table = config.table.clone();
@@ -550,16 +557,26 @@ impl Compiler<'_> {
         value: &mut toml::Value,
         path: &str,
         config: &ConfigDecl,
-        params: &Params,
+        params: &Resolved,
         prefix: &str,
     ) -> bool {
         match value {
             toml::Value::String(text) => {
-                match params::substitute(text, &mut |name| params.get(name).cloned()) {
+                let mut failed_reference = false;
+                let result = params::substitute(text, &mut |name| {
+                    if params.failed.contains(name) {
+                        // Declared but broken: reported with the parameter.
+                        failed_reference = true;
+                        return Some(ParamValue::Str(String::new()));
+                    }
+                    params.values.get(name).cloned()
+                });
+                match result {
+                    Ok(_) if failed_reference => return false,
                     Ok(Substituted::Text(t)) => *text = t,
                     Ok(Substituted::Whole(v)) => *value = param_to_toml(v),
                     Err(errors) => {
-                        let declared: Vec<&str> = params.keys().map(String::as_str).collect();
+                        let declared = params.declared();
                         for e in errors {
                             self.issues.push(
                                 config.span_of(path),
@@ -637,6 +654,7 @@ impl Compiler<'_> {
                     );
                 }
                 for (key, message) in problems {
+                    let (key, message) = locate_serde_path(key, message);
                     let (full, span) = match key.trim() {
                         "" | "config" => (format!("{prefix}.config"), table_span.clone()),
                         k => {
@@ -712,6 +730,21 @@ impl Compiler<'_> {
             .collect();
         params::list_or_none(&names)
     }
+}
+
+/// serde's messages for a whole config table end in ``\nin `path` ``: turn
+/// that into the key, so that the issue gets the line of the value.
+fn locate_serde_path(key: String, message: String) -> (String, String) {
+    if key == "config" {
+        if let Some((text, path)) = message.rsplit_once("\nin `") {
+            if let Some(path) = path.strip_suffix('`') {
+                if !path.is_empty() && !path.contains('\n') {
+                    return (path.to_string(), text.trim().to_string());
+                }
+            }
+        }
+    }
+    (key, message.replace('\n', " "))
 }
 
 /// Whether the parser already reported `key` (a value of the wrong type),

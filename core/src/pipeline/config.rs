@@ -192,10 +192,16 @@ pub(crate) fn parse(text: &str, issues: &mut Issues) -> Option<PipelineFile> {
     let (doc, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
         for e in errors {
+            let near = e
+                .span()
+                .and_then(|span| text.get(span))
+                .filter(|t| !t.trim().is_empty() && t.len() <= 40 && !t.contains('\n'))
+                .map(|t| format!(" (at `{}`)", t.trim()))
+                .unwrap_or_default();
             issues.push(
                 e.span(),
                 "(toml)",
-                format!("invalid TOML: {}", e.message().trim()),
+                format!("invalid TOML: {}{near}", e.message().trim()),
             );
         }
         return None;

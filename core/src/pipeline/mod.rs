@@ -8,6 +8,8 @@ pub mod config;
 mod params;
 pub mod runner;
 pub mod stage;
+#[cfg(test)]
+mod tests;
 
 pub use artifact::{
     Artifact, ArtifactKind, DecompressedObject, FetchedObject, Finding, ParamValue, Params,

@@ -3,7 +3,7 @@
 //! `[params]` and `[stages.config]`). Every problem is recorded, none stops
 //! the others.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
 use crate::pipeline::artifact::{ParamValue, Params};
@@ -68,13 +68,35 @@ pub(crate) fn substitute(
     })
 }
 
+/// The parameters of a pipeline after overrides and references.
+pub(crate) struct Resolved {
+    /// Every parameter that resolved.
+    pub values: Params,
+    /// Declared parameters that did not (already reported).
+    pub failed: BTreeSet<String>,
+}
+
+impl Resolved {
+    /// Every declared name, sorted.
+    pub fn declared(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .values
+            .keys()
+            .chain(self.failed.iter())
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        names
+    }
+}
+
 /// The declared parameters with overrides applied and references resolved.
-/// Problems go to `issues`; the result holds every parameter that resolved.
+/// Problems go to `issues`.
 pub(crate) fn resolve(
     decls: &[ParamDecl],
     overrides: &[(String, String)],
     issues: &mut Issues,
-) -> Params {
+) -> Resolved {
     let mut raw: BTreeMap<String, (ParamValue, Option<Range<usize>>)> = decls
         .iter()
         .map(|d| {
@@ -84,7 +106,8 @@ pub(crate) fn resolve(
             )
         })
         .collect();
-    let known: Vec<&str> = decls.iter().map(|d| d.name.get_ref().as_str()).collect();
+    let mut known: Vec<&str> = decls.iter().map(|d| d.name.get_ref().as_str()).collect();
+    known.sort_unstable();
     for (key, value) in overrides {
         let Some((current, _)) = raw.get(key) else {
             let hint = closest(key, &known)
@@ -107,7 +130,10 @@ pub(crate) fn resolve(
             Err(expected) => issues.push(
                 None,
                 format!("--set {key}"),
-                format!("{value:?} is not {expected}, as the parameter's default is"),
+                format!(
+                    "{value:?} is not {expected}; the parameter's default ({}) sets its type",
+                    current.as_text()
+                ),
             ),
         }
     }
@@ -123,7 +149,10 @@ pub(crate) fn resolve(
     for name in raw.keys() {
         resolver.resolve(name);
     }
-    resolver.done
+    Resolved {
+        values: resolver.done,
+        failed: resolver.failed,
+    }
 }
 
 /// Parses an override to the type of the current value; on failure returns
@@ -159,7 +188,7 @@ pub(crate) fn list_or_none(names: &[&str]) -> String {
 struct Resolver<'a> {
     raw: &'a BTreeMap<String, (ParamValue, Option<Range<usize>>)>,
     done: Params,
-    failed: std::collections::BTreeSet<String>,
+    failed: BTreeSet<String>,
     visiting: Vec<String>,
     known: &'a [&'a str],
     issues: &'a mut Issues,

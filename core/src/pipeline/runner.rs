@@ -105,6 +105,12 @@ impl From<RunFailure> for Error {
     }
 }
 
+impl From<Box<RunFailure>> for Error {
+    fn from(failure: Box<RunFailure>) -> Self {
+        failure.error
+    }
+}
+
 /// The first real failure of a run, shared by the stage threads.
 #[derive(Default)]
 struct FirstFailure(Mutex<Option<(String, Error)>>);
@@ -134,14 +140,14 @@ impl CompiledPipeline {
     /// Returns when every stage thread has ended.
     ///
     /// # Errors
-    /// A [`RunFailure`] with the first stage's error (or a panic turned into
+    /// A (boxed: it is large) [`RunFailure`] with the first stage's error (or a panic turned into
     /// `Error::Failed` naming the stage), or `Error::Cancelled` when `cancel`
     /// was set by the caller, and the reports of all stages.
     pub fn run(
         self,
         progress: Arc<dyn Progress>,
         cancel: CancelToken,
-    ) -> std::result::Result<RunOutcome, RunFailure> {
+    ) -> std::result::Result<RunOutcome, Box<RunFailure>> {
         let started = Instant::now();
         let params = Arc::new(self.params);
         let span = tracing::info_span!("pipeline", name = %self.name);
@@ -258,20 +264,20 @@ impl CompiledPipeline {
         let seconds = started.elapsed().as_secs_f64();
         if let Some((stage, error)) = first_failure.take() {
             tracing::error!(stage = %stage, error = %error, "pipeline failed");
-            return Err(RunFailure {
+            return Err(Box::new(RunFailure {
                 error,
                 stage: Some(stage),
                 stages: reports,
                 seconds,
-            });
+            }));
         }
         if reports.iter().any(|r| r.status != StageStatus::Ok) {
-            return Err(RunFailure {
+            return Err(Box::new(RunFailure {
                 error: Error::Cancelled("the pipeline run was cancelled".to_string()),
                 stage: None,
                 stages: reports,
                 seconds,
-            });
+            }));
         }
         tracing::info!(seconds, "pipeline finished");
         Ok(RunOutcome {
