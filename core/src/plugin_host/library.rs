@@ -24,9 +24,9 @@ const MAX_SDK_VERSION_LEN: usize = 64;
 /// name: callers show the full path) and says what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LoadError {
-    #[error("{path}: no such file ({reason}); build the plugin first (e.g. `cargo build --release -p <plugin crate>`) or fix the path", path = .path.display())]
+    #[error("{file}: no such file ({reason}); build the plugin first (e.g. `cargo build --release -p <plugin crate>`) or fix the path", file = file_name(.path))]
     NotFound { path: PathBuf, reason: String },
-    #[error("{path} is not a file; name the plugin's shared library (.so, .dylib, .dll)", path = .path.display())]
+    #[error("{file} is not a file; name the plugin's shared library (.so, .dylib, .dll)", file = file_name(.path))]
     NotAFile { path: PathBuf },
     #[error("{file} cannot be loaded as a shared library: {reason}")]
     Open { file: String, reason: String },
@@ -50,6 +50,14 @@ pub enum LoadError {
         name: String,
         other: PathBuf,
     },
+}
+
+/// How messages name a library: its file name (callers show the full path).
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    )
 }
 
 /// The functions of a checked declaration (all present).

@@ -93,10 +93,11 @@ struct PluginStage {
 }
 
 impl PluginStage {
+    /// The runner's report names the stage; the error names the library.
     fn plugin_error(&self, detail: String) -> Error {
         Error::Plugin {
             library: self.library.clone(),
-            detail: format!("stage `{}`: {detail}", self.stage_id),
+            detail,
         }
     }
 
@@ -127,7 +128,15 @@ impl PluginStage {
 }
 
 /// Adds a plugin's output to the staged database (see the SDK's documentation).
+/// An output without findings or metrics leaves the validation as it is (a
+/// plugin that looked at nothing must not make a database look validated).
 fn merge(stage_id: &str, staged: &mut StagedDatabase, output: StageOutput) {
+    if let Some(value) = output.report {
+        staged.plugin_reports.insert(stage_id.to_string(), value);
+    }
+    if output.errors.is_empty() && output.warnings.is_empty() && output.metrics.is_empty() {
+        return;
+    }
     let finding = |f: genesis_plugin_sdk::wire::WireFinding| Finding {
         code: f.code,
         message: f.message,
@@ -146,9 +155,6 @@ fn merge(stage_id: &str, staged: &mut StagedDatabase, output: StageOutput) {
             stage_id.to_string(),
             serde_json::Value::Object(output.metrics),
         );
-    }
-    if let Some(value) = output.report {
-        staged.plugin_reports.insert(stage_id.to_string(), value);
     }
 }
 
@@ -172,21 +178,11 @@ mod tests {
     use serde_json::json;
 
     fn staged() -> StagedDatabase {
-        StagedDatabase {
-            path: "/tmp/x.db".into(),
-            txid: 1,
-            generation: "g".into(),
-            checksum: "00".into(),
-            pages: 1,
-            page_size: 4096,
-            replay: None,
-            events_replayed: 0,
-            validation: None,
-            reconciliation: None,
-            reconciled: None,
-            plugin_reports: Default::default(),
-            ..Default::default()
-        }
+        serde_json::from_value(json!({
+            "path": "/tmp/x.db", "txid": 1, "generation": "g", "checksum": "00",
+            "pages": 1, "page_size": 4096, "events_replayed": 0, "plugin_reports": {},
+        }))
+        .unwrap()
     }
 
     #[test]
@@ -225,13 +221,28 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_output_changes_nothing() {
+        let mut db = staged();
+        merge("p", &mut db, StageOutput::default());
+        assert!(db.validation.is_none());
+        assert!(db.plugin_reports.is_empty());
+    }
+
+    #[test]
     fn an_inconsistent_report_stays_inconsistent() {
         let mut db = staged();
         db.validation = Some(ValidationReport {
             is_consistent: false,
             ..Default::default()
         });
-        merge("p", &mut db, StageOutput::default());
+        merge(
+            "p",
+            &mut db,
+            StageOutput {
+                warnings: vec![WireFinding::new("w", "w")],
+                ..Default::default()
+            },
+        );
         assert!(!db.validation.unwrap().is_consistent);
     }
 }

@@ -45,6 +45,15 @@ pub struct StagedDatabaseDoc {
     /// Reports of earlier plugin stages, by stage id.
     #[serde(default)]
     pub plugin_reports: Map<String, Value>,
+    /// Commit time (RFC 3339, UTC) of the restore point, when known.
+    #[serde(default)]
+    pub point_time: Option<String>,
+    /// The restore target when it is a time (RFC 3339, UTC).
+    #[serde(default)]
+    pub target_time: Option<String>,
+    /// `created_at` of the last event replayed (RFC 3339, UTC).
+    #[serde(default)]
+    pub replayed_until: Option<String>,
 }
 
 /// A finding of a plugin stage: a stable short code and a message naming the
