@@ -482,13 +482,19 @@ fn replay_segment(tx: &Transaction<'_>, events: &[Event], record: bool) -> Resul
     if events.is_empty() {
         return Ok(());
     }
+    let t0 = std::time::Instant::now();
     let (rows_result, folded) = std::thread::scope(|s| {
-        let folder = s.spawn(|| fold(events));
+        let folder = s.spawn(|| {
+            let f = fold(events);
+            tracing::debug!("fold done in {:?}", t0.elapsed());
+            f
+        });
         let rows = if record {
             insert_event_rows(tx, events)
         } else {
             Ok(())
         };
+        tracing::debug!("event rows done in {:?}", t0.elapsed());
         (rows, folder.join())
     });
     let folded = match folded {
@@ -516,6 +522,7 @@ fn replay_segment(tx: &Transaction<'_>, events: &[Event], record: bool) -> Resul
         note(i, e);
     }
     write_rows(tx, events, &folded.rows, &mut note)?;
+    tracing::debug!("{} projection rows done in {:?}", folded.rows.len(), t0.elapsed());
     for (i, op) in &folded.appends {
         let mut set = op.set.clone();
         set.sort_by_key(|(c, _)| *c);
