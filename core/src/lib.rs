@@ -15,6 +15,7 @@ pub mod plugin_host;
 pub mod progress;
 pub mod rebuild;
 pub mod repo;
+pub mod sqlite_checks;
 pub mod time;
 pub mod wal;
 

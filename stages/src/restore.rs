@@ -1,0 +1,535 @@
+//! A restore from start to finish: the lock, the staging directory's
+//! leftovers, the pipeline run, and the apply (DESIGN.md §4).
+//!
+//! # Apply, and what a crash leaves
+//!
+//! A real restore replaces the live database only when the pipeline succeeded
+//! and validation (when it ran) found the state consistent. Steps:
+//!
+//! 1. the staged database is settled into one file (its WAL checkpointed) and
+//!    fsynced, then moved beside the live database as
+//!    `<db>.genesis-restore-<pid>.tmp` (a rename, or, across filesystems, a
+//!    copy that is fsynced);
+//! 2. the live database gets a second name, `<db>.pre-recovery-<UTC stamp>`
+//!    (a hard link, or a fsynced copy where links are not supported), and
+//!    its `-wal`/`-shm` are renamed to that name plus `-wal`/`-shm`, so the
+//!    pre-recovery backup opens with everything it had committed; the
+//!    directory is fsynced;
+//! 3. the temporary file is renamed over the live path and the directory
+//!    fsynced.
+//!
+//! The live path changes only by the rename of step 3, which is atomic: at
+//! every instant it names the complete old file or the complete new one, never
+//! a partial database. A crash before step 3 leaves the old database (and a
+//! temporary file the next restore removes); after it, the new one. A crash
+//! inside step 2 can leave the old file without its `-wal` (a consistent,
+//! older state); its committed WAL is then beside the pre-recovery backup.
+//!
+//! The next run removes what a crashed run left: staged files
+//! (`restore-<txid>-<pid>.db` and side files) and temporary files whose
+//! process is gone. Only one restore runs per live database: it holds
+//! `<db>-genesis-restore.lock`, and a second one fails at once naming the first.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use serde::Serialize;
+
+use genesis_core::lock::{sibling, LockFile};
+use genesis_core::pipeline::{
+    compile_file, compile_str, CancelToken, PluginLoader, StageReport, StagedDatabase,
+    ValidationReport,
+};
+use genesis_core::plan::Target;
+use genesis_core::plugin_host::LibraryLoader;
+use genesis_core::progress::Progress;
+use genesis_core::time::format_rfc3339;
+use genesis_core::{Error, Result};
+
+use crate::wal_apply::{parse_staged_file_name, remove_if_exists};
+
+/// What to restore, where, and how.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// The backup repository directory.
+    pub repo: PathBuf,
+    /// The live database (replaced by a real restore; the lock sits beside it).
+    pub db: PathBuf,
+    pub target: Target,
+    /// Where the database is built; keep it on the live database's filesystem.
+    pub staging_dir: PathBuf,
+    /// Stop with the staged database and report its path.
+    pub dry_run: bool,
+    /// Run the validation checks.
+    pub validate: bool,
+    /// The exchange's open orders (JSON) to reconcile with.
+    pub reconcile: Option<PathBuf>,
+    /// Move the result here instead of replacing the live database.
+    pub output: Option<PathBuf>,
+    /// Fail instead of falling back over a gap in the chain.
+    pub strict: bool,
+    /// A pipeline file to run instead of the built-in `restore` pipeline.
+    pub pipeline: Option<PathBuf>,
+    /// `--set key=value` overrides, applied after the options above.
+    pub overrides: Vec<(String, String)>,
+    /// `integrity_check` instead of `quick_check`.
+    pub integrity_check: bool,
+}
+
+impl RestoreOptions {
+    /// Defaults for a repository, a live database and a target (staging in
+    /// `.genesis/recovery`, validation on, real restore).
+    pub fn new(repo: impl Into<PathBuf>, db: impl Into<PathBuf>, target: Target) -> Self {
+        RestoreOptions {
+            repo: repo.into(),
+            db: db.into(),
+            target,
+            staging_dir: PathBuf::from(crate::wal_apply::DEFAULT_STAGING_DIR),
+            dry_run: false,
+            validate: true,
+            reconcile: None,
+            output: None,
+            strict: false,
+            pipeline: None,
+            overrides: Vec::new(),
+            integrity_check: false,
+        }
+    }
+}
+
+/// What a restore did (the recovery guide's result, plus what this tool adds).
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreResult {
+    /// The database was produced, validation (if run) passed, and it was
+    /// applied (real restore) or left/moved as asked.
+    pub success: bool,
+    /// The instant asked for (for targets that are not times, the restore point's).
+    pub target_timestamp: String,
+    /// The snapshot the chain starts from.
+    pub full_backup_used: String,
+    /// Segments applied on top of it.
+    pub incremental_count: usize,
+    pub recovery_time_seconds: f64,
+    pub dry_run: bool,
+    /// Where the recovered database is: the staged file (dry run, or not
+    /// applied), the `--output` path, or the live path.
+    pub recovered_db_path: PathBuf,
+    /// Whether the live database was replaced.
+    pub applied: bool,
+    pub restored_txid: u64,
+    pub generation: String,
+    /// The proven database checksum at the restore point.
+    pub checksum: String,
+    pub restore_point_timestamp: String,
+    /// Seconds between the target and the state reached (the restore point, or
+    /// the last event replayed); 0 for txid, backup and latest targets.
+    pub rpo_gap_seconds: f64,
+    pub events_replayed: u64,
+    /// `created_at` of the last event replayed.
+    pub replayed_until: Option<String>,
+    pub replay: Option<serde_json::Value>,
+    /// Set when a gap in the chain forced an earlier restore point.
+    pub fallback: Option<String>,
+    /// The live database as it was before the restore.
+    pub pre_recovery_backup: Option<PathBuf>,
+    /// Why the database was not applied, when it was not.
+    pub not_applied_reason: Option<String>,
+    pub pipeline: String,
+    pub stages: Vec<StageReport>,
+    pub validation: Option<ValidationReport>,
+    pub reconciliation: Option<serde_json::Value>,
+    pub reconciled: Option<bool>,
+}
+
+/// The lock file of restores of the live database `db`.
+pub fn restore_lock_path(db: &Path) -> PathBuf {
+    sibling(db, "-genesis-restore.lock")
+}
+
+/// Whether a process with this pid is running (Linux: `/proc/<pid>`). Unknown
+/// counts as running, so that nothing in use is ever removed.
+fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    let proc_root = Path::new("/proc");
+    if !proc_root.join("self").exists() {
+        return true;
+    }
+    proc_root.join(pid.to_string()).exists()
+}
+
+/// Removes what crashed restores left in the staging directory: staged files
+/// and their side files whose process is gone. Returns the paths removed.
+///
+/// # Errors
+/// I/O failures reading the directory or removing a file.
+pub fn clean_staging_dir(staging_dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let entries = match fs::read_dir(staging_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(Error::io("read the staging directory", staging_dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("read the staging directory", staging_dir, e))?;
+        let name = entry.file_name();
+        let Some((_, pid)) = name.to_str().and_then(parse_staged_file_name) else {
+            continue;
+        };
+        if process_alive(pid) {
+            continue;
+        }
+        let path = entry.path();
+        remove_if_exists(&path)?;
+        tracing::info!(path = %path.display(), "removed the leftover of a crashed restore");
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
+/// Removes temporary files a crashed apply left beside the live database.
+fn clean_apply_leftovers(db: &Path) -> Result<()> {
+    let (Some(dir), Some(name)) = (parent_dir(db), db.file_name().and_then(|n| n.to_str())) else {
+        return Ok(());
+    };
+    let prefix = format!("{name}.genesis-restore-");
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest.strip_suffix(".tmp").and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !process_alive(pid) {
+            remove_if_exists(&entry.path())?;
+            tracing::info!(path = %entry.path().display(), "removed the leftover of a crashed apply");
+        }
+    }
+    Ok(())
+}
+
+fn parent_dir(path: &Path) -> Option<PathBuf> {
+    match path.parent() {
+        Some(p) if p.as_os_str().is_empty() => Some(PathBuf::from(".")),
+        Some(p) => Some(p.to_path_buf()),
+        None => None,
+    }
+}
+
+/// The built-in restore pipeline's text.
+pub const RESTORE_PIPELINE: &str = include_str!("../../pipelines/restore.toml");
+
+/// The `[params]` keys a pipeline text declares (to pass only those).
+fn declared_params(text: &str) -> Vec<String> {
+    text.parse::<toml::Table>()
+        .ok()
+        .and_then(|t| t.get("params").and_then(|p| p.as_table()).cloned())
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// What a pipeline run to a staged database gives back.
+pub(crate) struct StagedRun {
+    pub staged: StagedDatabase,
+    pub stages: Vec<StageReport>,
+    pub pipeline: String,
+}
+
+/// Compiles and runs a pipeline (the file given, or `builtin_text`) with the
+/// given parameters set where the pipeline declares them, then the user's
+/// overrides, and returns the staged database the last stage emitted.
+pub(crate) fn run_to_staged(
+    pipeline: Option<&Path>,
+    builtin_name: &str,
+    builtin_text: &str,
+    params: Vec<(String, String)>,
+    overrides: &[(String, String)],
+    progress: Arc<dyn Progress>,
+) -> Result<StagedRun> {
+    let registry = crate::registry();
+    let loader: Arc<dyn PluginLoader> =
+        Arc::new(LibraryLoader::new().reserving(registry.names().iter().map(|s| s.to_string())));
+    let (text, file) = match pipeline {
+        Some(p) => (
+            fs::read_to_string(p).map_err(|e| Error::io("read pipeline file", p, e))?,
+            p.to_path_buf(),
+        ),
+        None => (
+            builtin_text.to_string(),
+            PathBuf::from(format!("pipelines/{builtin_name}.toml")),
+        ),
+    };
+    let declared = declared_params(&text);
+    let mut all: Vec<(String, String)> = params
+        .into_iter()
+        .filter(|(k, _)| declared.contains(k))
+        .collect();
+    all.extend(overrides.iter().cloned());
+    let compiled = match pipeline {
+        Some(p) => compile_file(p, &registry, loader.as_ref(), &all)?,
+        None => compile_str(&text, &file, &registry, loader.as_ref(), &all)?,
+    };
+    let name = compiled.name.clone();
+    let outcome = compiled
+        .run(progress, CancelToken::default())
+        .map_err(|failure| {
+            tracing::error!("{failure}");
+            failure.error
+        })?;
+    let staged = outcome
+        .outputs
+        .into_iter()
+        .rev()
+        .find_map(|a| match a {
+            genesis_core::pipeline::Artifact::StagedDatabase(s) => Some(*s),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "pipeline {name:?} ({}) produces no staged database; a restore needs a pipeline that runs through wal-apply",
+                file.display()
+            ))
+        })?;
+    Ok(StagedRun {
+        staged,
+        stages: outcome.stages,
+        pipeline: name,
+    })
+}
+
+/// Checkpoints the staged database's WAL into the file (if SQLite left one)
+/// and fsyncs it, so that it is one complete file that can be moved.
+pub(crate) fn settle(path: &Path) -> Result<()> {
+    let wal = sibling(path, "-wal");
+    if wal.exists() {
+        let conn = rusqlite::Connection::open(path).map_err(|e| Error::sqlite("open", path, e))?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| Error::sqlite("checkpoint", path, e))?;
+        drop(conn);
+    }
+    if let Ok(m) = fs::metadata(&wal) {
+        if m.len() > 0 {
+            return Err(Error::Failed(format!(
+                "{} still holds frames after a checkpoint; is another program using the staged database?",
+                wal.display()
+            )));
+        }
+        remove_if_exists(&wal)?;
+    }
+    remove_if_exists(&sibling(path, "-shm"))?;
+    fsync_file(path)
+}
+
+fn fsync_file(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io("fsync", path, e))
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+/// Moves `from` to `to` (which must not be a live database): a rename, or,
+/// across filesystems, a copy to a temporary name beside `to`, fsynced and
+/// renamed. The directory of `to` is fsynced.
+pub(crate) fn move_file(from: &Path, to: &Path) -> Result<()> {
+    let dir = parent_dir(to).unwrap_or_else(|| PathBuf::from("."));
+    match fs::rename(from, to) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(18) || e.kind() == io::ErrorKind::CrossesDevices => {
+            let tmp = sibling(to, &format!(".genesis-copy-{}.tmp", std::process::id()));
+            let copied = fs::copy(from, &tmp)
+                .map_err(|e| Error::io("copy", &tmp, e))
+                .and_then(|_| fsync_file(&tmp))
+                .and_then(|()| fs::rename(&tmp, to).map_err(|e| Error::io("rename", to, e)));
+            if let Err(e) = copied {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+            remove_if_exists(from)?;
+        }
+        Err(e) => return Err(Error::io("rename", from, e)),
+    }
+    fsync_dir(&dir)
+}
+
+/// Replaces the live database with `staged` (see the module documentation).
+/// Returns the pre-recovery backup's path when there was a live database.
+fn apply(staged: &Path, db: &Path) -> Result<Option<PathBuf>> {
+    let dir = parent_dir(db).unwrap_or_else(|| PathBuf::from("."));
+    let tmp = sibling(db, &format!(".genesis-restore-{}.tmp", std::process::id()));
+    move_file(staged, &tmp)?;
+    let backup = if db.exists() {
+        let stamp = Utc::now().format("%Y%m%dT%H%M%S%.6fZ").to_string();
+        let backup = sibling(db, &format!(".pre-recovery-{stamp}"));
+        if let Err(e) = fs::hard_link(db, &backup) {
+            tracing::debug!("hard link failed ({e}); copying the live database instead");
+            fs::copy(db, &backup).map_err(|e| Error::io("copy the live database to", &backup, e))?;
+            fsync_file(&backup)?;
+        }
+        for suffix in ["-wal", "-shm"] {
+            let side = sibling(db, suffix);
+            if side.exists() {
+                let to = sibling(&backup, suffix);
+                fs::rename(&side, &to).map_err(|e| Error::io("move aside", &side, e))?;
+            }
+        }
+        fsync_dir(&dir)?;
+        Some(backup)
+    } else {
+        None
+    };
+    // The one step that changes what the live path names: atomic.
+    fs::rename(&tmp, db).map_err(|e| Error::io("rename the restored database to", db, e))?;
+    fsync_dir(&dir)?;
+    Ok(backup)
+}
+
+/// Restores a database as `opts` says; see the module documentation.
+///
+/// # Errors
+/// `Error::Locked` when another restore of the same live database runs;
+/// `Error::Usage`/`Error::Config` for bad options, targets or pipelines;
+/// `Error::Corrupt` naming a damaged object (nothing is applied);
+/// I/O failures. A validation failure is not an error: the result has
+/// `success = false` and the database is not applied.
+pub fn restore(opts: &RestoreOptions, progress: Arc<dyn Progress>) -> Result<RestoreResult> {
+    let started = Instant::now();
+    let db_dir = parent_dir(&opts.db).ok_or_else(|| {
+        Error::Usage(format!("{} is not a database file path", opts.db.display()))
+    })?;
+    if !db_dir.is_dir() {
+        return Err(Error::Usage(format!(
+            "the directory of the live database {} does not exist",
+            opts.db.display()
+        )));
+    }
+    if let Some(out) = &opts.output {
+        if out == &opts.db {
+            return Err(Error::Usage(
+                "--output names the live database; leave --output out for a real restore".into(),
+            ));
+        }
+        if out.exists() {
+            return Err(Error::Usage(format!(
+                "{} already exists; choose another --output or remove it first",
+                out.display()
+            )));
+        }
+    }
+    let _lock = LockFile::try_acquire(
+        &restore_lock_path(&opts.db),
+        &format!("restore of {}", opts.db.display()),
+    )?;
+    clean_staging_dir(&opts.staging_dir)?;
+    clean_apply_leftovers(&opts.db)?;
+
+    let params = vec![
+        ("repository".to_string(), opts.repo.display().to_string()),
+        ("database".to_string(), opts.db.display().to_string()),
+        ("target".to_string(), crate::fetch::target_text(&opts.target)),
+        ("staging_dir".to_string(), opts.staging_dir.display().to_string()),
+        ("strict".to_string(), opts.strict.to_string()),
+        ("validate".to_string(), opts.validate.to_string()),
+        ("integrity_check".to_string(), opts.integrity_check.to_string()),
+        (
+            "exchange_orders".to_string(),
+            opts.reconcile
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        ),
+    ];
+    let run = run_to_staged(
+        opts.pipeline.as_deref(),
+        "restore",
+        RESTORE_PIPELINE,
+        params,
+        &opts.overrides,
+        progress,
+    )?;
+    let staged = run.staged;
+    settle(&staged.path)?;
+
+    let plan = staged.plan.clone();
+    let point_time = staged.point_time;
+    let target_time = match &opts.target {
+        Target::Time { at } => Some(*at),
+        _ => None,
+    };
+    let rpo_gap_seconds = match target_time {
+        Some(at) => {
+            let reached = match (staged.replayed_until, point_time) {
+                (Some(r), Some(p)) => Some(r.max(p)),
+                (r, p) => r.or(p),
+            };
+            reached.map_or(0.0, |r| ((at - r).num_microseconds().unwrap_or(0) as f64 / 1e6).max(0.0))
+        }
+        None => 0.0,
+    };
+    let valid = staged.validation.as_ref().is_none_or(|v| v.is_consistent);
+
+    let mut applied = false;
+    let mut pre_recovery_backup = None;
+    let mut not_applied_reason = None;
+    let recovered_db_path = if opts.dry_run {
+        not_applied_reason = Some("dry run".to_string());
+        staged.path.clone()
+    } else if !valid {
+        not_applied_reason = Some(format!(
+            "validation failed; the staged database is left at {} for inspection",
+            staged.path.display()
+        ));
+        staged.path.clone()
+    } else if let Some(out) = &opts.output {
+        move_file(&staged.path, out)?;
+        not_applied_reason = Some("--output given: the live database was not touched".into());
+        out.clone()
+    } else {
+        pre_recovery_backup = apply(&staged.path, &opts.db)?;
+        applied = true;
+        opts.db.clone()
+    };
+
+    Ok(RestoreResult {
+        success: valid,
+        target_timestamp: target_time
+            .or(point_time)
+            .map(format_rfc3339)
+            .unwrap_or_default(),
+        full_backup_used: plan.as_ref().map(|p| p.snapshot.id.clone()).unwrap_or_default(),
+        incremental_count: plan.as_ref().map_or(0, |p| p.segments.len()),
+        recovery_time_seconds: started.elapsed().as_secs_f64(),
+        dry_run: opts.dry_run,
+        recovered_db_path,
+        applied,
+        restored_txid: staged.txid,
+        generation: staged.generation.clone(),
+        checksum: staged.checksum.clone(),
+        restore_point_timestamp: point_time.map(format_rfc3339).unwrap_or_default(),
+        rpo_gap_seconds,
+        events_replayed: staged.events_replayed,
+        replayed_until: staged.replayed_until.map(format_rfc3339),
+        replay: staged.replay.clone(),
+        fallback: plan.as_ref().and_then(|p| p.fallback.clone()),
+        pre_recovery_backup,
+        not_applied_reason,
+        pipeline: run.pipeline,
+        stages: run.stages,
+        validation: staged.validation.clone(),
+        reconciliation: staged.reconciliation.clone(),
+        reconciled: staged.reconciled,
+    })
+}

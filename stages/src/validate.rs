@@ -1,0 +1,163 @@
+//! The `validate` stage, and [`validate_database`] for the CLI's `validate`
+//! command: SQLite's own checks on any database
+//! ([`genesis_core::sqlite_checks`]: `quick_check`, or `integrity_check` when
+//! asked, and `foreign_key_check`), plus, when the database has the trading
+//! schema, the StateReconstructor rules of DOMAIN.md (with the restore target
+//! as the bound of rule 3), merged into one [`ValidationReport`].
+//!
+//! Settings (config key, else pipeline parameter): `enabled` (default true;
+//! `false` records nothing, for `--no-validate`), `integrity_check` (default
+//! false; `full = true` in the config means the same).
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OpenFlags};
+use serde::Deserialize;
+
+use genesis_core::pipeline::{
+    decode_config, Artifact, ArtifactKind, BuildContext, Emit, Stage, StageContext,
+    StageFactory, ValidationReport,
+};
+use genesis_core::sqlite_checks::{self, SqliteCheckOptions};
+use genesis_core::{Error, Result};
+
+use crate::settings;
+
+/// How to validate a database.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ValidateOptions {
+    /// `integrity_check` instead of `quick_check`.
+    pub integrity_check: bool,
+    /// The restore target: events created after it are an error (rule 3).
+    pub target_time: Option<DateTime<Utc>>,
+}
+
+/// Validates the database at `path` (opened read-only): SQLite's checks and,
+/// with the trading schema, the trading rules.
+///
+/// # Errors
+/// `Error::Usage` when the file does not exist; `Error::Sqlite` when it is not
+/// a database SQLite can read. Findings are in the report, not errors.
+pub fn validate_database(path: &Path, opts: &ValidateOptions) -> Result<ValidationReport> {
+    if !path.is_file() {
+        return Err(Error::Usage(format!("no database file at {}", path.display())));
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| Error::sqlite("open (read-only)", path, e))?;
+    let mut report = sqlite_checks::check_connection(
+        &conn,
+        path,
+        SqliteCheckOptions {
+            integrity_check: opts.integrity_check,
+        },
+    )?;
+    let has_schema = genesis_trading::schema::has_trading_schema(&conn)
+        .map_err(|e| Error::Failed(format!("{}: {e}", path.display())))?;
+    report
+        .metrics
+        .insert("trading_schema".into(), has_schema.into());
+    if has_schema {
+        if let Some(trading) = trading_report(&conn, path, opts)? {
+            report.merge(trading);
+        }
+    }
+    report.is_consistent = report.errors.is_empty();
+    Ok(report)
+}
+
+/// The trading rules of DOMAIN.md as a core report.
+fn trading_report(
+    _conn: &Connection,
+    _path: &Path,
+    _opts: &ValidateOptions,
+) -> Result<Option<ValidationReport>> {
+    // TODO(trading): wire `genesis_trading::validate` here when it lands.
+    Ok(None)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValidateConfig {
+    enabled: Option<bool>,
+    integrity_check: Option<bool>,
+    full: Option<bool>,
+}
+
+/// The `validate` stage type.
+pub struct ValidateFactory;
+
+impl StageFactory for ValidateFactory {
+    fn type_name(&self) -> &str {
+        "validate"
+    }
+    fn description(&self) -> &str {
+        "SQLite quick_check/integrity_check and foreign_key_check, plus the trading StateReconstructor rules"
+    }
+    fn inputs(&self) -> &[ArtifactKind] {
+        &[ArtifactKind::StagedDatabase]
+    }
+    fn outputs(&self) -> &[ArtifactKind] {
+        &[ArtifactKind::StagedDatabase]
+    }
+    fn build(
+        &self,
+        config: &toml::Table,
+        ctx: &BuildContext<'_>,
+    ) -> std::result::Result<Box<dyn Stage>, Vec<(String, String)>> {
+        let config: ValidateConfig = decode_config(config)?;
+        let mut problems = Vec::new();
+        let enabled = settings::flag(config.enabled, ctx.params, "validate", true)
+            .map_err(|e| problems.push(("enabled".to_string(), e.to_string())))
+            .unwrap_or(true);
+        let integrity = settings::flag(
+            config.integrity_check.or(config.full),
+            ctx.params,
+            "integrity_check",
+            false,
+        )
+        .map_err(|e| problems.push(("integrity_check".to_string(), e.to_string())))
+        .unwrap_or(false);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Box::new(Validate { enabled, integrity }))
+    }
+}
+
+struct Validate {
+    enabled: bool,
+    integrity: bool,
+}
+
+impl Stage for Validate {
+    fn process(&mut self, input: Artifact, _ctx: &StageContext, out: &mut dyn Emit) -> Result<()> {
+        match input {
+            Artifact::StagedDatabase(mut staged) if self.enabled => {
+                let report = validate_database(
+                    &staged.path,
+                    &ValidateOptions {
+                        integrity_check: self.integrity,
+                        target_time: staged.target_time,
+                    },
+                )?;
+                tracing::info!(
+                    consistent = report.is_consistent,
+                    errors = report.errors.len(),
+                    warnings = report.warnings.len(),
+                    "validation"
+                );
+                match &mut staged.validation {
+                    // Findings of an earlier (plugin) check are kept.
+                    Some(existing) => existing.merge(report),
+                    None => staged.validation = Some(report),
+                }
+                out.emit(Artifact::StagedDatabase(staged))
+            }
+            other => out.emit(other),
+        }
+    }
+}
