@@ -645,7 +645,8 @@ fn a_duplicate_stage_type_is_refused() {
     // A type name reserved for a built-in stage.
     let loader = LibraryLoader::new().reserving(["passthrough"]);
     let err = loader.load_library(&original).unwrap_err();
-    assert!(err.to_string().contains("built-in"), "{err}");
+    assert!(matches!(err, LoadError::ReservedType { .. }), "{err}");
+    assert!(err.to_string().contains("built-in stage type"), "{err}");
 
     // Through a pipeline naming both.
     let db = risk_database(dir.path());

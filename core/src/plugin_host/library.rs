@@ -50,6 +50,8 @@ pub enum LoadError {
         name: String,
         other: PathBuf,
     },
+    #[error("{file} declares stage type {name:?}, which is a built-in stage type: change the name in the plugin's `export_stage!`")]
+    ReservedType { file: String, name: String },
 }
 
 /// How messages name a library: its file name (callers show the full path).
@@ -230,7 +232,7 @@ impl LibraryLoader {
     }
 
     /// Also refuses libraries declaring one of these names (e.g. the
-    /// built-in stage types), as a duplicate.
+    /// built-in stage types).
     pub fn reserving<I, S>(mut self, names: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -267,10 +269,9 @@ impl LibraryLoader {
         let mut declared = self.declared.lock().unwrap_or_else(|p| p.into_inner());
         let name = &library.type_name;
         if self.reserved.contains(name) {
-            return Err(LoadError::DuplicateType {
+            return Err(LoadError::ReservedType {
                 file: library.file.clone(),
                 name: name.clone(),
-                other: PathBuf::from("genesis-recovery (a built-in stage type)"),
             });
         }
         match declared.get(name) {
