@@ -15,8 +15,11 @@ pub mod plugin_host;
 pub mod progress;
 pub mod rebuild;
 pub mod repo;
+pub mod retention;
+pub mod settings;
 pub mod sqlite_checks;
 pub mod time;
+pub mod verify;
 pub mod wal;
 
 pub use error::{ConfigIssue, Error, Result};

@@ -17,6 +17,7 @@
 //! that position was read: the checkpointer can then only write pages that
 //! the overlay replaces, so the image is exactly the database at that txid.
 
+mod run;
 pub mod source;
 mod state;
 
@@ -42,6 +43,9 @@ use crate::repo::{
 };
 use crate::wal::{self, WalRead, WalState};
 
+pub use run::{
+    backup_full, backup_sync, replicate, FullBackupResult, ReplicateOptions, ReplicateSummary,
+};
 pub use state::SavedState;
 
 /// How a capturer runs.
@@ -96,7 +100,8 @@ pub struct StepReport {
 }
 
 impl StepReport {
-    fn absorb(&mut self, other: StepReport) {
+    /// Adds another step's report to this one.
+    pub fn absorb(&mut self, other: StepReport) {
         self.txns += other.txns;
         self.pages += other.pages;
         self.txid_min = self.txid_min.or(other.txid_min);
@@ -321,7 +326,6 @@ impl Capturer {
         }
         match wal::read_wal(&wal::wal_path(self.db()), Some(&saved.wal))? {
             WalState::Continues(_) => {}
-            WalState::Empty if saved.wal.frame == 0 => {}
             WalState::Empty => {
                 // The WAL was checkpointed and removed; the database file must
                 // then hold exactly the saved state.

@@ -1,0 +1,102 @@
+//! Dispatch: resolves the global settings into a [`Ctx`] and calls the
+//! command's module. One place maps errors to exit codes.
+
+pub mod args;
+mod capture;
+mod inspect;
+pub mod logging;
+mod output;
+
+use std::path::PathBuf;
+
+use genesis_core::settings::Settings;
+
+use args::{Cli, Command};
+
+/// Exit codes (DESIGN.md §6).
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+
+/// What every command needs: resolved paths and output flags.
+pub struct Ctx {
+    pub db: PathBuf,
+    pub repo: PathBuf,
+    pub staging: PathBuf,
+    pub settings: Settings,
+    pub json: bool,
+    pub quiet: bool,
+}
+
+impl Ctx {
+    fn new(g: &args::Global) -> anyhow::Result<Ctx> {
+        let settings = Settings::load(g.config.as_deref())?;
+        Ok(Ctx {
+            db: g
+                .db
+                .clone()
+                .or_else(|| settings.database.clone())
+                .unwrap_or_else(|| PathBuf::from(".genesis/data/genesis.db")),
+            repo: g
+                .repo
+                .clone()
+                .or_else(|| settings.repository.clone())
+                .unwrap_or_else(|| PathBuf::from(".genesis/backups")),
+            staging: settings
+                .staging_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(".genesis/recovery")),
+            settings,
+            json: g.json,
+            quiet: g.quiet,
+        })
+    }
+}
+
+/// Runs the command; returns the exit code.
+///
+/// # Errors
+/// Whatever the command fails with; [`exit_code`] maps it.
+pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let ctx = Ctx::new(&cli.global)?;
+    match cli.command {
+        Command::Simulate(a) => capture::simulate(&ctx, a),
+        Command::Backup(b) => capture::backup(&ctx, b),
+        Command::ListBackups(a) => inspect::list_backups(&ctx, a),
+        Command::VerifyBackups(a) => inspect::verify_backups(&ctx, a),
+        other => anyhow::bail!(genesis_core::Error::Usage(format!(
+            "{other:?} is not available yet"
+        ))),
+    }
+}
+
+/// The exit code of an error: 2 for usage and configuration errors, 1 otherwise.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    if let Some(e) = err.downcast_ref::<genesis_core::Error>() {
+        return e.exit_code();
+    }
+    if let Some(e) = err.downcast_ref::<genesis_trading::Error>() {
+        return if trading_error_is_input(e) { 2 } else { 1 };
+    }
+    if err.downcast_ref::<clap::Error>().is_some() {
+        return 2;
+    }
+    EXIT_FAILED
+}
+
+fn trading_error_is_input(e: &genesis_trading::Error) -> bool {
+    let s = format!("{e:?}");
+    s.starts_with("ExchangeFile") || s.starts_with("Usage") || s.starts_with("Input")
+}
+
+/// The error text shown to the user: the error and its causes.
+pub fn describe_error(err: &anyhow::Error) -> String {
+    let mut out = err.to_string();
+    for cause in err.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
+}

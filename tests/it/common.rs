@@ -1,0 +1,273 @@
+//! Helpers: a temporary directory per test, running the binary in it, the
+//! hostile writer, and reading restored databases.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+/// A test's working directory with the default layout.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("genesis-it-")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
+        Env { dir }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn db(&self) -> PathBuf {
+        self.path().join("data/genesis.db")
+    }
+    pub fn repo(&self) -> PathBuf {
+        self.path().join("backups")
+    }
+    /// The binary with --db and --repo pointing into this directory.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_genesis-recovery"));
+        c.current_dir(self.path())
+            .arg("--db")
+            .arg(self.db())
+            .arg("--repo")
+            .arg(self.repo());
+        c.env_remove("RUST_LOG");
+        c
+    }
+    /// The binary with --db into this directory and the given --repo.
+    pub fn cmd_with_repo(&self, repo: &Path) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_genesis-recovery"));
+        c.current_dir(self.path())
+            .arg("--db")
+            .arg(self.db())
+            .arg("--repo")
+            .arg(repo);
+        c
+    }
+    /// Runs the binary with args; returns the output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd()
+            .args(args)
+            .output()
+            .expect("run genesis-recovery")
+    }
+    /// Runs with `--json` and parses stdout.
+    pub fn json(&self, args: &[&str]) -> (i32, serde_json::Value) {
+        let out = self
+            .cmd()
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("run genesis-recovery");
+        let code = out.status.code().unwrap_or(-1);
+        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout of {args:?} is not JSON ({e}); exit {code}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (code, v)
+    }
+    /// Spawns the binary in the background.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.cmd()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn genesis-recovery")
+    }
+    /// Runs the hostile writer to completion.
+    pub fn hostile_writer(
+        &self,
+        record: &Path,
+        commits: u64,
+        seed: u64,
+        pause_every: u64,
+        pause_ms: u64,
+    ) -> Child {
+        Command::new("python3")
+            .arg(fixture("hostile_writer.py"))
+            .arg(self.db())
+            .arg(record)
+            .arg(commits.to_string())
+            .arg(seed.to_string())
+            .arg(pause_every.to_string())
+            .arg(pause_ms.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 must be installed (scripts/setup.sh installs it)")
+    }
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Scale factor for soak runs.
+pub fn soak() -> bool {
+    std::env::var("GENESIS_SOAK").is_ok_and(|v| v == "1")
+}
+
+/// The writer's record: commit number -> table hash.
+pub fn read_record(path: &Path) -> BTreeMap<u64, String> {
+    let text = std::fs::read_to_string(path).expect("record file");
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let n = it.next()?.parse().ok()?;
+            let _t = it.next()?;
+            Some((n, it.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// The same hash the writer computes, of a restored database.
+pub fn kv_hash(db: &Path) -> (u64, String) {
+    use sha2_like::Sha256;
+    let c = rusqlite::Connection::open(db).expect("open restored db");
+    let n: i64 = c
+        .query_row("SELECT coalesce(max(n), 0) FROM log", [], |r| r.get(0))
+        .expect("log");
+    let mut s = c
+        .prepare("SELECT k, v, length(pad) FROM kv ORDER BY k")
+        .expect("kv");
+    let mut h = Sha256::new();
+    let rows = s
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })
+        .expect("rows");
+    for row in rows {
+        let (k, v, pad) = row.expect("row");
+        let pad = pad.map(|p| p.to_string()).unwrap_or_else(|| "None".into());
+        h.update(format!("{k}|{v}|{pad}\n").as_bytes());
+    }
+    (n as u64, h.hex())
+}
+
+/// A minimal SHA-256 so that tests compare with Python's hashlib without a crate.
+pub mod sha2_like {
+    pub struct Sha256 {
+        buf: Vec<u8>,
+    }
+    impl Sha256 {
+        pub fn new() -> Self {
+            Sha256 { buf: Vec::new() }
+        }
+        pub fn update(&mut self, b: &[u8]) {
+            self.buf.extend_from_slice(b);
+        }
+        pub fn hex(&self) -> String {
+            const K: [u32; 64] = [
+                0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+                0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+                0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+                0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+                0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+                0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+                0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+                0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+                0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+                0xc67178f2,
+            ];
+            let mut h: [u32; 8] = [
+                0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
+                0x5be0cd19,
+            ];
+            let mut m = self.buf.clone();
+            let bits = (m.len() as u64) * 8;
+            m.push(0x80);
+            while m.len() % 64 != 56 {
+                m.push(0);
+            }
+            m.extend_from_slice(&bits.to_be_bytes());
+            for chunk in m.chunks(64) {
+                let mut w = [0u32; 64];
+                for i in 0..16 {
+                    w[i] = u32::from_be_bytes([
+                        chunk[4 * i],
+                        chunk[4 * i + 1],
+                        chunk[4 * i + 2],
+                        chunk[4 * i + 3],
+                    ]);
+                }
+                for i in 16..64 {
+                    let s0 =
+                        w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
+                    let s1 =
+                        w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
+                    w[i] = w[i - 16]
+                        .wrapping_add(s0)
+                        .wrapping_add(w[i - 7])
+                        .wrapping_add(s1);
+                }
+                let mut a = h;
+                for i in 0..64 {
+                    let s1 = a[4].rotate_right(6) ^ a[4].rotate_right(11) ^ a[4].rotate_right(25);
+                    let ch = (a[4] & a[5]) ^ (!a[4] & a[6]);
+                    let t1 = a[7]
+                        .wrapping_add(s1)
+                        .wrapping_add(ch)
+                        .wrapping_add(K[i])
+                        .wrapping_add(w[i]);
+                    let s0 = a[0].rotate_right(2) ^ a[0].rotate_right(13) ^ a[0].rotate_right(22);
+                    let maj = (a[0] & a[1]) ^ (a[0] & a[2]) ^ (a[1] & a[2]);
+                    let t2 = s0.wrapping_add(maj);
+                    a = [
+                        t1.wrapping_add(t2),
+                        a[0],
+                        a[1],
+                        a[2],
+                        a[3].wrapping_add(t1),
+                        a[4],
+                        a[5],
+                        a[6],
+                    ];
+                }
+                for i in 0..8 {
+                    h[i] = h[i].wrapping_add(a[i]);
+                }
+            }
+            h.iter().map(|x| format!("{x:08x}")).collect()
+        }
+    }
+}
+
+/// Sends SIGTERM (or SIGKILL) to a child.
+pub fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status();
+}
+
+/// Waits for a child and returns its output, failing the test on timeout.
+pub fn wait_output(child: Child, what: &str) -> Output {
+    let out = child.wait_with_output().expect(what);
+    out
+}
+
+/// Rebuilds the database at `txid` with the library and returns its path.
+pub fn rebuild_at(repo: &Path, txid: u64, out: &Path) -> genesis_core::rebuild::RebuildResult {
+    let repo = genesis_core::repo::Repository::open_local(repo, false).expect("repo");
+    let catalog = repo.catalog().expect("catalog");
+    let point = catalog.point_for_txid(txid).expect("point");
+    let chain = catalog.chain_to(&point).expect("chain");
+    genesis_core::rebuild::rebuild(&repo, &chain, &point, out).expect("rebuild")
+}

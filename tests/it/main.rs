@@ -1,0 +1,12 @@
+//! Integration tests of the `genesis-recovery` binary, compiled as one test
+//! binary. Each test gets its own temporary directory (see `common`).
+//!
+//! Long soak and fault-injection runs are scaled by `GENESIS_SOAK=1`
+//! (`GENESIS_SOAK=1 cargo nextest run --run-ignored all`); the default run is
+//! the bounded version CI runs.
+
+mod capture_bad_input;
+mod capture_crash;
+mod capture_damage;
+mod capture_hostile;
+mod common;
