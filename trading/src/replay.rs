@@ -522,7 +522,11 @@ fn replay_segment(tx: &Transaction<'_>, events: &[Event], record: bool) -> Resul
         note(i, e);
     }
     write_rows(tx, events, &folded.rows, &mut note)?;
-    tracing::debug!("{} projection rows done in {:?}", folded.rows.len(), t0.elapsed());
+    tracing::debug!(
+        "{} projection rows done in {:?}",
+        folded.rows.len(),
+        t0.elapsed()
+    );
     for (i, op) in &folded.appends {
         let mut set = op.set.clone();
         set.sort_by_key(|(c, _)| *c);

@@ -1,0 +1,420 @@
+//! Each validation rule has a database that breaks exactly it; a clean
+//! simulated database has no error.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicBool;
+
+use genesis_trading::validate::{codes, validate_state, ValidateOptions, ValidationReport};
+use genesis_trading::{positions, replay, schema, simulate, state_hash, Event, ReplayOptions};
+use rusqlite::Connection;
+
+fn ev(seq: i64, ty: &str, id: &str, data: &str) -> Event {
+    Event {
+        event_id: format!("evt-{seq:04}"),
+        event_type: ty.into(),
+        aggregate_id: id.into(),
+        event_data: data.into(),
+        sequence_number: seq,
+        created_at: format!("2025-01-15T14:{:02}:{:02}.000000", seq / 60, seq % 60),
+    }
+}
+
+fn base_events() -> Vec<Event> {
+    vec![
+        ev(
+            1,
+            "BALANCE_UPDATED",
+            "b",
+            r#"{"asset":"USDT","free_balance":1000,"locked_balance":100,"total_balance":1100}"#,
+        ),
+        ev(
+            2,
+            "BALANCE_UPDATED",
+            "b",
+            r#"{"asset":"BTC","free_balance":1,"locked_balance":0,"total_balance":1}"#,
+        ),
+        ev(
+            3,
+            "POSITION_OPENED",
+            "p1",
+            r#"{"symbol":"BTC/USDT","side":"long","entry_price":100,"quantity":1,"strategy_id":"s"}"#,
+        ),
+        ev(
+            4,
+            "ORDER_CREATED",
+            "o1",
+            r#"{"client_order_id":"c1","symbol":"BTC/USDT","side":"buy","order_type":"limit","quantity":1,"price":100,"position_id":"p1"}"#,
+        ),
+        ev(
+            5,
+            "ORDER_CREATED",
+            "o2",
+            r#"{"client_order_id":"c2","symbol":"BTC/USDT","side":"buy","order_type":"limit","quantity":2,"price":10}"#,
+        ),
+        ev(
+            6,
+            "ORDER_FILLED",
+            "o2",
+            r#"{"filled_quantity":2,"executed_price":10}"#,
+        ),
+    ]
+}
+
+/// A database built from the events, with a correct CHECKPOINT after event 6.
+fn build(extra: &[Event]) -> Connection {
+    let mut c = Connection::open_in_memory().unwrap();
+    schema::ensure_schema(&c).unwrap();
+    let mut evs = base_events();
+    replay(&mut c, &evs, &ReplayOptions::default()).unwrap();
+    let hash = state_hash(&c).unwrap();
+    let mut tail = vec![
+        ev(
+            7,
+            "CHECKPOINT",
+            "ck1",
+            &format!(r#"{{"state_hash":"{hash}"}}"#),
+        ),
+        ev(8, "SYSTEM_STATE_SET", "s", r#"{"key":"mode","value":"x"}"#),
+        ev(
+            9,
+            "POSITION_UPDATED",
+            "p1",
+            r#"{"current_price":110,"unrealized_pnl":10}"#,
+        ),
+    ];
+    for (i, e) in extra.iter().enumerate() {
+        let mut e = e.clone();
+        e.sequence_number = 10 + i as i64;
+        e.event_id = format!("evt-{:04}", e.sequence_number);
+        if e.created_at == ev(0, "", "", "").created_at {
+            e.created_at = ev(e.sequence_number, "", "", "").created_at;
+        }
+        tail.push(e);
+    }
+    replay(&mut c, &tail, &ReplayOptions::default()).unwrap();
+    evs.extend(tail);
+    c
+}
+
+fn error_codes(r: &ValidationReport) -> BTreeSet<String> {
+    r.errors.iter().map(|f| f.code.clone()).collect()
+}
+
+fn only(conn: &Connection, opts: &ValidateOptions, code: &str, needle: &str) {
+    let r = validate_state(conn, opts).unwrap();
+    assert!(!r.is_consistent);
+    assert_eq!(
+        error_codes(&r),
+        BTreeSet::from([code.to_string()]),
+        "{:#?}",
+        r.errors
+    );
+    assert!(
+        r.errors.iter().any(|f| f.message.contains(needle)),
+        "{needle:?} not in {:#?}",
+        r.errors
+    );
+}
+
+#[test]
+fn the_base_database_is_clean() {
+    let c = build(&[]);
+    let r = validate_state(&c, &ValidateOptions::default()).unwrap();
+    assert!(r.is_consistent, "{:#?}", r.errors);
+    assert!(r.warnings.is_empty(), "{:#?}", r.warnings);
+    assert_eq!(r.metrics["event_count"], 9);
+    assert_eq!(r.metrics["orders_by_status"]["filled"], 1);
+    assert_eq!(r.metrics["open_exposure"]["BTC/USDT"], 100.0);
+    assert_eq!(r.metrics["last_event_sequence"], 9);
+}
+
+#[test]
+fn rule2_sequence_gap_and_duplicate() {
+    let c = build(&[]);
+    c.execute("DELETE FROM events WHERE sequence_number = 8", [])
+        .unwrap();
+    only(
+        &c,
+        &ValidateOptions::default(),
+        codes::EVENT_SEQUENCE,
+        "sequence numbers 8 are missing",
+    );
+    c.execute(
+        "UPDATE events SET sequence_number = 8 WHERE sequence_number = 9",
+        [],
+    )
+    .unwrap();
+    c.execute(
+        "INSERT INTO events VALUES ('dup', 'SYSTEM_STATE_SET', 's', '{\"key\":\"k\",\"value\":1}', 8, '2025-01-15T14:00:08')",
+        [],
+    )
+    .unwrap();
+    only(
+        &c,
+        &ValidateOptions::default(),
+        codes::EVENT_SEQUENCE,
+        "sequence number 8 is used twice",
+    );
+}
+
+#[test]
+fn rule3_event_after_target() {
+    let c = build(&[]);
+    let opts = ValidateOptions {
+        target: Some("2025-01-15T14:00:08.5Z".parse().unwrap()),
+        ..Default::default()
+    };
+    only(&c, &opts, codes::EVENT_AFTER_TARGET, "event #9");
+}
+
+#[test]
+fn rule4_balance_total() {
+    let c = build(&[ev(
+        0,
+        "BALANCE_UPDATED",
+        "b",
+        r#"{"asset":"ETH","free_balance":1,"locked_balance":1,"total_balance":3}"#,
+    )]);
+    only(
+        &c,
+        &ValidateOptions::default(),
+        codes::BALANCE,
+        "balance ETH",
+    );
+    let c = build(&[ev(
+        0,
+        "BALANCE_UPDATED",
+        "b",
+        r#"{"asset":"EUR","free_balance":-1,"locked_balance":1,"total_balance":0}"#,
+    )]);
+    only(
+        &c,
+        &ValidateOptions::default(),
+        codes::BALANCE,
+        "balance EUR: free balance -1 is negative",
+    );
+}
+
+#[test]
+fn rule5_order_overfilled() {
+    let c = build(&[ev(
+        0,
+        "ORDER_PARTIALLY_FILLED",
+        "o1",
+        r#"{"filled_quantity":2,"executed_price":100}"#,
+    )]);
+    only(
+        &c,
+        &ValidateOptions::default(),
+        codes::ORDER_INVALID,
+        "order o1: filled quantity 2 exceeds quantity 1",
+    );
+}
+
+#[test]
+fn rule6_filled_order_not_fully_filled() {
+    let c = build(&[ev(
+        0,
+        "ORDER_FILLED",
+        "o1",
+        r#"{"filled_quantity":0.5,"executed_price":100}"#,
+    )]);
+    only(
+        &c,
+        &ValidateOptions::default(),
+        codes::ORDER_FILL_STATE,
+        "order o1: status filled",
+    );
+}
+
+#[test]
+fn rule7_open_position_without_quantity() {
+    let c = build(&[ev(
+        0,
+        "POSITION_OPENED",
+        "p2",
+        r#"{"symbol":"BTC/USDT","side":"short","entry_price":100,"quantity":0}"#,
+    )]);
+    only(
+        &c,
+        &ValidateOptions::default(),
+        codes::POSITION_INVALID,
+        "position p2",
+    );
+}
+
+#[test]
+fn rule8_order_names_missing_position() {
+    let c = build(&[ev(
+        0,
+        "ORDER_CREATED",
+        "o3",
+        r#"{"client_order_id":"c3","symbol":"BTC/USDT","side":"buy","order_type":"market","quantity":1,"position_id":"ghost"}"#,
+    )]);
+    only(
+        &c,
+        &ValidateOptions::default(),
+        codes::ORDER_POSITION_MISSING,
+        "order o3: position ghost",
+    );
+}
+
+#[test]
+fn rule9_projection_differs_from_replay() {
+    let c = build(&[]);
+    c.execute("UPDATE orders SET price = 101 WHERE order_id = 'o1'", [])
+        .unwrap();
+    only(
+        &c,
+        &ValidateOptions::default(),
+        codes::REPLAY_MISMATCH,
+        "order 'o1': price is 101.0 in the database but 100.0",
+    );
+    c.execute("DELETE FROM orders WHERE order_id = 'o2'", [])
+        .unwrap();
+    let r = validate_state(&c, &ValidateOptions::default()).unwrap();
+    assert!(
+        r.errors.iter().any(|f| f
+            .message
+            .contains("order 'o2' is missing from the database")),
+        "{:#?}",
+        r.errors
+    );
+}
+
+#[test]
+fn rule10_checkpoint_hash() {
+    let bad = format!(r#"{{"state_hash":"blake3:{}"}}"#, "0".repeat(64));
+    let c = build(&[ev(0, "CHECKPOINT", "ck2", &bad)]);
+    only(
+        &c,
+        &ValidateOptions::default(),
+        codes::CHECKPOINT_HASH,
+        "checkpoint ck2 (event #10)",
+    );
+    // A hash in another form is not checked.
+    let c = build(&[ev(0, "CHECKPOINT", "ck3", r#"{"state_hash":"sha256:abc"}"#)]);
+    assert!(
+        validate_state(&c, &ValidateOptions::default())
+            .unwrap()
+            .is_consistent
+    );
+}
+
+#[test]
+fn warnings_unknown_type_backwards_time_user_version() {
+    let mut late = ev(0, "MARGIN_CALL", "m", "{}");
+    late.created_at = "2025-01-15T13:00:00".into();
+    let c = build(&[late]);
+    c.pragma_update(None, "user_version", 0).unwrap();
+    let r = validate_state(&c, &ValidateOptions::default()).unwrap();
+    assert!(r.is_consistent, "{:#?}", r.errors);
+    let w: BTreeSet<_> = r.warnings.iter().map(|f| f.code.as_str()).collect();
+    assert_eq!(
+        w,
+        BTreeSet::from([
+            codes::UNKNOWN_EVENT_TYPE,
+            codes::TIME_BACKWARDS,
+            codes::USER_VERSION
+        ])
+    );
+    let opts = ValidateOptions {
+        handled_event_types: BTreeSet::from(["MARGIN_CALL".to_string()]),
+        ..Default::default()
+    };
+    assert_eq!(validate_state(&c, &opts).unwrap().warnings.len(), 2);
+}
+
+#[test]
+fn warnings_stale_order_and_short_lock() {
+    let mut later = ev(0, "SYSTEM_STATE_SET", "s", r#"{"key":"k","value":"v"}"#);
+    later.created_at = "2025-01-17T00:00:00".into();
+    let c = build(&[
+        ev(
+            0,
+            "ORDER_CREATED",
+            "o4",
+            r#"{"client_order_id":"c4","symbol":"BTC/USDT","side":"sell","order_type":"limit","quantity":0.5,"price":100}"#,
+        ),
+        later,
+    ]);
+    let r = validate_state(&c, &ValidateOptions::default()).unwrap();
+    assert!(r.is_consistent, "{:#?}", r.errors);
+    let w: BTreeSet<_> = r.warnings.iter().map(|f| f.code.as_str()).collect();
+    assert_eq!(
+        w,
+        BTreeSet::from([codes::STALE_OPEN_ORDER, codes::LOCKED_BALANCE_SHORT]),
+        "{:#?}",
+        r.warnings
+    );
+    assert!(r
+        .warnings
+        .iter()
+        .any(|f| f.message.contains("balance BTC: locked 0")));
+}
+
+#[test]
+fn a_clean_simulated_database_has_no_error_and_positions_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("genesis.db");
+    let opts = simulate::SimulateOptions {
+        max_commits: Some(3000),
+        checkpoint_every: 97,
+        seed: 5,
+        ..Default::default()
+    };
+    simulate::simulate(&db, &opts, &AtomicBool::new(false)).unwrap();
+    let c = Connection::open(&db).unwrap();
+    let r = validate_state(&c, &ValidateOptions::default()).unwrap();
+    assert!(r.is_consistent, "{:#?}", r.errors);
+    assert!(r.warnings.is_empty(), "{:#?}", r.warnings);
+
+    let p = positions::recover_positions(&c, None).unwrap();
+    assert!(p.divergences.is_empty(), "{:#?}", p.divergences);
+    let open: i64 = c
+        .query_row(
+            "SELECT count(*) FROM positions WHERE status = 'open'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let all: i64 = c
+        .query_row("SELECT count(*) FROM positions", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        (p.open_positions as i64, p.total_positions as i64),
+        (open, all)
+    );
+    assert!(open > 0);
+
+    let id: String = c
+        .query_row(
+            "SELECT position_id FROM positions WHERE status = 'open' LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    c.execute(
+        "UPDATE positions SET quantity = quantity + 1 WHERE position_id = ?1",
+        [&id],
+    )
+    .unwrap();
+    let p = positions::recover_positions(&c, None).unwrap();
+    assert_eq!(p.divergences.len(), 1, "{:#?}", p.divergences);
+    assert!(
+        p.divergences[0].message.contains(&id) && p.divergences[0].message.contains("quantity")
+    );
+
+    // Up to a time: a prefix of the events, no divergence computed.
+    let t: String = c
+        .query_row(
+            "SELECT created_at FROM events WHERE sequence_number = 100",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let p = positions::recover_positions(&c, Some(genesis_trading::time::parse_opt(&t).unwrap()))
+        .unwrap();
+    assert_eq!(p.last_sequence, Some(100));
+    assert!(p.divergences.is_empty());
+}
