@@ -184,8 +184,14 @@ pub fn drill(opts: &DrillOptions, progress: Arc<dyn Progress>) -> Result<DrillRe
     let params = vec![
         ("repository".to_string(), opts.repo.display().to_string()),
         ("target".to_string(), "latest".to_string()),
-        ("staging_dir".to_string(), opts.scratch_dir.display().to_string()),
-        ("integrity_check".to_string(), opts.integrity_check.to_string()),
+        (
+            "staging_dir".to_string(),
+            opts.scratch_dir.display().to_string(),
+        ),
+        (
+            "integrity_check".to_string(),
+            opts.integrity_check.to_string(),
+        ),
         (
             "exchange_orders".to_string(),
             opts.exchange_orders

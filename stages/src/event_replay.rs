@@ -21,8 +21,8 @@ use rusqlite::Connection;
 use serde::Deserialize;
 
 use genesis_core::pipeline::{
-    decode_config, Artifact, ArtifactKind, BuildContext, Emit, Stage, StageContext,
-    StageFactory, StagedDatabase,
+    decode_config, Artifact, ArtifactKind, BuildContext, Emit, Stage, StageContext, StageFactory,
+    StagedDatabase,
 };
 use genesis_core::plugin_host::{self, EventHandlerPlugin, SqlValue, WireEvent};
 use genesis_core::repo::formats::EventRow;
@@ -101,7 +101,10 @@ impl EventExtension for PluginExtension {
         self.0.handles(event_type)
     }
 
-    fn effects(&mut self, ev: &Event) -> std::result::Result<Vec<genesis_trading::SqlStatement>, String> {
+    fn effects(
+        &mut self,
+        ev: &Event,
+    ) -> std::result::Result<Vec<genesis_trading::SqlStatement>, String> {
         let wire = WireEvent {
             event_id: ev.event_id.clone(),
             event_type: ev.event_type.clone(),
@@ -200,10 +203,9 @@ impl EventReplay {
             }));
             return Ok(());
         };
-        let mut conn =
-            Connection::open(&path).map_err(|e| Error::sqlite("open", &path, e))?;
-        let has_schema = genesis_trading::schema::has_trading_schema(&conn)
-            .map_err(trading_error(&path))?;
+        let mut conn = Connection::open(&path).map_err(|e| Error::sqlite("open", &path, e))?;
+        let has_schema =
+            genesis_trading::schema::has_trading_schema(&conn).map_err(trading_error(&path))?;
         if !has_schema {
             staged.replay = Some(serde_json::json!({
                 "skipped": "the database has no trading schema (no `events` table)"
@@ -239,7 +241,11 @@ impl EventReplay {
             );
         }
         staged.replay = Some(value);
-        tracing::info!(events = report.applied, unknown = report.unknown.len(), "events replayed");
+        tracing::info!(
+            events = report.applied,
+            unknown = report.unknown.len(),
+            "events replayed"
+        );
         Ok(())
     }
 }

@@ -83,7 +83,9 @@ pub fn parse_target(text: &str) -> Result<Target> {
 pub fn target_text(target: &Target) -> String {
     match target {
         Target::Latest => "latest".to_string(),
-        Target::Time { at } => format_rfc3339(*at),
+        // Full precision: restore points carry nanoseconds, and a target
+        // rounded down could fall before the point it names.
+        Target::Time { at } => at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
         Target::Txid { txid } => format!("txid:{txid}"),
         Target::BackupId { id } => format!("backup:{id}"),
     }
@@ -204,7 +206,10 @@ fn backup_point(catalog: &Catalog, id: &str) -> Result<RestorePoint> {
         .ok_or_else(|| {
             Error::corrupt(
                 id,
-                format!("the manifest's txid {} is not a restore point of its generation", m.txid_max),
+                format!(
+                    "the manifest's txid {} is not a restore point of its generation",
+                    m.txid_max
+                ),
             )
         })
 }
@@ -337,7 +342,9 @@ mod tests {
         assert_eq!(parse_target("txid:42").unwrap(), Target::Txid { txid: 42 });
         assert_eq!(
             parse_target("backup:snap_x").unwrap(),
-            Target::BackupId { id: "snap_x".into() }
+            Target::BackupId {
+                id: "snap_x".into()
+            }
         );
         let t = parse_target("2025-01-15T12:00:00").unwrap();
         assert_eq!(parse_target(&target_text(&t)).unwrap(), t);

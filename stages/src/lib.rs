@@ -36,7 +36,10 @@ pub const BUILTIN_PIPELINES: &[(&str, &str)] = &[
         "verify-backups",
         include_str!("../../pipelines/verify-backups.toml"),
     ),
-    ("corruption", include_str!("../../pipelines/corruption.toml")),
+    (
+        "corruption",
+        include_str!("../../pipelines/corruption.toml"),
+    ),
     (
         "accidental-deletion",
         include_str!("../../pipelines/accidental-deletion.toml"),

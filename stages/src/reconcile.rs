@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use genesis_core::pipeline::{
-    decode_config, Artifact, ArtifactKind, BuildContext, Emit, Stage, StageContext,
-    StageFactory, StagedDatabase,
+    decode_config, Artifact, ArtifactKind, BuildContext, Emit, Stage, StageContext, StageFactory,
+    StagedDatabase,
 };
 use genesis_core::{Error, Result};
 
@@ -56,8 +56,9 @@ impl StageFactory for ReconcileFactory {
         ctx: &BuildContext<'_>,
     ) -> std::result::Result<Box<dyn Stage>, Vec<(String, String)>> {
         let config: ReconcileConfig = decode_config(config)?;
-        let tolerance = settings::number(config.tolerance, ctx.params, "tolerance", DEFAULT_TOLERANCE)
-            .map_err(|e| vec![("tolerance".to_string(), e.to_string())])?;
+        let tolerance =
+            settings::number(config.tolerance, ctx.params, "tolerance", DEFAULT_TOLERANCE)
+                .map_err(|e| vec![("tolerance".to_string(), e.to_string())])?;
         if !(tolerance.is_finite() && tolerance >= 0.0) {
             return Err(vec![(
                 "tolerance".to_string(),

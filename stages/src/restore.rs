@@ -206,7 +206,10 @@ fn clean_apply_leftovers(db: &Path) -> Result<()> {
         let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
             continue;
         };
-        let Some(pid) = rest.strip_suffix(".tmp").and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) = rest
+            .strip_suffix(".tmp")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         if !process_alive(pid) {
@@ -376,7 +379,8 @@ fn apply(staged: &Path, db: &Path) -> Result<Option<PathBuf>> {
         let backup = sibling(db, &format!(".pre-recovery-{stamp}"));
         if let Err(e) = fs::hard_link(db, &backup) {
             tracing::debug!("hard link failed ({e}); copying the live database instead");
-            fs::copy(db, &backup).map_err(|e| Error::io("copy the live database to", &backup, e))?;
+            fs::copy(db, &backup)
+                .map_err(|e| Error::io("copy the live database to", &backup, e))?;
             fsync_file(&backup)?;
         }
         for suffix in ["-wal", "-shm"] {
@@ -439,11 +443,20 @@ pub fn restore(opts: &RestoreOptions, progress: Arc<dyn Progress>) -> Result<Res
     let params = vec![
         ("repository".to_string(), opts.repo.display().to_string()),
         ("database".to_string(), opts.db.display().to_string()),
-        ("target".to_string(), crate::fetch::target_text(&opts.target)),
-        ("staging_dir".to_string(), opts.staging_dir.display().to_string()),
+        (
+            "target".to_string(),
+            crate::fetch::target_text(&opts.target),
+        ),
+        (
+            "staging_dir".to_string(),
+            opts.staging_dir.display().to_string(),
+        ),
         ("strict".to_string(), opts.strict.to_string()),
         ("validate".to_string(), opts.validate.to_string()),
-        ("integrity_check".to_string(), opts.integrity_check.to_string()),
+        (
+            "integrity_check".to_string(),
+            opts.integrity_check.to_string(),
+        ),
         (
             "exchange_orders".to_string(),
             opts.reconcile
@@ -475,7 +488,9 @@ pub fn restore(opts: &RestoreOptions, progress: Arc<dyn Progress>) -> Result<Res
                 (Some(r), Some(p)) => Some(r.max(p)),
                 (r, p) => r.or(p),
             };
-            reached.map_or(0.0, |r| ((at - r).num_microseconds().unwrap_or(0) as f64 / 1e6).max(0.0))
+            reached.map_or(0.0, |r| {
+                ((at - r).num_microseconds().unwrap_or(0) as f64 / 1e6).max(0.0)
+            })
         }
         None => 0.0,
     };
@@ -509,7 +524,10 @@ pub fn restore(opts: &RestoreOptions, progress: Arc<dyn Progress>) -> Result<Res
             .or(point_time)
             .map(format_rfc3339)
             .unwrap_or_default(),
-        full_backup_used: plan.as_ref().map(|p| p.snapshot.id.clone()).unwrap_or_default(),
+        full_backup_used: plan
+            .as_ref()
+            .map(|p| p.snapshot.id.clone())
+            .unwrap_or_default(),
         incremental_count: plan.as_ref().map_or(0, |p| p.segments.len()),
         recovery_time_seconds: started.elapsed().as_secs_f64(),
         dry_run: opts.dry_run,

@@ -14,7 +14,12 @@ pub(crate) fn text(config: &Option<String>, params: &Params, key: &str) -> Optio
 }
 
 /// A boolean setting: config, then parameter (`true`/`false` text accepted), then `default`.
-pub(crate) fn flag(config: Option<bool>, params: &Params, key: &str, default: bool) -> Result<bool> {
+pub(crate) fn flag(
+    config: Option<bool>,
+    params: &Params,
+    key: &str,
+    default: bool,
+) -> Result<bool> {
     if let Some(b) = config {
         return Ok(b);
     }

@@ -16,8 +16,8 @@ use rusqlite::{Connection, OpenFlags};
 use serde::Deserialize;
 
 use genesis_core::pipeline::{
-    decode_config, Artifact, ArtifactKind, BuildContext, Emit, Stage, StageContext,
-    StageFactory, ValidationReport,
+    decode_config, Artifact, ArtifactKind, BuildContext, Emit, Stage, StageContext, StageFactory,
+    ValidationReport,
 };
 use genesis_core::sqlite_checks::{self, SqliteCheckOptions};
 use genesis_core::{Error, Result};
@@ -41,7 +41,10 @@ pub struct ValidateOptions {
 /// a database SQLite can read. Findings are in the report, not errors.
 pub fn validate_database(path: &Path, opts: &ValidateOptions) -> Result<ValidationReport> {
     if !path.is_file() {
-        return Err(Error::Usage(format!("no database file at {}", path.display())));
+        return Err(Error::Usage(format!(
+            "no database file at {}",
+            path.display()
+        )));
     }
     let conn = Connection::open_with_flags(
         path,

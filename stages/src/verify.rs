@@ -84,12 +84,7 @@ impl Verify {
                     format!("arrived where the plan expects object {id}"),
                 ))
             }
-            None => {
-                return Err(Error::corrupt(
-                    &m.id,
-                    "is not part of the restore plan",
-                ))
-            }
+            None => return Err(Error::corrupt(&m.id, "is not part of the restore plan")),
         }
         self.seen += 1;
         if m.generation != plan.point.generation {
@@ -140,14 +135,20 @@ impl Verify {
                 } else if m.txid_max > plan.point.txid {
                     return Err(Error::corrupt(
                         &m.id,
-                        format!("snapshot txid {} is after the restore point {}", m.txid_max, plan.point.txid),
+                        format!(
+                            "snapshot txid {} is after the restore point {}",
+                            m.txid_max, plan.point.txid
+                        ),
                     ));
                 }
                 self.db_after = Some((after, m.txid_max));
             }
             ObjectKind::Events => {
                 let (Some(lo), Some(hi)) = (m.seq_min, m.seq_max) else {
-                    return Err(Error::corrupt(&m.id, "event object without a sequence range"));
+                    return Err(Error::corrupt(
+                        &m.id,
+                        "event object without a sequence range",
+                    ));
                 };
                 if let Some(prev) = self.last_seq {
                     if lo > prev + 1 {

@@ -124,13 +124,17 @@ impl Stage for WalApply {
 
     fn finish(&mut self, ctx: &StageContext, out: &mut dyn Emit) -> Result<()> {
         let plan = self.plan.clone().ok_or_else(|| {
-            Error::Failed("wal-apply received no restore plan; put `fetch` first in the pipeline".into())
+            Error::Failed(
+                "wal-apply received no restore plan; put `fetch` first in the pipeline".into(),
+            )
         })?;
         let snapshot = self
             .objects
             .iter()
             .find(|o| o.manifest.kind == ObjectKind::Snapshot && o.manifest.id == plan.snapshot.id)
-            .ok_or_else(|| Error::corrupt(&plan.snapshot.id, "the snapshot never arrived at wal-apply"))?;
+            .ok_or_else(|| {
+                Error::corrupt(&plan.snapshot.id, "the snapshot never arrived at wal-apply")
+            })?;
         let mut segments = Vec::with_capacity(plan.segments.len());
         for m in &plan.segments {
             let o = self
