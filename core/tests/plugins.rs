@@ -761,3 +761,42 @@ fn the_loader_is_usable_from_many_threads() {
     let seen = seen.into_inner().unwrap();
     assert!(seen.windows(2).all(|w| w[0] == w[1]));
 }
+
+/// The shipped pipelines name the libraries the plugin crates really build
+/// (the full compile with the built-in stages is checked where they live).
+#[cfg(target_os = "linux")]
+#[test]
+fn shipped_pipelines_name_the_built_plugin_files() {
+    let pipelines = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines");
+    let read = |name: &str| -> toml::Table {
+        toml::from_str(&std::fs::read_to_string(pipelines.join(name)).unwrap()).unwrap()
+    };
+    let file_of = |path: &str| Path::new(path).file_name().unwrap().to_owned();
+
+    let risk = read("risk-check.toml");
+    let stages = risk["stages"].as_array().unwrap();
+    let last = stages.last().unwrap();
+    assert_eq!(last["type"].as_str(), Some("plugin"));
+    let library = last["library"].as_str().unwrap();
+    assert!(library.starts_with("../target/release/"), "{library}");
+    assert_eq!(
+        file_of(library),
+        plugin("genesis-plugin-risk-limits").file_name().unwrap()
+    );
+
+    let funding = read("funding-replay.toml");
+    let replay = funding["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["type"].as_str() == Some("event-replay"))
+        .unwrap();
+    let library = replay["config"]["plugins"][0].as_str().unwrap();
+    assert!(library.starts_with("../target/release/"), "{library}");
+    assert_eq!(
+        file_of(library),
+        plugin("genesis-plugin-funding-payment")
+            .file_name()
+            .unwrap()
+    );
+}
