@@ -197,9 +197,8 @@ pub fn replay_with_extensions(
 }
 
 fn check_sequence(conn: &Connection, events: &[Event]) -> Result<()> {
-    let mut expected = max_sequence(conn)? + 1;
-    let base = expected - 1;
-    for ev in events {
+    let base = max_sequence(conn)?;
+    for (expected, ev) in (base + 1..).zip(events) {
         if ev.sequence_number != expected {
             let reason = if ev.sequence_number <= base {
                 format!("sequence number {} does not follow the database's highest sequence number {base}", ev.sequence_number)
@@ -216,7 +215,6 @@ fn check_sequence(conn: &Connection, events: &[Event]) -> Result<()> {
             };
             return Err(Error::event(ev, reason));
         }
-        expected += 1;
     }
     Ok(())
 }

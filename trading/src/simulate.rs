@@ -445,8 +445,8 @@ impl Simulator {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(Error::sqlite("beginning a simulated commit"))?;
-        let checkpoint =
-            self.checkpoint_every > 0 && (self.seq as u64 + 1) % self.checkpoint_every == 0;
+        let checkpoint = self.checkpoint_every > 0
+            && (self.seq as u64 + 1).is_multiple_of(self.checkpoint_every);
         let (ev, write) = if checkpoint {
             let hash = crate::statehash::state_hash(&tx)?;
             let id = format!("ckpt-{:010}", self.seq + 1);
