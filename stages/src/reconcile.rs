@@ -97,25 +97,41 @@ impl Reconcile {
 /// returning the report as JSON.
 ///
 /// # Errors
-/// The file cannot be read or is not one of the accepted shapes; the database
-/// cannot be read.
+/// `Error::Usage` when the file is missing or not one of the accepted shapes
+/// (naming the shape expected and the field missing); `Error::Failed` when
+/// the database has no orders table or cannot be read.
 pub fn reconcile_file(
     db: &Path,
     file: &Path,
     tolerance: f64,
     symbol_map: &BTreeMap<String, String>,
 ) -> Result<serde_json::Value> {
-    let _ = (db, tolerance, symbol_map);
-    if !file.is_file() {
-        return Err(Error::Usage(format!(
-            "no exchange orders file at {}",
-            file.display()
-        )));
-    }
-    // TODO(trading): wire `genesis_trading::reconcile` here when it lands.
-    Err(Error::Failed(
-        "reconciliation is not available in this build yet".to_string(),
-    ))
+    let bytes = std::fs::read(file).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::Usage(format!("no exchange orders file at {}", file.display()))
+        } else {
+            Error::io("read the exchange orders file", file, e)
+        }
+    })?;
+    let orders =
+        genesis_trading::reconcile::parse_exchange_orders(&bytes, &file.display().to_string())
+            .map_err(|e| Error::Usage(e.to_string()))?;
+    let conn = rusqlite::Connection::open_with_flags(
+        db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| Error::sqlite("open (read-only)", db, e))?;
+    let report = genesis_trading::reconcile::reconcile(
+        &conn,
+        &orders,
+        &genesis_trading::reconcile::ReconcileOptions {
+            tolerance,
+            symbol_map: symbol_map.clone(),
+        },
+    )
+    .map_err(|e| Error::Failed(format!("reconciling {}: {e}", db.display())))?;
+    serde_json::to_value(&report)
+        .map_err(|e| Error::Failed(format!("encode the reconciliation report: {e}")))
 }
 
 impl Stage for Reconcile {

@@ -7,8 +7,11 @@
 //!
 //! Settings (config key, else pipeline parameter): `enabled` (default true;
 //! `false` records nothing, for `--no-validate`), `integrity_check` (default
-//! false; `full = true` in the config means the same).
+//! false; `full = true` in the config means the same). Config only:
+//! `handled_event_types = ["..."]` (types a plugin handles, not warned about)
+//! and `max_open_order_age = "24h"`.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -16,8 +19,8 @@ use rusqlite::{Connection, OpenFlags};
 use serde::Deserialize;
 
 use genesis_core::pipeline::{
-    decode_config, Artifact, ArtifactKind, BuildContext, Emit, Stage, StageContext, StageFactory,
-    ValidationReport,
+    decode_config, Artifact, ArtifactKind, BuildContext, Emit, Finding, Stage, StageContext,
+    StageFactory, ValidationReport,
 };
 use genesis_core::sqlite_checks::{self, SqliteCheckOptions};
 use genesis_core::{Error, Result};
@@ -31,6 +34,10 @@ pub struct ValidateOptions {
     pub integrity_check: bool,
     /// The restore target: events created after it are an error (rule 3).
     pub target_time: Option<DateTime<Utc>>,
+    /// Event types a plugin handles (not warned about as unknown).
+    pub handled_event_types: BTreeSet<String>,
+    /// Open orders older than this are warned about (default: trading's, 24 h).
+    pub max_open_order_age: Option<std::time::Duration>,
 }
 
 /// Validates the database at `path` (opened read-only): SQLite's checks and,
@@ -72,14 +79,37 @@ pub fn validate_database(path: &Path, opts: &ValidateOptions) -> Result<Validati
     Ok(report)
 }
 
-/// The trading rules of DOMAIN.md as a core report.
+/// The trading rules of DOMAIN.md (rules 2-10, warnings, metrics) as a core report.
 fn trading_report(
-    _conn: &Connection,
-    _path: &Path,
-    _opts: &ValidateOptions,
+    conn: &Connection,
+    path: &Path,
+    opts: &ValidateOptions,
 ) -> Result<Option<ValidationReport>> {
-    // TODO(trading): wire `genesis_trading::validate` here when it lands.
-    Ok(None)
+    let mut topts = genesis_trading::validate::ValidateOptions {
+        target: opts.target_time,
+        handled_event_types: opts.handled_event_types.clone(),
+        ..Default::default()
+    };
+    if let Some(age) = opts.max_open_order_age {
+        topts.max_open_order_age =
+            chrono::TimeDelta::from_std(age).unwrap_or(topts.max_open_order_age);
+    }
+    let t = genesis_trading::validate::validate_state(conn, &topts).map_err(|e| {
+        Error::Failed(format!(
+            "validating the trading state of {}: {e}",
+            path.display()
+        ))
+    })?;
+    let finding = |f: genesis_trading::validate::Finding| Finding {
+        code: f.code,
+        message: f.message,
+    };
+    Ok(Some(ValidationReport {
+        is_consistent: t.is_consistent,
+        errors: t.errors.into_iter().map(finding).collect(),
+        warnings: t.warnings.into_iter().map(finding).collect(),
+        metrics: t.metrics,
+    }))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -88,6 +118,11 @@ struct ValidateConfig {
     enabled: Option<bool>,
     integrity_check: Option<bool>,
     full: Option<bool>,
+    /// Event types plugins handle, e.g. `["FUNDING_PAYMENT"]`.
+    #[serde(default)]
+    handled_event_types: BTreeSet<String>,
+    /// `24h`, `30m`, ...
+    max_open_order_age: Option<String>,
 }
 
 /// The `validate` stage type.
@@ -124,16 +159,33 @@ impl StageFactory for ValidateFactory {
         )
         .map_err(|e| problems.push(("integrity_check".to_string(), e.to_string())))
         .unwrap_or(false);
+        let max_open_order_age = match &config.max_open_order_age {
+            None => None,
+            Some(text) => match genesis_core::time::parse_duration(text) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    problems.push(("max_open_order_age".to_string(), e.to_string()));
+                    None
+                }
+            },
+        };
         if !problems.is_empty() {
             return Err(problems);
         }
-        Ok(Box::new(Validate { enabled, integrity }))
+        Ok(Box::new(Validate {
+            enabled,
+            integrity,
+            handled_event_types: config.handled_event_types,
+            max_open_order_age,
+        }))
     }
 }
 
 struct Validate {
     enabled: bool,
     integrity: bool,
+    handled_event_types: BTreeSet<String>,
+    max_open_order_age: Option<std::time::Duration>,
 }
 
 impl Stage for Validate {
@@ -145,6 +197,8 @@ impl Stage for Validate {
                     &ValidateOptions {
                         integrity_check: self.integrity,
                         target_time: staged.target_time,
+                        handled_event_types: self.handled_event_types.clone(),
+                        max_open_order_age: self.max_open_order_age,
                     },
                 )?;
                 tracing::info!(

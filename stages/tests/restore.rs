@@ -374,7 +374,7 @@ fn leftovers_of_a_crashed_run_are_cleaned_on_the_next_run() {
 }
 
 #[test]
-fn events_after_the_restore_point_are_replayed_up_to_the_target() {
+fn trading_restores_replay_events_to_the_target_validate_reconcile_and_refuse_bad_state() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("genesis.db");
     let mut w = Connection::open(&db).unwrap();
@@ -425,7 +425,65 @@ fn events_after_the_restore_point_are_replayed_up_to_the_target() {
             .query_row("SELECT max(sequence_number) FROM events", [], |r| r.get(0))
             .unwrap();
         assert_eq!(max, ev.sequence_number);
+        let v = r.validation.unwrap();
+        assert!(v.is_consistent, "{v:?}");
+        assert_eq!(v.metrics["trading_schema"], true);
     }
+
+    // Reconciliation against the exchange's view of the latest state.
+    let exact = genesis_trading::simulate::exchange_open_orders_binance(&w, None).unwrap();
+    let planted = genesis_trading::simulate::exchange_open_orders_binance(&w, Some(3)).unwrap();
+    for (name, orders, reconciled) in [("exact", exact, true), ("planted", planted, false)] {
+        let file = dir.path().join(format!("{name}.json"));
+        std::fs::write(&file, serde_json::to_vec(&orders).unwrap()).unwrap();
+        let mut o = RestoreOptions::new(&repo, &db, Target::Latest);
+        o.staging_dir = dir.path().join("staging");
+        o.dry_run = true;
+        o.reconcile = Some(file);
+        let r = restore(&o, progress()).unwrap();
+        assert!(r.success, "{r:?}");
+        assert_eq!(
+            r.reconciled,
+            Some(reconciled),
+            "{name}: {:?}",
+            r.reconciliation
+        );
+        let rec = r.reconciliation.unwrap();
+        assert!(rec["accuracy"].as_f64().is_some(), "{rec}");
+    }
+    let junk = dir.path().join("junk.json");
+    std::fs::write(&junk, b"{\"orders\": 1}").unwrap();
+    let mut o = RestoreOptions::new(&repo, &db, Target::Latest);
+    o.staging_dir = dir.path().join("staging");
+    o.dry_run = true;
+    o.reconcile = Some(junk);
+    let err = restore(&o, progress()).unwrap_err();
+    assert!(matches!(err, Error::Usage(_)), "{err}");
+
+    // A state that fails validation is never applied.
+    let mut cap = Capturer::open(
+        CaptureOptions::new(&db),
+        Repository::open_local(&repo, true).unwrap(),
+    )
+    .unwrap();
+    w.execute("UPDATE balances SET total_balance = total_balance + 1", [])
+        .unwrap();
+    cap.step(false).unwrap();
+    cap.finish().unwrap();
+    drop(w);
+    let before = std::fs::read(&db).unwrap();
+    let mut o = RestoreOptions::new(&repo, &db, Target::Latest);
+    o.staging_dir = dir.path().join("staging");
+    let r = restore(&o, progress()).unwrap();
+    assert!(!r.success && !r.applied, "{r:?}");
+    assert!(r.not_applied_reason.unwrap().contains("validation failed"));
+    let v = r.validation.unwrap();
+    assert!(
+        v.errors.iter().any(|f| f.code == "balance_inconsistent"),
+        "{v:?}"
+    );
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+    assert!(r.recovered_db_path.exists());
 }
 
 #[test]
