@@ -117,25 +117,59 @@ impl EventExtension for PluginExtension {
             .0
             .handle(&wire)
             .map_err(|m| format!("plugin {}: {m}", self.0.library().display()))?;
-        // TODO(trading): the SDK's `expect_changes` has no counterpart in
-        // trading's SqlStatement yet, so it is not enforced on this path.
-        Ok(statements
-            .into_iter()
-            .map(|s| genesis_trading::SqlStatement {
+        let mut out = Vec::with_capacity(statements.len() * 2 + 1);
+        if statements.iter().any(|s| s.expect_changes.is_some()) {
+            out.push(create_expect_table());
+        }
+        for s in statements {
+            let expect = s.expect_changes;
+            out.push(genesis_trading::SqlStatement {
                 sql: s.sql,
-                params: s
-                    .params
-                    .into_iter()
-                    .map(|v| match v {
-                        SqlValue::Null => serde_json::Value::Null,
-                        SqlValue::Integer(i) => serde_json::Value::from(i),
-                        SqlValue::Real(f) => serde_json::Number::from_f64(f)
-                            .map_or(serde_json::Value::Null, serde_json::Value::Number),
-                        SqlValue::Text(t) => serde_json::Value::String(t),
-                    })
-                    .collect(),
-            })
-            .collect())
+                params: s.params.into_iter().map(sql_value_to_json).collect(),
+            });
+            if let Some(n) = expect {
+                out.push(expect_changes_check(n));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The temporary table whose CHECK enforces a plugin statement's
+/// `expect_changes` (see [`expect_changes_check`]).
+const EXPECT_TABLE: &str = "genesis_expect_changes";
+
+fn create_expect_table() -> genesis_trading::SqlStatement {
+    genesis_trading::SqlStatement {
+        sql: format!(
+            "CREATE TEMP TABLE IF NOT EXISTS {EXPECT_TABLE} \
+             (expected INTEGER NOT NULL, changed INTEGER NOT NULL, \
+             CONSTRAINT plugin_statement_changed_another_number_of_rows CHECK (expected = changed))"
+        ),
+        params: Vec::new(),
+    }
+}
+
+/// Trading's replay runs extension statements itself and has no notion of
+/// the SDK's `expect_changes`; this statement, run right after the plugin's,
+/// fails (naming the constraint) when `changes()` differs from `expected`, so
+/// an update of a missing row fails the replay instead of passing silently.
+/// It writes only to the connection's temporary database, never to the
+/// restored file.
+fn expect_changes_check(expected: u64) -> genesis_trading::SqlStatement {
+    genesis_trading::SqlStatement {
+        sql: format!("INSERT INTO temp.{EXPECT_TABLE} (expected, changed) VALUES (?1, changes())"),
+        params: vec![serde_json::Value::from(expected)],
+    }
+}
+
+fn sql_value_to_json(v: SqlValue) -> serde_json::Value {
+    match v {
+        SqlValue::Null => serde_json::Value::Null,
+        SqlValue::Integer(i) => serde_json::Value::from(i),
+        SqlValue::Real(f) => serde_json::Number::from_f64(f)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        SqlValue::Text(t) => serde_json::Value::String(t),
     }
 }
 
