@@ -50,6 +50,15 @@ struct Decompress;
 impl Stage for Decompress {
     fn process(&mut self, input: Artifact, ctx: &StageContext, out: &mut dyn Emit) -> Result<()> {
         match input {
+            Artifact::Plan(plan) => {
+                let raw: u64 = std::iter::once(&plan.snapshot)
+                    .chain(plan.segments.iter())
+                    .chain(plan.events.iter())
+                    .map(|m| m.raw_size)
+                    .sum();
+                ctx.progress.start("decompress", Some(raw));
+                out.emit(Artifact::Plan(plan))
+            }
             Artifact::FetchedObject(f) => {
                 let frames = objects::decompress_object(&f.manifest, &f.bytes)?;
                 ctx.progress.advance(f.manifest.raw_size);
@@ -61,5 +70,10 @@ impl Stage for Decompress {
             }
             other => out.emit(other),
         }
+    }
+
+    fn finish(&mut self, ctx: &StageContext, _out: &mut dyn Emit) -> Result<()> {
+        ctx.progress.finish("decompress");
+        Ok(())
     }
 }

@@ -439,6 +439,16 @@ pub fn restore(opts: &RestoreOptions, progress: Arc<dyn Progress>) -> Result<Res
     )?;
     clean_staging_dir(&opts.staging_dir)?;
     clean_apply_leftovers(&opts.db)?;
+    if !opts.dry_run && opts.output.is_none() {
+        if let Some(h) = LockFile::holder(&genesis_core::capture::capture_lock_path(&opts.db)) {
+            tracing::warn!(
+                "a capturer ({}, pid {}) is replicating {}; it will start a new generation after the restore. Stop the application and the capturer before restoring.",
+                h.purpose,
+                h.pid,
+                opts.db.display()
+            );
+        }
+    }
 
     let params = vec![
         ("repository".to_string(), opts.repo.display().to_string()),

@@ -172,6 +172,8 @@ impl Stage for Verify {
         match input {
             Artifact::Plan(plan) => {
                 self.expected = plan.object_ids();
+                ctx.progress
+                    .start("verify", Some(self.expected.len() as u64));
                 self.seen = 0;
                 self.db_after = None;
                 self.last_seq = None;
@@ -188,7 +190,8 @@ impl Stage for Verify {
         }
     }
 
-    fn finish(&mut self, _ctx: &StageContext, _out: &mut dyn Emit) -> Result<()> {
+    fn finish(&mut self, ctx: &StageContext, _out: &mut dyn Emit) -> Result<()> {
+        ctx.progress.finish("verify");
         if self.plan.is_some() && self.seen != self.expected.len() {
             let missing = &self.expected[self.seen.min(self.expected.len())..];
             return Err(Error::Failed(format!(

@@ -21,8 +21,11 @@ fn funding_plugin() -> PathBuf {
     let profile = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "-p", "genesis-plugin-funding-payment"]);
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+        "build",
+        "-p",
+        "genesis-plugin-funding-payment",
+    ]);
     if profile.file_name().and_then(|n| n.to_str()) == Some("release") {
         cmd.arg("--release");
     }
@@ -42,7 +45,9 @@ fn funding_plugin() -> PathBuf {
 /// Writes a FUNDING_PAYMENT event and its effect, as the trading system would.
 fn funding(w: &Connection, asset: &str, amount: f64) -> chrono::DateTime<chrono::Utc> {
     let seq: i64 = w
-        .query_row("SELECT max(sequence_number) + 1 FROM events", [], |r| r.get(0))
+        .query_row("SELECT max(sequence_number) + 1 FROM events", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     let now = chrono::Utc::now();
     let t = genesis_core::time::format_trading(now);
