@@ -19,5 +19,16 @@ pub mod validate;
 
 pub use error::{Error, Result};
 pub use event::{read_events, Event};
+pub use positions::{recover_positions, PositionView, PositionsReport};
+pub use reconcile::{
+    parse_exchange_orders, reconcile, ExchangeOrder, ReconcileOptions, ReconciliationReport,
+};
+pub use replay::replay_with_extensions;
 pub use replay::{replay, EventExtension, ReplayOptions, ReplayReport, SqlStatement, UnknownType};
+pub use schema::{ensure_schema, has_trading_schema, SCHEMA_SQL};
+pub use simulate::{
+    exchange_open_orders_binance, random_events, simulate, SimulateOptions, SimulateReport,
+    Simulator,
+};
 pub use statehash::state_hash;
+pub use validate::{validate_state, Finding, ValidateOptions, ValidationReport};
