@@ -6,6 +6,9 @@ mod capture;
 mod inspect;
 pub mod logging;
 mod output;
+mod progress;
+mod restore;
+mod trading;
 
 use std::path::PathBuf;
 
@@ -63,9 +66,16 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Backup(b) => capture::backup(&ctx, b),
         Command::ListBackups(a) => inspect::list_backups(&ctx, a),
         Command::VerifyBackups(a) => inspect::verify_backups(&ctx, a),
-        other => anyhow::bail!(genesis_core::Error::Usage(format!(
-            "{other:?} is not available yet"
-        ))),
+        Command::Restore(a) => restore::restore(&ctx, *a),
+        Command::Validate(a) => trading::validate(&ctx, a),
+        Command::RecoverPositions(a) => trading::recover_positions(&ctx, a),
+        Command::ReconcileOrders(a) => trading::reconcile_orders(&ctx, a),
+        Command::Drill(a) => restore::drill(&ctx, a),
+        Command::Run(a) => restore::run(&ctx, a),
+        Command::Pipelines(c) => restore::pipelines(&ctx, c),
+        Command::Demo(_) => anyhow::bail!(genesis_core::Error::Usage(
+            "demo is not available yet".into()
+        )),
     }
 }
 
@@ -85,7 +95,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
 
 fn trading_error_is_input(e: &genesis_trading::Error) -> bool {
     let s = format!("{e:?}");
-    s.starts_with("ExchangeFile") || s.starts_with("Usage") || s.starts_with("Input")
+    s.starts_with("ExchangeFile") || s.starts_with("Timestamp") || s.starts_with("Schema")
 }
 
 /// The error text shown to the user: the error and its causes.
