@@ -3,6 +3,7 @@
 
 pub mod args;
 mod capture;
+mod demo;
 mod inspect;
 pub mod logging;
 mod output;
@@ -73,9 +74,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Drill(a) => restore::drill(&ctx, a),
         Command::Run(a) => restore::run(&ctx, a),
         Command::Pipelines(c) => restore::pipelines(&ctx, c),
-        Command::Demo(_) => anyhow::bail!(genesis_core::Error::Usage(
-            "demo is not available yet".into()
-        )),
+        Command::Demo(a) => demo::demo(&ctx, a),
     }
 }
 

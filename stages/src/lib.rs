@@ -13,6 +13,7 @@ use std::sync::Arc;
 use genesis_core::pipeline::StageRegistry;
 
 pub mod decompress;
+pub mod demo;
 pub mod drill;
 pub mod event_replay;
 pub mod fetch;

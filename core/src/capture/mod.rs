@@ -368,7 +368,11 @@ impl Capturer {
         let catalog = self.repo.catalog()?;
         let txid = catalog.max_txid() + 1;
         let id = new_generation_id();
-        warn!(generation = %id, "starting a new generation: {why}");
+        if catalog.generations.is_empty() {
+            info!(generation = %id, "first capture of this database: starting generation");
+        } else {
+            warn!(generation = %id, "starting a new generation: {why}");
+        }
         let read = match wal::read_wal(&wal::wal_path(self.db()), None)? {
             WalState::Empty => None,
             WalState::Continues(r) | WalState::Restarted(r) => Some(r),
