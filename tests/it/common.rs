@@ -271,3 +271,204 @@ pub fn rebuild_at(repo: &Path, txid: u64, out: &Path) -> genesis_core::rebuild::
     let chain = catalog.chain_to(&point).expect("chain");
     genesis_core::rebuild::rebuild(&repo, &chain, &point, out).expect("rebuild")
 }
+
+// ---- Helpers of the restore tests ----
+
+/// The text of a process's stderr.
+pub fn stderr_text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// Opens a database read-only (nothing in it or beside it is changed).
+pub fn open_ro(db: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
+        db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .unwrap_or_else(|e| panic!("open {} read-only: {e}", db.display()))
+}
+
+/// `PRAGMA integrity_check` of a database opened read-only: "ok" when whole.
+pub fn integrity(db: &Path) -> String {
+    let c = open_ro(db);
+    let mut s = c.prepare("PRAGMA integrity_check").expect("integrity_check");
+    let rows: Vec<String> = s
+        .query_map([], |r| r.get::<_, String>(0))
+        .and_then(|r| r.collect())
+        .unwrap_or_else(|e| vec![format!("integrity_check failed to run: {e}")]);
+    rows.join("; ")
+}
+
+/// [`kv_hash`] through a read-only connection.
+pub fn kv_hash_ro(db: &Path) -> (u64, String) {
+    kv_hash_conn(&open_ro(db))
+}
+
+/// [`kv_hash`] of an open connection.
+pub fn kv_hash_conn(c: &rusqlite::Connection) -> (u64, String) {
+    use sha2_like::Sha256;
+    let n: i64 = c
+        .query_row("SELECT coalesce(max(n), 0) FROM log", [], |r| r.get(0))
+        .expect("log");
+    let mut s = c
+        .prepare("SELECT k, v, length(pad) FROM kv ORDER BY k")
+        .expect("kv");
+    let mut h = Sha256::new();
+    let rows = s
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })
+        .expect("rows");
+    for row in rows {
+        let (k, v, pad) = row.expect("row");
+        let pad = pad.map(|p| p.to_string()).unwrap_or_else(|| "None".into());
+        h.update(format!("{k}|{v}|{pad}\n").as_bytes());
+    }
+    (n as u64, h.hex())
+}
+
+/// A hash of every row of every table of a database (opened read-only), for
+/// comparing two databases' content whatever their schema or page layout.
+pub fn state_hash(db: &Path) -> String {
+    let c = open_ro(db);
+    let tables: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .expect("tables");
+    let mut h = blake3::Hasher::new();
+    for t in tables {
+        h.update(t.as_bytes());
+        let mut s = c
+            .prepare(&format!("SELECT * FROM \"{}\"", t.replace('"', "\"\"")))
+            .expect("select");
+        let cols = s.column_count();
+        let mut rows: Vec<String> = s
+            .query_map([], |r| {
+                let mut line = String::new();
+                for i in 0..cols {
+                    line.push_str(&format!("{:?}|", r.get::<_, rusqlite::types::Value>(i)?));
+                }
+                Ok(line)
+            })
+            .and_then(|r| r.collect())
+            .expect("rows");
+        rows.sort();
+        for r in rows {
+            h.update(r.as_bytes());
+            h.update(b"\n");
+        }
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// BLAKE3 of a file's bytes (`None` when it does not exist).
+pub fn file_hash(path: &Path) -> Option<String> {
+    std::fs::read(path)
+        .ok()
+        .map(|b| blake3::hash(&b).to_hex().to_string())
+}
+
+/// A small deterministic generator (xorshift64*) for random test choices.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A seed from the clock, printed so that a failure can be replayed with
+/// `GENESIS_TEST_SEED`.
+pub fn test_seed(what: &str) -> u64 {
+    let seed = std::env::var("GENESIS_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
+        | 1;
+    eprintln!("{what}: GENESIS_TEST_SEED={seed}");
+    seed
+}
+
+/// A kv database (the hostile writer's schema) captured in two states by
+/// `backup full`: state A (`rows` rows of `pad` random bytes, log n = 1), then
+/// state B (every other row rewritten, log n = 2).
+pub struct TwoStates {
+    pub a_id: String,
+    pub b_id: String,
+    /// `kv_hash` of each state.
+    pub a: (u64, String),
+    pub b: (u64, String),
+}
+
+/// Builds [`TwoStates`] at the environment's database and repository. The
+/// live database is left in state B, with no WAL content.
+pub fn two_state_kv_repo(env: &Env, rows: u64, pad: u64) -> TwoStates {
+    let full = |what: &str| -> String {
+        let (code, v) = env.json(&["backup", "full"]);
+        assert_eq!(code, 0, "backup full of {what}: {v}");
+        v["backup_id"].as_str().expect("backup_id").to_string()
+    };
+    {
+        let c = rusqlite::Connection::open(env.db()).expect("create db");
+        c.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE kv(k INTEGER PRIMARY KEY, v INTEGER, pad BLOB);
+             CREATE TABLE log(n INTEGER PRIMARY KEY, at REAL);
+             BEGIN;
+             WITH RECURSIVE s(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM s WHERE k < {rows})
+             INSERT INTO kv SELECT k, 1, randomblob({pad}) FROM s;
+             INSERT INTO log VALUES (1, 0);
+             COMMIT;"
+        ))
+        .expect("state A");
+    }
+    let a = kv_hash(&env.db());
+    let a_id = full("state A");
+    {
+        let c = rusqlite::Connection::open(env.db()).expect("open db");
+        c.execute_batch(&format!(
+            "BEGIN;
+             UPDATE kv SET v = v + 1, pad = randomblob({pad} / 2) WHERE k % 2 = 0;
+             INSERT INTO log VALUES (2, 0);
+             COMMIT;
+             PRAGMA wal_checkpoint(TRUNCATE);"
+        ))
+        .expect("state B");
+    }
+    let b = kv_hash(&env.db());
+    let b_id = full("state B");
+    assert_ne!(a.1, b.1);
+    TwoStates { a_id, b_id, a, b }
+}
+
+/// Files in `dir` whose name starts with `prefix`.
+pub fn files_starting(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .map(|e| e.path())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}

@@ -10,3 +10,4 @@ mod capture_crash;
 mod capture_damage;
 mod capture_hostile;
 mod common;
+mod exact_event;
