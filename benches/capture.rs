@@ -147,7 +147,7 @@ fn build_large_db(path: &Path, mb: u64) {
                 st.execute(rusqlite::params![
                     id,
                     symbols[(x % 5) as usize],
-                    if x % 2 == 0 { "buy" } else { "sell" },
+                    if x.is_multiple_of(2) { "buy" } else { "sell" },
                     20000.0 + (x % 100_000) as f64 / 100.0,
                     (x % 1000) as f64 / 1000.0,
                     note

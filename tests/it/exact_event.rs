@@ -13,7 +13,8 @@ use crate::common::{signal, Env};
 
 /// Every user table's rows, in primary-key order, as text.
 pub fn full_state(db: &Path) -> String {
-    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open");
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open");
     full_state_conn(&c)
 }
 
@@ -30,7 +31,9 @@ pub fn full_state_conn(c: &rusqlite::Connection) -> String {
     for t in tables {
         out.push_str(&t);
         out.push('\n');
-        let mut st = c.prepare(&format!("SELECT * FROM \"{t}\" ORDER BY 1")).unwrap();
+        let mut st = c
+            .prepare(&format!("SELECT * FROM \"{t}\" ORDER BY 1"))
+            .unwrap();
         let n = st.column_count();
         let mut rows = st.query([]).unwrap();
         while let Some(r) = rows.next().unwrap() {
@@ -65,7 +68,7 @@ fn restores_between_captures_are_exact_to_the_event() {
         states.push((at, full_state_conn(&conn)));
         n += 1;
         // ~100 commits per second, in bursts, so that captures fall between events.
-        std::thread::sleep(Duration::from_millis(if n % 25 == 0 { 120 } else { 7 }));
+        std::thread::sleep(Duration::from_millis(if n.is_multiple_of(25) { 120 } else { 7 }));
     }
     std::thread::sleep(Duration::from_millis(1500));
     signal(&rep, "TERM");
@@ -89,23 +92,47 @@ fn restores_between_captures_are_exact_to_the_event() {
     for i in (0..states.len()).step_by(states.len() / 5) {
         targets.push(states[i].0);
     }
-    for p in points.iter().filter(|p| p.time > first_event && p.time < last_event).take(5) {
+    for p in points
+        .iter()
+        .filter(|p| p.time > first_event && p.time < last_event)
+        .take(5)
+    {
         targets.push(p.time);
     }
     assert!(targets.len() >= 50, "{} targets", targets.len());
     let mut between = 0;
     for (i, t) in targets.iter().enumerate() {
-        let expected = states.iter().rev().find(|(at, _)| at <= t).map(|(_, h)| h.clone()).expect("a state at or before");
+        let expected = states
+            .iter()
+            .rev()
+            .find(|(at, _)| at <= t)
+            .map(|(_, h)| h.clone())
+            .expect("a state at or before");
         let out = env.path().join(format!("exact-{i}.db"));
         let ts = t.format("%Y-%m-%dT%H:%M:%S%.6f").to_string();
-        let (code, v) = env.json(&["restore", "--timestamp", &ts, "--output", out.to_str().unwrap(), "--no-validate"]);
+        let (code, v) = env.json(&[
+            "restore",
+            "--timestamp",
+            &ts,
+            "--output",
+            out.to_str().unwrap(),
+            "--no-validate",
+        ]);
         assert_eq!(code, 0, "restore to {ts}: {v}");
         let got = full_state(&out);
-        assert_eq!(got, expected, "restore to {ts} (txid {}, {} events replayed) differs from the writer's state", v["restored_txid"], v["events_replayed"]);
+        assert_eq!(
+            got, expected,
+            "restore to {ts} (txid {}, {} events replayed) differs from the writer's state",
+            v["restored_txid"], v["events_replayed"]
+        );
         if v["events_replayed"].as_u64().unwrap_or(0) > 0 {
             between += 1;
         }
         let _ = std::fs::remove_file(&out);
     }
-    assert!(between >= 25, "only {between} of {} targets fell between captures", targets.len());
+    assert!(
+        between >= 25,
+        "only {between} of {} targets fell between captures",
+        targets.len()
+    );
 }

@@ -709,9 +709,7 @@ impl Capturer {
     /// connection before ending the old.
     fn roll_read(&mut self) -> Result<()> {
         let other = 1 - self.active;
-        if let Err(e) = begin_read(&self.readers[other], &self.opts.db) {
-            return Err(e);
-        }
+        begin_read(&self.readers[other], &self.opts.db)?;
         if let Err(e) = end_read(&self.readers[self.active], &self.opts.db) {
             self.continuous = false;
             return Err(e);

@@ -232,7 +232,7 @@ impl Catalog {
             .iter()
             .flat_map(|g| g.restore_points())
             .collect();
-        all.sort_by(|a, b| (a.time, a.txid).cmp(&(b.time, b.txid)));
+        all.sort_by_key(|p| (p.time, p.txid));
         all
     }
 
