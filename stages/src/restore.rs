@@ -125,8 +125,11 @@ pub struct RestoreResult {
     /// The proven database checksum at the restore point.
     pub checksum: String,
     pub restore_point_timestamp: String,
-    /// Seconds between the target and the state reached (the restore point, or
-    /// the last event replayed); 0 for txid, backup and latest targets.
+    /// Seconds of committed history before the target that the restore could
+    /// not bring back: 0 when the event archive was read after the target (all
+    /// events up to it were replayed), else the target minus the state reached
+    /// (the restore point or the last event replayed); 0 for txid, backup and
+    /// latest targets.
     pub rpo_gap_seconds: f64,
     pub events_replayed: u64,
     /// `created_at` of the last event replayed.
@@ -493,6 +496,17 @@ pub fn restore(opts: &RestoreOptions, progress: Arc<dyn Progress>) -> Result<Res
         _ => None,
     };
     let rpo_gap_seconds = match target_time {
+        // The event archive was read after the target: every event created at
+        // or before it was there, and event replay applied them all, so no
+        // committed history up to the target is missing.
+        Some(at)
+            if staged.replay.is_some()
+                && plan
+                    .as_ref()
+                    .is_some_and(|p| p.events.iter().any(|m| m.created_at >= at)) =>
+        {
+            0.0
+        }
         Some(at) => {
             let reached = match (staged.replayed_until, point_time) {
                 (Some(r), Some(p)) => Some(r.max(p)),
