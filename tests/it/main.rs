@@ -8,6 +8,7 @@
 mod capture_bad_input;
 mod capture_crash;
 mod capture_damage;
+mod capture_full;
 mod capture_hostile;
 mod common;
 mod exact_event;
