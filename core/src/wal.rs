@@ -141,24 +141,8 @@ pub fn wal_path(db: &Path) -> std::path::PathBuf {
 /// # Errors
 /// I/O failures reading the file.
 pub fn read_wal(path: &Path, from: Option<&WalPosition>) -> Result<WalState> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(WalState::Empty),
-        Err(e) => return Err(Error::io("open", path, e)),
-    };
-    let len = file
-        .metadata()
-        .map_err(|e| Error::io("stat", path, e))?
-        .len();
-    let mut hbuf = [0u8; WAL_HEADER_SIZE as usize];
-    if len < WAL_HEADER_SIZE {
+    let Some((file, len, header)) = open_wal(path)? else {
         return Ok(WalState::Empty);
-    }
-    file.read_exact_at(&mut hbuf, 0)
-        .map_err(|e| Error::io("read", path, e))?;
-    let header = match parse_header(&hbuf) {
-        Some(h) => h,
-        None => return Ok(WalState::Empty),
     };
     let same =
         from.is_some_and(|p| p.salt1 == header.salt1 && p.salt2 == header.salt2 && p.frame > 0);
@@ -218,29 +202,34 @@ fn frame_checksum_matches(
         && be32(&fh[20..24]) == p.cksum2)
 }
 
-/// Reads the WAL from its first frame up to (at most) frame `upto`.
-///
-/// # Errors
-/// I/O failures.
-pub fn read_wal_upto(path: &Path, upto: u32) -> Result<WalState> {
+/// Opens the WAL and reads its header; `None` when there is no file, it is
+/// shorter than a header, or the header is invalid (SQLite then ignores it).
+fn open_wal(path: &Path) -> Result<Option<(File, u64, WalHeader)>> {
     let file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(WalState::Empty),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("open", path, e)),
     };
     let len = file
         .metadata()
         .map_err(|e| Error::io("stat", path, e))?
         .len();
-    let mut hbuf = [0u8; WAL_HEADER_SIZE as usize];
     if len < WAL_HEADER_SIZE {
-        return Ok(WalState::Empty);
+        return Ok(None);
     }
+    let mut hbuf = [0u8; WAL_HEADER_SIZE as usize];
     file.read_exact_at(&mut hbuf, 0)
         .map_err(|e| Error::io("read", path, e))?;
-    let header = match parse_header(&hbuf) {
-        Some(h) => h,
-        None => return Ok(WalState::Empty),
+    Ok(parse_header(&hbuf).map(|h| (file, len, h)))
+}
+
+/// Reads the WAL from its first frame up to (at most) frame `upto`.
+///
+/// # Errors
+/// I/O failures.
+pub fn read_wal_upto(path: &Path, upto: u32) -> Result<WalState> {
+    let Some((file, len, header)) = open_wal(path)? else {
+        return Ok(WalState::Empty);
     };
     Ok(WalState::Continues(scan(
         &file,
@@ -350,4 +339,59 @@ pub fn read_at(file: &File, path: &Path, offset: u64, len: usize) -> Result<Vec<
     file.read_exact_at(&mut buf, offset)
         .map_err(|e| Error::io("read", path, e))?;
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wal_file(bytes: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("x-wal");
+        std::fs::write(&p, bytes).expect("write");
+        (dir, p)
+    }
+
+    #[test]
+    fn a_real_wal_is_read_to_its_last_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("d.db");
+        let c = rusqlite::Connection::open(&db).expect("open");
+        c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE t(x); INSERT INTO t VALUES (1); INSERT INTO t VALUES (2);")
+            .expect("setup");
+        let WalState::Continues(r) = read_wal(&wal_path(&db), None).expect("read") else {
+            panic!("expected frames")
+        };
+        assert_eq!(r.txns.len(), 3, "three commits");
+        assert_eq!(r.uncommitted_frames, 0);
+        // Cut the file in the middle of the last frame: the last commit disappears.
+        let bytes = std::fs::read(wal_path(&db)).expect("read wal");
+        let (_d, p) = wal_file(&bytes[..bytes.len() - 100]);
+        let WalState::Continues(r2) = read_wal(&p, None).expect("read") else {
+            panic!("expected frames")
+        };
+        assert_eq!(r2.txns.len(), 2);
+        // From the end position nothing new; a flipped salt is a restart.
+        let WalState::Continues(r3) = read_wal(&wal_path(&db), Some(&r.end)).expect("read") else {
+            panic!()
+        };
+        assert!(r3.txns.is_empty());
+        let mut moved = r.end;
+        moved.salt1 ^= 1;
+        assert!(matches!(
+            read_wal(&wal_path(&db), Some(&moved)).expect("read"),
+            WalState::Restarted(_)
+        ));
+    }
+
+    proptest::proptest! {
+        /// The WAL reader never panics on arbitrary file content.
+        #[test]
+        fn arbitrary_wal_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..3000)) {
+            let (_d, p) = wal_file(&bytes);
+            let _ = read_wal(&p, None);
+            let _ = read_wal_upto(&p, 3);
+            let _ = parse_header(&bytes);
+        }
+    }
 }

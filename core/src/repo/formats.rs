@@ -304,4 +304,30 @@ mod tests {
         assert_eq!(decode_events("e", &raw).unwrap(), rows);
         assert!(decode_events("e", &raw[..raw.len() - 2]).is_err());
     }
+
+    proptest::proptest! {
+        /// Decoders never panic, whatever the bytes (a fuzz target in miniature).
+        #[test]
+        fn decoders_survive_arbitrary_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = decode_segment("fuzz", &bytes);
+            let _ = decode_events("fuzz", &bytes);
+        }
+
+        /// Valid encodings with one byte changed or cut are rejected or decode, never panic.
+        #[test]
+        fn damaged_encodings_never_panic(at in 0usize..2000, val in proptest::num::u8::ANY, cut in 0usize..2000) {
+            let t = SegmentTxnOwned { txid: 1, commit_time: Utc::now(), db_pages: 2, checksum: 9, pages: vec![(1, vec![7u8; 512]), (2, vec![8u8; 512])] };
+            let mut raw = encode_segment(512, &[t]);
+            let i = at % raw.len();
+            raw[i] = val;
+            let _ = decode_segment("fuzz", &raw);
+            let _ = decode_segment("fuzz", &raw[..cut.min(raw.len())]);
+            let ev = vec![EventRow { sequence_number: 1, event_id: b"a".to_vec(), event_type: b"B".to_vec(), aggregate_id: b"c".to_vec(), event_data: b"{}".to_vec(), created_at: b"t".to_vec() }];
+            let mut raw = encode_events(&ev);
+            let i = at % raw.len();
+            raw[i] = val;
+            let _ = decode_events("fuzz", &raw);
+            let _ = decode_events("fuzz", &raw[..cut.min(raw.len())]);
+        }
+    }
 }
