@@ -259,8 +259,7 @@ pub fn signal(child: &Child, sig: &str) {
 
 /// Waits for a child and returns its output, failing the test on timeout.
 pub fn wait_output(child: Child, what: &str) -> Output {
-    let out = child.wait_with_output().expect(what);
-    out
+    child.wait_with_output().expect(what)
 }
 
 /// Rebuilds the database at `txid` with the library and returns its path.
@@ -291,7 +290,9 @@ pub fn open_ro(db: &Path) -> rusqlite::Connection {
 /// `PRAGMA integrity_check` of a database opened read-only: "ok" when whole.
 pub fn integrity(db: &Path) -> String {
     let c = open_ro(db);
-    let mut s = c.prepare("PRAGMA integrity_check").expect("integrity_check");
+    let mut s = c
+        .prepare("PRAGMA integrity_check")
+        .expect("integrity_check");
     let rows: Vec<String> = s
         .query_map([], |r| r.get::<_, String>(0))
         .and_then(|r| r.collect())
