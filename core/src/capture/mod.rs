@@ -147,6 +147,12 @@ pub struct Capturer {
     has_events: bool,
     /// Report of what `open` did (a new generation, a snapshot).
     opened: StepReport,
+    /// The database file, opened once and kept for the capturer's lifetime:
+    /// closing any descriptor of it would drop SQLite's locks of this
+    /// process (POSIX lock semantics), letting the application's last close
+    /// checkpoint and delete a WAL we have not copied. Declared last so that
+    /// it is closed after the connections.
+    db_file: File,
 }
 
 /// The lock file of the capturer of a database.
@@ -219,6 +225,7 @@ impl Capturer {
     /// `Error::Locked` when another capturer runs; repository failures.
     pub fn open(opts: CaptureOptions, repo: Repository) -> Result<Capturer> {
         let header = source::ensure_wal(&opts.db, opts.enable_wal)?;
+        let db_file = source::open_db_file(&opts.db)?;
         let lock = LockFile::try_acquire(
             &capture_lock_path(&opts.db),
             &format!("capturer of {}", opts.db.display()),
@@ -252,6 +259,7 @@ impl Capturer {
             continuous: false,
             has_events,
             opened: StepReport::default(),
+            db_file,
         };
         match cap.try_resume()? {
             Some(g) => {
@@ -329,7 +337,7 @@ impl Capturer {
             WalState::Empty => {
                 // The WAL was checkpointed and removed; the database file must
                 // then hold exactly the saved state.
-                let h = source::read_db_header(self.db())?;
+                let h = source::header_of(&self.db_file, self.db())?;
                 let hashes = self.scan_pages(&HashMap::new(), h.pages, None)?.0;
                 if hashes.checksum() != saved.checksum() {
                     return why_not(
@@ -364,7 +372,7 @@ impl Capturer {
     /// Starts a new generation: a snapshot of the database at the current WAL
     /// end, read under the held read transaction.
     fn new_generation(&mut self, why: &str) -> Result<StepReport> {
-        let header = source::read_db_header(self.db())?;
+        let header = source::header_of(&self.db_file, self.db())?;
         let catalog = self.repo.catalog()?;
         let txid = catalog.max_txid() + 1;
         let id = new_generation_id();
@@ -438,7 +446,7 @@ impl Capturer {
         mut sink: Option<&mut dyn FnMut(u64, Vec<u8>) -> Result<()>>,
     ) -> Result<(PageHashes, ())> {
         let ps = self.gen.page_size as usize;
-        let db_file = File::open(self.db()).map_err(|e| Error::io("open", self.db(), e))?;
+        let db_file = &self.db_file;
         let wal_path = wal::wal_path(self.db());
         let wal_file = if overlay.is_empty() {
             None
@@ -464,12 +472,9 @@ impl Capturer {
                             (Some(off), Some(wf)) => wf
                                 .read_exact_at(buf, *off)
                                 .map_err(|e| Error::io("read", &wal_path, e))?,
-                            _ => read_page_or_zero(
-                                &db_file,
-                                &db_path,
-                                buf,
-                                ((pgno - 1) * ps) as u64,
-                            )?,
+                            _ => {
+                                read_page_or_zero(db_file, &db_path, buf, ((pgno - 1) * ps) as u64)?
+                            }
                         }
                         hs.push(page_hash(pgno as u32, buf));
                     }
@@ -670,7 +675,17 @@ impl Capturer {
                 self.restart_generation("the database file was replaced")?
             ));
         }
-        match wal::read_wal(&wal::wal_path(self.db()), Some(&self.gen.wal))? {
+        let wal_path = wal::wal_path(self.db());
+        let seen_a_wal = self.gen.wal.salt1 != 0 || self.gen.wal.salt2 != 0;
+        if seen_a_wal && !wal_path.exists() {
+            // A WAL that vanished was checkpointed and deleted by a last
+            // close, which our locks should have prevented: what it held
+            // cannot be proven captured.
+            return Ok(Err(self.restart_generation(
+                "the WAL file disappeared (checkpointed and deleted by another process)",
+            )?));
+        }
+        match wal::read_wal(&wal_path, Some(&self.gen.wal))? {
             WalState::Empty => Ok(Ok(StepReport::default())),
             WalState::Continues(r) => {
                 if r.header.page_size != self.gen.page_size {
@@ -700,6 +715,8 @@ impl Capturer {
         self.checkpointer = open_conn(&self.opts.db)?;
         self.active = 0;
         self.identity = source::file_identity(&self.opts.db)?;
+        // The old connections are closed; the handle may follow the new file.
+        self.db_file = source::open_db_file(&self.opts.db)?;
         begin_read(&self.readers[0], &self.opts.db)?;
         self.has_events = has_events_table(&self.readers[0], &self.opts.db)?;
         self.new_generation(why)

@@ -2,7 +2,6 @@
 //! exists, it is SQLite, and it is in WAL mode (or is switched when asked).
 
 use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -22,7 +21,22 @@ pub struct DbHeader {
 /// # Errors
 /// `Error::Usage` when the file is missing, unreadable, or not a SQLite database.
 pub fn read_db_header(path: &Path) -> Result<DbHeader> {
-    let mut f = File::open(path).map_err(|e| {
+    let f = open_db_file(path)?;
+    header_of(&f, path)
+}
+
+/// Opens the database file for reading.
+///
+/// Careful: POSIX advisory locks belong to the process, and closing ANY
+/// descriptor of a file drops all of the process's locks on it, SQLite's
+/// included. A process holding SQLite connections to the database must open
+/// the file once and keep the handle for as long as the connections live (the
+/// capturer does); never open and close it on the side.
+///
+/// # Errors
+/// `Error::Usage` when the file is missing or unreadable.
+pub fn open_db_file(path: &Path) -> Result<File> {
+    File::open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::Usage(format!(
                 "the database {} does not exist: check --db (default .genesis/data/genesis.db), \
@@ -33,10 +47,26 @@ pub fn read_db_header(path: &Path) -> Result<DbHeader> {
         } else {
             Error::Usage(format!("cannot open the database {}: {e}", path.display()))
         }
-    })?;
+    })
+}
+
+/// Reads and checks the header through an open handle (positioned read).
+///
+/// # Errors
+/// `Error::Usage` when the file is not a SQLite database.
+pub fn header_of(f: &File, path: &Path) -> Result<DbHeader> {
+    use std::os::unix::fs::FileExt;
     let len = f.metadata().map_err(|e| Error::io("stat", path, e))?.len();
     let mut h = [0u8; 100];
-    let n = f.read(&mut h).map_err(|e| Error::io("read", path, e))?;
+    let mut n = 0;
+    while n < h.len() {
+        match f.read_at(&mut h[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read", path, e)),
+        }
+    }
     if n < 100 || &h[0..16] != b"SQLite format 3\0" {
         return Err(Error::Usage(format!(
             "{} is not a SQLite database (its header does not start with \"SQLite format 3\"): check --db",
