@@ -1,0 +1,607 @@
+//! Restore benchmark (DESIGN.md §8), one run on one machine, on the same data:
+//!
+//! A trading database (the schema of DOMAIN.md, filled by replaying the
+//! simulator's valid event stream in big transactions) of
+//! `GENESIS_BENCH_DB_MB` MiB is captured with a snapshot, then changed in
+//! `GENESIS_BENCH_SEGMENTS` batches (each `GENESIS_BENCH_TXNS` commits, all
+//! together `GENESIS_BENCH_CHANGE_PCT` % more events), each batch shipped as a
+//! segment. The writer runs with autocheckpoint off, so each batch is one WAL
+//! file: it is copied aside (the naive method's input), then checkpointed
+//! (TRUNCATE). Then, timed, one after the other:
+//!
+//! - `cp` of the final database file (the baseline every ratio refers to),
+//!   and `cp` followed by an fsync of the copy;
+//! - `zstd -d` of a `zstd -T0 -3` of the base database;
+//! - SQLite's backup API: `sqlite3 new.db ".restore final.db"`;
+//! - the naive method: copy the base database, then for each saved WAL file
+//!   copy it next to the database as `<db>-wal` and run
+//!   `sqlite3 db "PRAGMA wal_checkpoint(TRUNCATE)"`;
+//! - ours: `genesis_stages::restore` to the latest point into `output`,
+//!   without validation, then with it.
+//!
+//! Our result and the naive one are compared with the source's final state.
+//!
+//! Run: `cargo bench --bench restore` (env: GENESIS_BENCH_DB_MB=1024,
+//! GENESIS_BENCH_SEGMENTS=30, GENESIS_BENCH_TXNS=50,
+//! GENESIS_BENCH_CHANGE_PCT=10, GENESIS_BENCH_ROUNDS=3 (best of)). The
+//! baselines need the `cp`, `zstd` and `sqlite3` command-line tools
+//! (`scripts/setup.sh --bench` installs them); a missing tool skips its line.
+
+use std::collections::hash_map::DefaultHasher;
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use genesis_core::capture::{CaptureOptions, Capturer};
+use genesis_core::plan::Target;
+use genesis_core::progress::NoProgress;
+use genesis_core::repo::Repository;
+use genesis_stages::{restore, RestoreOptions};
+use genesis_trading::{replay, schema, simulate, Event, ReplayOptions};
+use rusqlite::Connection;
+
+/// The writer knows its events follow each other: no `max(sequence_number)`
+/// scan of the events table (it has no index on it) before every transaction.
+fn fast() -> ReplayOptions {
+    ReplayOptions {
+        check_sequence: false,
+        ..ReplayOptions::default()
+    }
+}
+
+fn env_num(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1 << 20)
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            total += if p.is_dir() {
+                dir_size(&p)
+            } else {
+                file_len(&p)
+            };
+        }
+    }
+    total
+}
+
+/// Whether a command-line tool can be run.
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// Runs a command; panics with its stderr when it fails.
+fn run(cmd: &mut Command) {
+    let out = cmd.stdin(Stdio::null()).output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Reads a file through, so that every method starts with its input in the page cache.
+fn warm(path: &Path) {
+    if let Ok(mut f) = fs::File::open(path) {
+        let mut buf = vec![0u8; 1 << 20];
+        while matches!(f.read(&mut buf), Ok(n) if n > 0) {}
+    }
+}
+
+fn warm_dir(dir: &Path) {
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                warm_dir(&p);
+            } else {
+                warm(&p);
+            }
+        }
+    }
+}
+
+fn open_writer(path: &Path) -> Connection {
+    let conn = Connection::open(path).expect("open");
+    let _: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .expect("wal");
+    conn.execute_batch("PRAGMA synchronous=OFF; PRAGMA wal_autocheckpoint=0;")
+        .expect("pragmas");
+    schema::ensure_schema(&conn).expect("schema");
+    conn
+}
+
+/// `PRAGMA wal_checkpoint(TRUNCATE)`; panics unless it completed.
+fn checkpoint_truncate(conn: &Connection) {
+    let (busy, log, done): (i64, i64, i64) = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .expect("checkpoint");
+    assert!(
+        busy == 0 && log <= 0 && done <= 0,
+        "checkpoint(TRUNCATE) did not complete: busy {busy}, log {log}, checkpointed {done}"
+    );
+}
+
+/// Bytes per event of the simulator's stream once replayed (a small probe).
+fn bytes_per_event(dir: &Path) -> f64 {
+    let path = dir.join("probe.db");
+    let n = 50_000;
+    let events = simulate::random_events(7, n);
+    let mut conn = open_writer(&path);
+    replay(&mut conn, &events, &fast()).expect("probe replay");
+    checkpoint_truncate(&conn);
+    drop(conn);
+    let b = file_len(&path) as f64 / n as f64;
+    let _ = fs::remove_file(&path);
+    b
+}
+
+/// Replays `events` in `txns` transactions of (nearly) equal size.
+fn replay_in(conn: &mut Connection, events: &[Event], txns: usize) {
+    let per = events.len().div_ceil(txns.max(1)).max(1);
+    for chunk in events.chunks(per) {
+        replay(conn, chunk, &fast()).expect("replay");
+    }
+}
+
+/// What we compare a restored database with the source on: the events'
+/// count and last sequence number, a digest of every row of `orders` and
+/// `positions`, and whether the files are byte for byte identical.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    events: i64,
+    last_seq: i64,
+    orders: (i64, u64),
+    positions: (i64, u64),
+}
+
+fn table_digest(conn: &Connection, table: &str, key: &str) -> (i64, u64) {
+    let mut st = conn
+        .prepare(&format!("SELECT * FROM {table} ORDER BY {key}"))
+        .expect("prepare");
+    let ncol = st.column_count();
+    let mut rows = st.query([]).expect("query");
+    let mut h = DefaultHasher::new();
+    let mut n = 0i64;
+    while let Some(row) = rows.next().expect("row") {
+        n += 1;
+        for i in 0..ncol {
+            match row.get_ref(i).expect("value") {
+                rusqlite::types::ValueRef::Null => 0u8.hash(&mut h),
+                rusqlite::types::ValueRef::Integer(v) => (1u8, v).hash(&mut h),
+                rusqlite::types::ValueRef::Real(v) => (2u8, v.to_bits()).hash(&mut h),
+                rusqlite::types::ValueRef::Text(t) => (3u8, t).hash(&mut h),
+                rusqlite::types::ValueRef::Blob(t) => (4u8, t).hash(&mut h),
+            }
+        }
+    }
+    (n, h.finish())
+}
+
+fn fingerprint(path: &Path) -> Fingerprint {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open");
+    let (events, last_seq) = conn
+        .query_row(
+            "SELECT count(*), coalesce(max(sequence_number), 0) FROM events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("events");
+    Fingerprint {
+        events,
+        last_seq,
+        orders: table_digest(&conn, "orders", "order_id"),
+        positions: table_digest(&conn, "positions", "position_id"),
+    }
+}
+
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    let (Ok(mut fa), Ok(mut fb)) = (fs::File::open(a), fs::File::open(b)) else {
+        return false;
+    };
+    if file_len(a) != file_len(b) {
+        return false;
+    }
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let na = fa.read(&mut ba).unwrap_or(0);
+        if na == 0 {
+            return true;
+        }
+        if fb.read_exact(&mut bb[..na]).is_err() || ba[..na] != bb[..na] {
+            return false;
+        }
+    }
+}
+
+fn fsync(path: &Path) {
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .expect("fsync");
+}
+
+/// The generated data set.
+struct Data {
+    /// The source's final state (WAL checkpointed into it).
+    live: PathBuf,
+    /// The database file as the snapshot saw it.
+    base: PathBuf,
+    /// `zstd -T0 -3` of `base` (None without the zstd CLI).
+    base_zst: Option<PathBuf>,
+    /// Each WAL file the writer produced, in order.
+    wals: Vec<PathBuf>,
+    repo: PathBuf,
+}
+
+fn build(dir: &Path, mb: u64, segments: usize, txns: usize, change_pct: f64) -> Data {
+    let t = Instant::now();
+    let bpe = bytes_per_event(dir);
+    let base_events = ((mb << 20) as f64 / bpe).ceil() as usize;
+    let change_events = ((base_events as f64 * change_pct / 100.0) as usize).max(segments);
+    let total = (base_events as f64 * 1.15) as usize + change_events;
+    let events = simulate::random_events(42, total);
+    println!(
+        "generated {total} events in {:.1}s ({bpe:.0} bytes per event replayed)",
+        t.elapsed().as_secs_f64()
+    );
+
+    let t = Instant::now();
+    let live = dir.join("live.db");
+    let mut conn = open_writer(&live);
+    let mut next = 0;
+    while file_len(&live) < mb << 20 && next + change_events < events.len() {
+        let end = (next + 100_000).min(events.len() - change_events);
+        replay(&mut conn, &events[next..end], &fast()).expect("replay");
+        checkpoint_truncate(&conn);
+        next = end;
+    }
+    println!(
+        "built the base: {next} events, {:.0} MiB in {:.1}s",
+        mib(file_len(&live)),
+        t.elapsed().as_secs_f64()
+    );
+    let base = dir.join("base.db");
+    fs::copy(&live, &base).expect("copy the base");
+    let base_zst = if have("zstd") {
+        let zst = dir.join("base.db.zst");
+        run(Command::new("zstd")
+            .args(["-T0", "-3", "-q", "-f"])
+            .arg(&base)
+            .arg("-o")
+            .arg(&zst));
+        Some(zst)
+    } else {
+        None
+    };
+
+    let t = Instant::now();
+    let repo = dir.join("repo");
+    let mut opts = CaptureOptions::new(&live);
+    opts.snapshot_interval = None;
+    // Checkpoint (PASSIVE) after every step, so that the writer can truncate the WAL.
+    opts.checkpoint_frames = 1;
+    let mut cap =
+        Capturer::open(opts, Repository::open_local(&repo, true).expect("repo")).expect("capture");
+    assert!(
+        cap.opened().snapshot.is_some(),
+        "the capturer took no snapshot"
+    );
+    let snap_s = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let wal_dir = dir.join("wals");
+    fs::create_dir_all(&wal_dir).expect("mkdir");
+    let wal = genesis_core::lock::sibling(&live, "-wal");
+    let per = change_events / segments;
+    let mut wals = Vec::new();
+    let mut shipped = 0;
+    let first = next;
+    let mut step_s = Vec::new();
+    for s in 0..segments {
+        let end = if s + 1 == segments {
+            first + change_events
+        } else {
+            next + per
+        };
+        replay_in(&mut conn, &events[next..end], txns);
+        next = end;
+        let saved = wal_dir.join(format!("{s:03}.wal"));
+        fs::copy(&wal, &saved).expect("save the WAL");
+        wals.push(saved);
+        let st = Instant::now();
+        let r = cap.step(false).expect("capture step");
+        step_s.push(st.elapsed().as_secs_f64());
+        assert!(
+            r.new_generation.is_none(),
+            "the capturer started a new generation"
+        );
+        shipped += r.segments.len();
+        checkpoint_truncate(&conn);
+    }
+    let r = cap.finish().expect("finish");
+    shipped += r.segments.len();
+    drop(conn);
+    let wal_bytes: u64 = wals.iter().map(|w| file_len(w)).sum();
+    println!(
+        "captured: snapshot in {snap_s:.1}s, then {segments} batches x {txns} commits ({change_events} events) \
+         in {:.1}s: {shipped} segments; repository {:.0} MiB; saved WAL files {:.0} MiB; final database {:.0} MiB",
+        t.elapsed().as_secs_f64(),
+        mib(dir_size(&repo)),
+        mib(wal_bytes),
+        mib(file_len(&live)),
+    );
+    step_s.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "capture steps: median {:.0} ms, max {:.0} ms",
+        step_s[step_s.len() / 2] * 1000.0,
+        step_s[step_s.len() - 1] * 1000.0
+    );
+    Data {
+        live,
+        base,
+        base_zst,
+        wals,
+        repo,
+    }
+}
+
+/// Times `f` `rounds` times (each after `prepare` and a `sync`, so that no
+/// method pays for the previous one's dirty pages), returns the best.
+fn best_of(rounds: usize, mut prepare: impl FnMut(), mut f: impl FnMut()) -> f64 {
+    let mut best = f64::MAX;
+    for _ in 0..rounds {
+        prepare();
+        let _ = Command::new("sync").status();
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    best
+}
+
+fn line(name: &str, secs: f64, cp: Option<f64>, extra: &str) {
+    match cp {
+        Some(cp) => println!("{name:<34} {secs:>8.2} s  {:>6.2}x cp  {extra}", secs / cp),
+        None => println!("{name:<34} {secs:>8.2} s            {extra}"),
+    }
+}
+
+fn skipped(name: &str, tool: &str) {
+    println!("{name:<34} skipped: the `{tool}` command-line tool is missing (scripts/setup.sh --bench installs it)");
+}
+
+fn remove_db(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = fs::remove_file(genesis_core::lock::sibling(path, suffix));
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let mb = env_num("GENESIS_BENCH_DB_MB", 1024.0) as u64;
+    let segments = (env_num("GENESIS_BENCH_SEGMENTS", 30.0) as usize).max(1);
+    let txns = (env_num("GENESIS_BENCH_TXNS", 50.0) as usize).max(1);
+    let change_pct = env_num("GENESIS_BENCH_CHANGE_PCT", 10.0);
+    let rounds = (env_num("GENESIS_BENCH_ROUNDS", 3.0) as usize).max(1);
+    let dir = tempfile::Builder::new()
+        .prefix("genesis-bench-restore-")
+        .tempdir()
+        .expect("tempdir");
+    println!(
+        "== restore of a {mb} MiB trading database: snapshot + {segments} segments, \
+         {} CPUs, best of {rounds}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let data = build(dir.path(), mb, segments, txns, change_pct);
+    let source = fingerprint(&data.live);
+    println!(
+        "source: {} events (last sequence {}), {} orders, {} positions",
+        source.events, source.last_seq, source.orders.0, source.positions.0
+    );
+    let out = dir.path().join("out");
+    fs::create_dir_all(&out).expect("mkdir");
+
+    // cp: the baseline every ratio refers to.
+    let cp = if have("cp") {
+        let to = out.join("cp.db");
+        let s = best_of(
+            rounds,
+            || {
+                remove_db(&to);
+                warm(&data.live);
+            },
+            || run(Command::new("cp").arg(&data.live).arg(&to)),
+        );
+        line("cp", s, None, "(baseline)");
+        let f = best_of(
+            rounds,
+            || {
+                remove_db(&to);
+                warm(&data.live);
+            },
+            || {
+                run(Command::new("cp").arg(&data.live).arg(&to));
+                fsync(&to);
+            },
+        );
+        line("cp + fsync", f, Some(s), "");
+        remove_db(&to);
+        Some(s)
+    } else {
+        skipped("cp", "cp");
+        None
+    };
+
+    // zstd -d of the base snapshot.
+    match &data.base_zst {
+        Some(zst) => {
+            let to = out.join("zstd.db");
+            let s = best_of(
+                rounds,
+                || {
+                    remove_db(&to);
+                    warm(zst);
+                },
+                || {
+                    run(Command::new("zstd")
+                        .args(["-d", "-q", "-f"])
+                        .arg(zst)
+                        .arg("-o")
+                        .arg(&to))
+                },
+            );
+            line(
+                "zstd -d (base snapshot only)",
+                s,
+                cp,
+                &format!("({:.0} MiB compressed)", mib(file_len(zst))),
+            );
+            remove_db(&to);
+        }
+        None => skipped("zstd -d (base snapshot only)", "zstd"),
+    }
+
+    let sqlite = have("sqlite3");
+    // SQLite's backup API.
+    if sqlite {
+        let to = out.join("backup.db");
+        let s = best_of(
+            rounds,
+            || {
+                remove_db(&to);
+                warm(&data.live);
+            },
+            || {
+                run(Command::new("sqlite3")
+                    .arg(&to)
+                    .arg(format!(".restore '{}'", data.live.display())))
+            },
+        );
+        line("sqlite3 .restore (backup API)", s, cp, "");
+        remove_db(&to);
+    } else {
+        skipped("sqlite3 .restore (backup API)", "sqlite3");
+    }
+
+    // The naive method: the base, then each WAL file checkpointed in turn.
+    if sqlite {
+        let to = out.join("naive.db");
+        let wal = genesis_core::lock::sibling(&to, "-wal");
+        let shm = genesis_core::lock::sibling(&to, "-shm");
+        let s = best_of(
+            rounds,
+            || {
+                remove_db(&to);
+                warm(&data.base);
+                for w in &data.wals {
+                    warm(w);
+                }
+            },
+            || {
+                run(Command::new("cp").arg(&data.base).arg(&to));
+                for w in &data.wals {
+                    let _ = fs::remove_file(&shm);
+                    run(Command::new("cp").arg(w).arg(&wal));
+                    run(Command::new("sqlite3")
+                        .arg(&to)
+                        .arg("PRAGMA wal_checkpoint(TRUNCATE);"));
+                }
+            },
+        );
+        let ok = fingerprint(&to) == source;
+        line(
+            "naive (cp base + checkpoint WALs)",
+            s,
+            cp,
+            &format!(
+                "({} WAL files; equals the source: {})",
+                data.wals.len(),
+                if ok { "yes" } else { "NO" }
+            ),
+        );
+        remove_db(&to);
+    } else {
+        skipped("naive (cp base + checkpoint WALs)", "sqlite3");
+    }
+
+    // Ours, without then with validation.
+    for validate in [false, true] {
+        let to = out.join(format!("ours-{validate}.db"));
+        let staging = dir.path().join("staging");
+        let mut last = None;
+        let s = best_of(
+            rounds,
+            || {
+                remove_db(&to);
+                warm_dir(&data.repo);
+            },
+            || {
+                let mut opts =
+                    RestoreOptions::new(&data.repo, dir.path().join("live.db"), Target::Latest);
+                opts.staging_dir = staging.clone();
+                opts.output = Some(to.clone());
+                opts.validate = validate;
+                last = Some(restore(&opts, Arc::new(NoProgress)).expect("restore"));
+            },
+        );
+        let r = last.expect("a restore ran");
+        let fp = fingerprint(&to);
+        let identical = same_bytes(&to, &data.live);
+        let stages: Vec<String> = r
+            .stages
+            .iter()
+            .map(|st| format!("{} {:.2}", st.id, st.seconds))
+            .collect();
+        line(
+            if validate {
+                "ours (restore, validation on)"
+            } else {
+                "ours (restore --no-validate)"
+            },
+            s,
+            cp,
+            &format!(
+                "(success {}, txid {}, {} segments; equals the source: {}; byte-identical: {})",
+                r.success,
+                r.restored_txid,
+                r.incremental_count,
+                if fp == source { "yes" } else { "NO" },
+                if identical { "yes" } else { "no" },
+            ),
+        );
+        println!("    stages (s): {}", stages.join(", "));
+        if fp != source {
+            println!("    restored {fp:?}\n    source   {source:?}");
+        }
+        remove_db(&to);
+    }
+}
