@@ -378,6 +378,20 @@ fn apply(staged: &Path, db: &Path) -> Result<Option<PathBuf>> {
     let tmp = sibling(db, &format!(".genesis-restore-{}.tmp", std::process::id()));
     move_file(staged, &tmp)?;
     let backup = if db.exists() {
+        // Fold the live WAL into the live file first, so that the file alone
+        // is the whole old database: from then on, whatever instant a crash
+        // hits, the live path names the old database or the new one, never the
+        // old file without the commits its WAL held.
+        if let Err(e) = fold_wal(db) {
+            if let Error::Locked(_) = e {
+                let _ = move_file(&tmp, staged);
+                return Err(e);
+            }
+            tracing::warn!(
+                "could not checkpoint the live database before moving it aside ({e}); \
+                 it is kept with its -wal and -shm beside the pre-recovery copy"
+            );
+        }
         let stamp = Utc::now().format("%Y%m%dT%H%M%S%.6fZ").to_string();
         let backup = sibling(db, &format!(".pre-recovery-{stamp}"));
         if let Err(e) = fs::hard_link(db, &backup) {
@@ -402,6 +416,61 @@ fn apply(staged: &Path, db: &Path) -> Result<Option<PathBuf>> {
     fs::rename(&tmp, db).map_err(|e| Error::io("rename the restored database to", db, e))?;
     fsync_dir(&dir)?;
     Ok(backup)
+}
+
+/// Checkpoints the live database's WAL into its file (TRUNCATE), so that the
+/// file alone holds every commit.
+///
+/// # Errors
+/// `Error::Locked` when another process uses the database (the checkpoint
+/// cannot finish); other errors when the database cannot be opened (a
+/// damaged file: the caller then keeps its WAL beside the copy).
+fn fold_wal(db: &Path) -> Result<()> {
+    let wal = sibling(db, "-wal");
+    if !wal.exists() {
+        return Ok(());
+    }
+    let in_use = || {
+        Error::Locked(format!(
+            "the live database {} is in use by another process: stop the application and any \
+             `backup replicate` on it, then restore again",
+            db.display()
+        ))
+    };
+    let conn = rusqlite::Connection::open(db)
+        .map_err(|e| Error::sqlite("open the live database", db, e))?;
+    conn.busy_timeout(std::time::Duration::from_secs(2))
+        .map_err(|e| Error::sqlite("configure", db, e))?;
+    // An exclusive file lock is granted only when no other connection has the
+    // database open (in WAL mode every connection holds a shared lock).
+    conn.query_row("PRAGMA locking_mode=EXCLUSIVE", [], |_| Ok(()))
+        .map_err(|e| Error::sqlite("lock the live database", db, e))?;
+    let busy_code = |e: &rusqlite::Error| {
+        matches!(e, rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+    };
+    if let Err(e) = conn.execute_batch("BEGIN EXCLUSIVE; COMMIT;") {
+        return Err(if busy_code(&e) {
+            in_use()
+        } else {
+            Error::sqlite("lock the live database", db, e)
+        });
+    }
+    let (busy, log, done): (i64, i64, i64) = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .map_err(|e| {
+            if busy_code(&e) {
+                in_use()
+            } else {
+                Error::sqlite("checkpoint the live database", db, e)
+            }
+        })?;
+    if busy != 0 || log != done {
+        return Err(in_use());
+    }
+    Ok(())
 }
 
 /// Restores a database as `opts` says; see the module documentation.

@@ -16,5 +16,6 @@ mod pipelines_bad;
 mod restore_bad_input;
 mod restore_concurrency;
 mod restore_crash;
+mod restore_live_in_use;
 mod restore_point_in_time;
 mod trading_cli;
