@@ -7,7 +7,9 @@
 //! effect). The replay report (with unknown event types: count and first
 //! sequence number each), the number replayed and the instant reached are
 //! recorded on the staged database. Otherwise the stage passes the database on
-//! unchanged, saying why in the report.
+//! unchanged, saying why in the report. The replay runs in trading's staging
+//! mode (no journal, no syncs, back to WAL and one fsync at the end); a failed
+//! replay removes the staged file, which is then unusable.
 //!
 //! Config: `plugins = ["path/to/libhandler.so", ...]` (relative to the pipeline
 //! file) names event-handler plugins, loaded and asked which event types they
@@ -252,13 +254,30 @@ impl EventReplay {
         for h in self.handlers.drain(..) {
             extensions.push(Box::new(h));
         }
-        let result = replay_with_extensions(
-            &mut conn,
-            &events,
-            &ReplayOptions::default(),
-            &mut extensions,
-        );
-        let report = result.map_err(trading_error(&path))?;
+        // The staged file is this restore's private copy, discarded on any
+        // failure: replay it without a journal and syncs, then back to WAL
+        // and one fsync (ReplayOptions::staging).
+        let opts = ReplayOptions {
+            staging: true,
+            ..ReplayOptions::default()
+        };
+        let result = replay_with_extensions(&mut conn, &events, &opts, &mut extensions);
+        let report = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // Without a journal the failed transaction may have left rows
+                // behind: the file must not be used. Remove it now.
+                drop(conn);
+                let removed = match crate::wal_apply::remove_staged(&path) {
+                    Ok(()) => "it has been removed".to_string(),
+                    Err(r) => format!("removing it failed: {r}"),
+                };
+                return Err(Error::Failed(format!(
+                    "event replay on {}: {e}; the staged database was being written without a journal and is unusable: {removed}",
+                    path.display()
+                )));
+            }
+        };
         // Fold the WAL back into the file: the staged database must be one file.
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .map_err(|e| Error::sqlite("checkpoint", &path, e))?;

@@ -34,6 +34,9 @@ pub enum Error {
         event_type: String,
         message: String,
     },
+    /// A staging replay could not put the database back into its journal mode.
+    #[error("staging replay: {0}")]
+    Staging(String),
     /// A database lacks the trading schema.
     #[error("the database has no trading schema: {0}")]
     Schema(String),

@@ -15,6 +15,14 @@
 //! Events handled by an [`EventExtension`] split the stream: the fold is flushed,
 //! the extension's statements run, and folding resumes, so plugins see exactly
 //! the state a one-by-one replay would show them.
+//!
+//! [`ReplayOptions::staging`] is for a database that is thrown away if anything
+//! fails (a restore's staged copy): the replay then runs under an exclusive
+//! lock with no rollback journal and no syncs, inserts the event rows by
+//! multi-row statements, puts the journal mode back (WAL stays WAL) and fsyncs
+//! the file once. What remains is SQLite's own work: per event a row appended to
+//! `events` and a random insert into its `event_id` index (UUIDs), which is
+//! most of the time of a large replay.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -61,6 +69,15 @@ pub struct ReplayOptions {
     pub record_events: bool,
     /// Enlarge the page cache for the replay and restore it afterwards (default true).
     pub tune_pragmas: bool,
+    /// The database is a disposable private copy (a restore's staged file):
+    /// replay it holding an exclusive lock, without a rollback journal
+    /// (`journal_mode=OFF`) and without syncs, with event rows inserted by
+    /// multi-row statements; then put its journal mode back (a WAL database
+    /// ends in WAL mode) and fsync the file once (default false). On error the
+    /// database is left in an undefined state: the caller must discard it.
+    /// When the journal mode cannot be switched off (another connection uses
+    /// the database), the replay runs in the ordinary, safe mode.
+    pub staging: bool,
 }
 
 impl Default for ReplayOptions {
@@ -69,6 +86,7 @@ impl Default for ReplayOptions {
             check_sequence: true,
             record_events: true,
             tune_pragmas: true,
+            staging: false,
         }
     }
 }
@@ -159,7 +177,12 @@ pub fn replay_with_extensions(
         }
     }
 
-    let saved_cache = if opts.tune_pragmas {
+    let staging = if opts.staging && !events.is_empty() {
+        Staging::enter(conn)?
+    } else {
+        None
+    };
+    let saved_cache = if opts.tune_pragmas || staging.is_some() {
         let old: i64 = conn
             .query_row("PRAGMA cache_size", [], |r| r.get(0))
             .map_err(Error::sqlite("reading cache_size"))?;
@@ -170,13 +193,19 @@ pub fn replay_with_extensions(
         None
     };
     conn.set_prepared_statement_cache_capacity(256);
+    // Multi-row inserts pay for a statement journal unless there is no journal.
+    let rows = match (opts.record_events, staging.is_some()) {
+        (false, _) => EventRows::Skip,
+        (true, false) => EventRows::OneByOne,
+        (true, true) => EventRows::Batched,
+    };
     let result = (|| {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(Error::sqlite("beginning the replay transaction"))?;
         let mut start = 0;
         for &(i, x) in &split {
-            replay_segment(&tx, &events[start..i], opts.record_events)?;
+            replay_segment(&tx, &events[start..i], rows)?;
             let ev = &events[i];
             if opts.record_events {
                 insert_event_rows(&tx, std::slice::from_ref(ev))?;
@@ -184,7 +213,7 @@ pub fn replay_with_extensions(
             run_extension(&tx, ev, extensions[x].as_mut())?;
             start = i + 1;
         }
-        replay_segment(&tx, &events[start..], opts.record_events)?;
+        replay_segment(&tx, &events[start..], rows)?;
         tx.commit().map_err(Error::sqlite("committing the replay"))
     })();
     if let Some(old) = saved_cache {
@@ -193,7 +222,108 @@ pub fn replay_with_extensions(
             tracing::warn!("cannot restore cache_size: {e}");
         }
     }
+    if let Some(st) = staging {
+        match &result {
+            Ok(()) => st.leave(conn)?,
+            Err(e) => {
+                tracing::warn!("staging replay failed ({e}); the database was written without a journal and must be discarded");
+                if let Err(e) = st.leave(conn) {
+                    tracing::warn!("after the failed staging replay: {e}");
+                }
+            }
+        }
+    }
     result.map(|()| report)
+}
+
+/// The settings a staging replay changes, to put back afterwards.
+struct Staging {
+    journal_mode: String,
+    locking_mode: String,
+    synchronous: i64,
+    temp_store: i64,
+    /// The database file, to fsync (none in memory).
+    path: Option<std::path::PathBuf>,
+}
+
+impl Staging {
+    /// Takes the exclusive lock and switches the journal and syncs off; `None`
+    /// (settings unchanged) when SQLite keeps the journal.
+    fn enter(conn: &Connection) -> Result<Option<Staging>> {
+        let text = |sql: &str| -> Result<String> {
+            conn.query_row(sql, [], |r| r.get::<_, String>(0))
+                .map_err(Error::sqlite(format!("staging replay: {sql}")))
+        };
+        let int = |sql: &str| -> Result<i64> {
+            conn.query_row(sql, [], |r| r.get::<_, i64>(0))
+                .map_err(Error::sqlite(format!("staging replay: {sql}")))
+        };
+        let st = Staging {
+            journal_mode: text("PRAGMA journal_mode")?,
+            locking_mode: text("PRAGMA locking_mode")?,
+            synchronous: int("PRAGMA synchronous")?,
+            temp_store: int("PRAGMA temp_store")?,
+            path: conn
+                .path()
+                .filter(|p| !p.is_empty())
+                .map(std::path::PathBuf::from),
+        };
+        text("PRAGMA locking_mode=EXCLUSIVE")?;
+        let mode = text("PRAGMA journal_mode=OFF")?;
+        if !mode.eq_ignore_ascii_case("off") {
+            tracing::warn!(
+                "staging replay: the journal mode stays {mode} (is another connection using the database?); replaying in the safe mode"
+            );
+            text(&format!("PRAGMA locking_mode={}", st.locking_mode))?;
+            return Ok(None);
+        }
+        conn.execute_batch("PRAGMA synchronous=OFF; PRAGMA temp_store=MEMORY;")
+            .map_err(Error::sqlite(
+                "staging replay: setting synchronous and temp_store",
+            ))?;
+        Ok(Some(st))
+    }
+
+    /// Puts the journal mode, locking mode and sync level back and fsyncs the file.
+    fn leave(self, conn: &Connection) -> Result<()> {
+        let fail = |what: String| move |e: rusqlite::Error| Error::Staging(format!("{what}: {e}"));
+        let lock = format!("PRAGMA locking_mode={}", self.locking_mode);
+        conn.query_row(&lock, [], |_| Ok(()))
+            .map_err(fail(lock.clone()))?;
+        let journal = format!("PRAGMA journal_mode={}", self.journal_mode);
+        let mode: String = conn
+            .query_row(&journal, [], |r| r.get(0))
+            .map_err(fail(journal.clone()))?;
+        if !mode.eq_ignore_ascii_case(&self.journal_mode) {
+            return Err(Error::Staging(format!(
+                "{journal} left the database in journal mode {mode}"
+            )));
+        }
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous={}; PRAGMA temp_store={};",
+            self.synchronous, self.temp_store
+        ))
+        .map_err(fail("restoring synchronous and temp_store".into()))?;
+        if let Some(path) = self.path {
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| Error::Io {
+                    action: "fsync the replayed database",
+                    path,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// How the event rows are inserted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EventRows {
+    Skip,
+    OneByOne,
+    /// Multi-row statements: only without a journal (no statement journal).
+    Batched,
 }
 
 fn check_sequence(conn: &Connection, events: &[Event]) -> Result<()> {
@@ -271,6 +401,77 @@ fn insert_event_rows(tx: &Transaction<'_>, events: &[Event]) -> Result<()> {
         .map_err(|e| Error::event(ev, format!("cannot insert the event row: {e}")))?;
     }
     Ok(())
+}
+
+/// Event rows per multi-row INSERT (six parameters each).
+const ROWS_PER_INSERT: usize = 64;
+
+fn multi_row_insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO events (event_id, event_type, aggregate_id, event_data, sequence_number, created_at) VALUES ",
+    );
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?,?,?,?)");
+    }
+    sql
+}
+
+/// Inserts the event rows [`ROWS_PER_INSERT`] at a time, in order (the rowids
+/// are those of one-by-one inserts). A failing statement may leave some of its
+/// rows (there is no statement journal without a journal): the error names the
+/// first event of the chunk whose row cannot be inserted.
+fn insert_event_rows_batched(tx: &Transaction<'_>, events: &[Event]) -> Result<()> {
+    let mut chunks = events.chunks_exact(ROWS_PER_INSERT);
+    if chunks.len() > 0 {
+        let sql = multi_row_insert_sql(ROWS_PER_INSERT);
+        let mut stmt = tx
+            .prepare_cached(&sql)
+            .map_err(Error::sqlite("preparing the event insert"))?;
+        for chunk in &mut chunks {
+            let before = tx.last_insert_rowid();
+            for (i, ev) in chunk.iter().enumerate() {
+                let p = i * 6;
+                stmt.raw_bind_parameter(p + 1, ev.event_id.as_str())
+                    .and_then(|()| stmt.raw_bind_parameter(p + 2, ev.event_type.as_str()))
+                    .and_then(|()| stmt.raw_bind_parameter(p + 3, ev.aggregate_id.as_str()))
+                    .and_then(|()| stmt.raw_bind_parameter(p + 4, ev.event_data.as_str()))
+                    .and_then(|()| stmt.raw_bind_parameter(p + 5, ev.sequence_number))
+                    .and_then(|()| stmt.raw_bind_parameter(p + 6, ev.created_at.as_str()))
+                    .map_err(|e| Error::event(ev, format!("cannot bind the event row: {e}")))?;
+            }
+            if let Err(e) = stmt.raw_execute() {
+                return Err(chunk_error(tx, chunk, before, &e));
+            }
+        }
+    }
+    insert_event_rows(tx, chunks.remainder())
+}
+
+/// The error of a failed multi-row insert: names the first event of the chunk
+/// whose event_id was already there before the chunk (rowid at most `before`)
+/// or repeats one earlier in the chunk; else the chunk's first event.
+fn chunk_error(tx: &Transaction<'_>, chunk: &[Event], before: i64, e: &rusqlite::Error) -> Error {
+    let existing = |id: &str| -> Option<i64> {
+        tx.prepare_cached("SELECT rowid FROM events WHERE event_id = ?1")
+            .and_then(|mut s| s.query_row([id], |r| r.get(0)))
+            .ok()
+    };
+    for (i, ev) in chunk.iter().enumerate() {
+        let repeated = chunk[..i].iter().any(|x| x.event_id == ev.event_id);
+        if repeated || existing(&ev.event_id).is_some_and(|r| r <= before) {
+            return Error::event(ev, format!("cannot insert the event row: {e}"));
+        }
+    }
+    Error::event(
+        &chunk[0],
+        format!(
+            "cannot insert the event rows from this one to #{}: {e}",
+            chunk[chunk.len() - 1].sequence_number
+        ),
+    )
 }
 
 /// A small fast hasher for the fold's maps (keys are short ids).
@@ -476,7 +677,7 @@ fn fold_part<'a>(events: &'a [Event], parsed: &[Parsed<'a>], part: usize) -> Fol
     }
 }
 
-fn replay_segment(tx: &Transaction<'_>, events: &[Event], record: bool) -> Result<()> {
+fn replay_segment(tx: &Transaction<'_>, events: &[Event], rows: EventRows) -> Result<()> {
     if events.is_empty() {
         return Ok(());
     }
@@ -487,10 +688,10 @@ fn replay_segment(tx: &Transaction<'_>, events: &[Event], record: bool) -> Resul
             tracing::debug!("fold done in {:?}", t0.elapsed());
             f
         });
-        let rows = if record {
-            insert_event_rows(tx, events)
-        } else {
-            Ok(())
+        let rows = match rows {
+            EventRows::Skip => Ok(()),
+            EventRows::OneByOne => insert_event_rows(tx, events),
+            EventRows::Batched => insert_event_rows_batched(tx, events),
         };
         tracing::debug!("event rows done in {:?}", t0.elapsed());
         (rows, folder.join())
@@ -744,6 +945,111 @@ mod tests {
         .unwrap_err();
         assert!(
             err.to_string().contains("does not follow") || err.to_string().contains("gap"),
+            "{err}"
+        );
+    }
+
+    fn dump(c: &Connection) -> Vec<String> {
+        let mut out = Vec::new();
+        for t in [
+            "events",
+            "positions",
+            "orders",
+            "balances",
+            "system_state",
+            "tier_history",
+            "risk_limits",
+            "checkpoints",
+            "sqlite_sequence",
+        ] {
+            let mut stmt = c
+                .prepare(&format!("SELECT rowid, * FROM {t} ORDER BY rowid"))
+                .unwrap();
+            let n = stmt.column_count();
+            let rows = stmt
+                .query_map([], |r| {
+                    (0..n)
+                        .map(|i| {
+                            r.get::<_, rusqlite::types::Value>(i)
+                                .map(|v| format!("{v:?}"))
+                        })
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                        .map(|v| v.join("|"))
+                })
+                .unwrap()
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .unwrap();
+            out.push(format!("{t}: {}", rows.join("\n")));
+        }
+        out
+    }
+
+    fn file_db(dir: &std::path::Path, name: &str) -> (Connection, std::path::PathBuf) {
+        let path = dir.join(name);
+        let c = Connection::open(&path).unwrap();
+        let _: String = c
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .unwrap();
+        crate::schema::ensure_schema(&c).unwrap();
+        (c, path)
+    }
+
+    fn staging() -> ReplayOptions {
+        ReplayOptions {
+            staging: true,
+            ..ReplayOptions::default()
+        }
+    }
+
+    #[test]
+    fn staging_mode_gives_the_same_rows_and_ends_in_wal_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = crate::simulate::random_events(11, 3001);
+        let (mut safe, _) = file_db(dir.path(), "safe.db");
+        let (mut fast, path) = file_db(dir.path(), "staged.db");
+        // Two replays: the second onto a database that already has events.
+        for part in [&events[..1000], &events[1000..]] {
+            replay(&mut safe, part, &ReplayOptions::default()).unwrap();
+            let r = replay(&mut fast, part, &staging()).unwrap();
+            assert_eq!(r.applied, part.len() as u64);
+            let mode: String = fast
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .unwrap();
+            let lock: String = fast
+                .query_row("PRAGMA locking_mode", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!((mode.as_str(), lock.as_str()), ("wal", "normal"));
+        }
+        assert_eq!(dump(&safe), dump(&fast));
+        drop(fast);
+        let header = std::fs::read(&path).unwrap();
+        assert_eq!(header[18..20], [2, 2], "a WAL database stays in WAL mode");
+    }
+
+    #[test]
+    fn staging_mode_errors_name_the_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut c, _) = file_db(dir.path(), "staged.db");
+        let events = crate::simulate::random_events(5, 400);
+        replay(&mut c, &events[..100], &staging()).unwrap();
+        // A duplicate inside a multi-row statement (of the rows after 100).
+        let mut dup = events[100..].to_vec();
+        dup[150].event_id = dup[140].event_id.clone();
+        let err = replay(&mut c, &dup, &staging()).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("event #{} (", dup[150].sequence_number))
+                && err.contains("UNIQUE"),
+            "{err}"
+        );
+        // A duplicate of an event already in the database.
+        let (mut c, _) = file_db(dir.path(), "staged2.db");
+        replay(&mut c, &events[..100], &staging()).unwrap();
+        let mut dup = events[100..].to_vec();
+        dup[70].event_id = events[3].event_id.clone();
+        let err = replay(&mut c, &dup, &staging()).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("event #{} (", dup[70].sequence_number))
+                && err.contains("UNIQUE"),
             "{err}"
         );
     }
