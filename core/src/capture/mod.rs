@@ -127,6 +127,10 @@ struct GenState {
     wal: WalPosition,
     /// Largest event sequence number archived (or present in the base snapshot).
     last_seq: i64,
+    /// Rowid of the last `events` row read: the archive reads forward in
+    /// rowid order (the table has no index on sequence_number, and events are
+    /// appended in sequence order), so each step costs O(new rows).
+    last_event_rowid: i64,
     last_snapshot_at: DateTime<Utc>,
 }
 
@@ -206,13 +210,23 @@ fn has_events_table(conn: &Connection, db: &Path) -> Result<bool> {
     .map_err(|e| Error::sqlite("read schema", db, e))
 }
 
-fn max_event_seq(conn: &Connection, db: &Path) -> Result<i64> {
-    conn.query_row(
-        "SELECT coalesce(max(sequence_number), 0) FROM events",
+/// The (rowid, sequence_number) of the last event row, (0, 0) when none:
+/// read from the end of the rowid b-tree, without scanning the table.
+fn last_event_position(conn: &Connection, db: &Path) -> Result<(i64, i64)> {
+    match conn.query_row(
+        "SELECT rowid, sequence_number FROM events ORDER BY rowid DESC LIMIT 1",
         [],
-        |r| r.get::<_, i64>(0),
-    )
-    .map_err(|e| Error::sqlite("read events", db, e))
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Option<i64>>(1)?.unwrap_or(0),
+            ))
+        },
+    ) {
+        Ok(p) => Ok(p),
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok((0, 0)),
+        Err(e) => Err(Error::sqlite("read events", db, e)),
+    }
 }
 
 impl Capturer {
@@ -244,6 +258,7 @@ impl Capturer {
             hashes: PageHashes::new(header.page_size as usize),
             wal: WalPosition::default(),
             last_seq: 0,
+            last_event_rowid: 0,
             last_snapshot_at: Utc::now(),
         };
         let mut cap = Capturer {
@@ -365,6 +380,7 @@ impl Capturer {
             hashes: saved.hashes(),
             wal: saved.wal,
             last_seq: saved.last_seq,
+            last_event_rowid: saved.last_event_rowid,
             last_snapshot_at,
         }))
     }
@@ -409,10 +425,10 @@ impl Capturer {
             ),
         };
         self.gen.page_size = page_size;
-        let last_seq = if self.has_events {
-            max_event_seq(&self.readers[self.active], self.db())?
+        let (last_event_rowid, last_seq) = if self.has_events {
+            last_event_position(&self.readers[self.active], self.db())?
         } else {
-            0
+            (0, 0)
         };
         let now = Utc::now();
         self.gen = GenState {
@@ -423,6 +439,7 @@ impl Capturer {
             hashes: PageHashes::new(page_size as usize),
             wal: position,
             last_seq,
+            last_event_rowid,
             last_snapshot_at: now,
         };
         let (manifest, hashes) = self.snapshot_at(txid, now, &overlay, db_pages, Some(last_seq))?;
@@ -883,27 +900,30 @@ impl Capturer {
             }
         }
         loop {
-            let rows = self.read_events(self.gen.last_seq, self.opts.events_per_object)?;
-            if rows.is_empty() {
-                break;
+            let (rows, read, last_rowid) =
+                self.read_events(self.gen.last_event_rowid, self.opts.events_per_object)?;
+            if !rows.is_empty() {
+                report.events += rows.len() as u64;
+                report.event_objects.push(self.write_events(&rows)?);
             }
-            let n = rows.len();
-            report.events += n as u64;
-            report.event_objects.push(self.write_events(&rows)?);
-            if n < self.opts.events_per_object {
+            self.gen.last_event_rowid = last_rowid;
+            if read < self.opts.events_per_object {
                 break;
             }
         }
         Ok(report)
     }
 
-    fn read_events(&self, after: i64, limit: usize) -> Result<Vec<EventRow>> {
+    /// Reads up to `limit` event rows after `after_rowid`, in rowid order;
+    /// returns the rows with sequence numbers above the archived ones, sorted
+    /// by sequence number, how many rows were read, and the last rowid read.
+    fn read_events(&self, after_rowid: i64, limit: usize) -> Result<(Vec<EventRow>, usize, i64)> {
         let conn = &self.readers[self.active];
         let db = self.db();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT sequence_number, event_id, event_type, aggregate_id, event_data, created_at \
-                 FROM events WHERE sequence_number > ?1 ORDER BY sequence_number LIMIT ?2",
+                "SELECT rowid, sequence_number, event_id, event_type, aggregate_id, event_data, created_at \
+                 FROM events WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
             )
             .map_err(|e| Error::sqlite("read events", db, e))?;
         let bytes = |r: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<Vec<u8>> {
@@ -916,21 +936,32 @@ impl Capturer {
                 rusqlite::types::ValueRef::Real(v) => v.to_string().into_bytes(),
             })
         };
-        let rows = stmt
-            .query_map(rusqlite::params![after, limit as i64], |r| {
-                Ok(EventRow {
-                    sequence_number: r.get(0)?,
-                    event_id: bytes(r, 1)?,
-                    event_type: bytes(r, 2)?,
-                    aggregate_id: bytes(r, 3)?,
-                    event_data: bytes(r, 4)?,
-                    created_at: bytes(r, 5)?,
-                })
+        let read = stmt
+            .query_map(rusqlite::params![after_rowid, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    EventRow {
+                        sequence_number: r.get(1)?,
+                        event_id: bytes(r, 2)?,
+                        event_type: bytes(r, 3)?,
+                        aggregate_id: bytes(r, 4)?,
+                        event_data: bytes(r, 5)?,
+                        created_at: bytes(r, 6)?,
+                    },
+                ))
             })
             .map_err(|e| Error::sqlite("read events", db, e))?
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(|e| Error::sqlite("read events", db, e))?;
-        Ok(rows)
+        let n = read.len();
+        let last_rowid = read.last().map(|(r, _)| *r).unwrap_or(after_rowid);
+        let mut rows: Vec<EventRow> = read
+            .into_iter()
+            .map(|(_, e)| e)
+            .filter(|e| e.sequence_number > self.gen.last_seq)
+            .collect();
+        rows.sort_by_key(|e| e.sequence_number);
+        Ok((rows, n, last_rowid))
     }
 
     fn write_events(&mut self, rows: &[EventRow]) -> Result<String> {
@@ -989,6 +1020,7 @@ impl Capturer {
             last_txid: self.gen.last_txid,
             wal: self.gen.wal,
             last_seq: self.gen.last_seq,
+            last_event_rowid: self.gen.last_event_rowid,
             identity: self.identity,
             hashes: self.gen.hashes.hashes().to_vec(),
         }

@@ -20,6 +20,10 @@ pub struct SavedState {
     pub last_txid: u64,
     pub wal: WalPosition,
     pub last_seq: i64,
+    /// Rowid of the last event row read (0 in states saved before it existed:
+    /// the archive then re-reads from the start and skips what it has).
+    #[serde(default)]
+    pub last_event_rowid: i64,
     pub identity: (u64, u64),
     #[serde(skip)]
     pub hashes: Vec<u64>,
