@@ -120,17 +120,26 @@ pub fn build_database(input: &RebuildInput<'_>, out: &Path) -> Result<RebuildRes
             let first = fe.raw_offset / ps as u64 + 1;
             let mut x = 0u64;
             let mut n = 0u64;
-            for (i, page) in raw.chunks(ps).enumerate() {
+            // Write runs of consecutive kept pages with one call each.
+            let mut run_start: Option<usize> = None;
+            let pages = raw.len() / ps;
+            let flush = |from: usize, to: usize| -> Result<()> {
+                let off = (first - 1 + from as u64) * ps as u64;
+                write_page(&file, out, &raw[from * ps..to * ps], off)
+            };
+            for i in 0..pages {
                 let pgno = first + i as u64;
-                if pgno > keep_snapshot_upto {
-                    break;
+                let keep = pgno <= keep_snapshot_upto && !newest.contains_key(&(pgno as u32));
+                if keep {
+                    x ^= page_hash(pgno as u32, &raw[i * ps..(i + 1) * ps]);
+                    n += 1;
+                    run_start.get_or_insert(i);
+                } else if let Some(a) = run_start.take() {
+                    flush(a, i)?;
                 }
-                if newest.contains_key(&(pgno as u32)) {
-                    continue;
-                }
-                write_page(&file, out, page, (pgno - 1) * ps as u64)?;
-                x ^= page_hash(pgno as u32, page);
-                n += 1;
+            }
+            if let Some(a) = run_start {
+                flush(a, pages)?;
             }
             Ok((x, n))
         })
