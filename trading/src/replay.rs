@@ -427,27 +427,130 @@ fn insert_event_rows_batched(tx: &Transaction<'_>, events: &[Event]) -> Result<(
     let mut chunks = events.chunks_exact(ROWS_PER_INSERT);
     if chunks.len() > 0 {
         let sql = multi_row_insert_sql(ROWS_PER_INSERT);
-        let mut stmt = tx
-            .prepare_cached(&sql)
-            .map_err(Error::sqlite("preparing the event insert"))?;
+        let mut stmt =
+            StaticStmt::prepare(tx, &sql).map_err(Error::sqlite("preparing the event insert"))?;
         for chunk in &mut chunks {
             let before = tx.last_insert_rowid();
             for (i, ev) in chunk.iter().enumerate() {
                 let p = i * 6;
-                stmt.raw_bind_parameter(p + 1, ev.event_id.as_str())
-                    .and_then(|()| stmt.raw_bind_parameter(p + 2, ev.event_type.as_str()))
-                    .and_then(|()| stmt.raw_bind_parameter(p + 3, ev.aggregate_id.as_str()))
-                    .and_then(|()| stmt.raw_bind_parameter(p + 4, ev.event_data.as_str()))
-                    .and_then(|()| stmt.raw_bind_parameter(p + 5, ev.sequence_number))
-                    .and_then(|()| stmt.raw_bind_parameter(p + 6, ev.created_at.as_str()))
+                stmt.bind_text(p + 1, &ev.event_id)
+                    .and_then(|()| stmt.bind_text(p + 2, &ev.event_type))
+                    .and_then(|()| stmt.bind_text(p + 3, &ev.aggregate_id))
+                    .and_then(|()| stmt.bind_text(p + 4, &ev.event_data))
+                    .and_then(|()| stmt.bind_int(p + 5, ev.sequence_number))
+                    .and_then(|()| stmt.bind_text(p + 6, &ev.created_at))
                     .map_err(|e| Error::event(ev, format!("cannot bind the event row: {e}")))?;
             }
-            if let Err(e) = stmt.raw_execute() {
+            if let Err(e) = stmt.execute() {
                 return Err(chunk_error(tx, chunk, before, &e));
             }
         }
     }
     insert_event_rows(tx, chunks.remainder())
+}
+
+/// A statement whose text parameters are bound without a copy
+/// (`SQLITE_STATIC`): the strings bound must outlive every step of the
+/// statement, which `'a` guarantees, as it does that the connection outlives
+/// the statement (finalized on drop).
+struct StaticStmt<'a> {
+    db: *mut rusqlite::ffi::sqlite3,
+    stmt: *mut rusqlite::ffi::sqlite3_stmt,
+    bound: std::marker::PhantomData<&'a str>,
+}
+
+impl<'a> StaticStmt<'a> {
+    fn prepare(conn: &'a Connection, sql: &str) -> rusqlite::Result<Self> {
+        use rusqlite::ffi;
+        let len =
+            std::os::raw::c_int::try_from(sql.len()).map_err(|_| rusqlite::Error::InvalidQuery)?;
+        let mut stmt = std::ptr::null_mut();
+        // SAFETY: the handle is the open connection's, used on this thread
+        // only while `conn` is borrowed; SQLite copies nothing it does not own.
+        let (db, rc) = unsafe {
+            let db = conn.handle();
+            let rc = ffi::sqlite3_prepare_v3(
+                db,
+                sql.as_ptr().cast(),
+                len,
+                ffi::SQLITE_PREPARE_PERSISTENT as std::os::raw::c_uint,
+                &mut stmt,
+                std::ptr::null_mut(),
+            );
+            (db, rc)
+        };
+        if rc != ffi::SQLITE_OK || stmt.is_null() {
+            return Err(last_error(db, rc));
+        }
+        Ok(StaticStmt {
+            db,
+            stmt,
+            bound: std::marker::PhantomData,
+        })
+    }
+
+    /// Binds text without a copy.
+    fn bind_text(&mut self, index: usize, text: &'a str) -> rusqlite::Result<()> {
+        // SAFETY: `text` outlives the statement (lifetime 'a), so SQLite may
+        // keep the pointer (SQLITE_STATIC) until the next bind or finalize.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_bind_text64(
+                self.stmt,
+                index as std::os::raw::c_int,
+                text.as_ptr().cast(),
+                text.len() as u64,
+                rusqlite::ffi::SQLITE_STATIC(),
+                rusqlite::ffi::SQLITE_UTF8 as u8,
+            )
+        };
+        self.check(rc)
+    }
+
+    fn bind_int(&mut self, index: usize, value: i64) -> rusqlite::Result<()> {
+        // SAFETY: a valid statement; an integer is copied.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_bind_int64(self.stmt, index as std::os::raw::c_int, value)
+        };
+        self.check(rc)
+    }
+
+    fn check(&self, rc: std::os::raw::c_int) -> rusqlite::Result<()> {
+        if rc == rusqlite::ffi::SQLITE_OK {
+            Ok(())
+        } else {
+            Err(last_error(self.db, rc))
+        }
+    }
+
+    /// Runs the statement to completion and resets it.
+    fn execute(&mut self) -> rusqlite::Result<()> {
+        use rusqlite::ffi;
+        // SAFETY: a valid statement of this thread's connection.
+        let rc = unsafe { ffi::sqlite3_step(self.stmt) };
+        let err = (rc != ffi::SQLITE_DONE).then(|| last_error(self.db, rc));
+        // SAFETY: as above; reset returns the step's error again, already taken.
+        unsafe { ffi::sqlite3_reset(self.stmt) };
+        err.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for StaticStmt<'_> {
+    fn drop(&mut self) {
+        // SAFETY: finalized once, here.
+        unsafe { rusqlite::ffi::sqlite3_finalize(self.stmt) };
+    }
+}
+
+fn last_error(db: *mut rusqlite::ffi::sqlite3, rc: std::os::raw::c_int) -> rusqlite::Error {
+    // SAFETY: `db` is an open connection; the message is copied at once.
+    let (code, msg) = unsafe {
+        let code = rusqlite::ffi::sqlite3_extended_errcode(db);
+        let msg = rusqlite::ffi::sqlite3_errmsg(db);
+        let msg =
+            (!msg.is_null()).then(|| std::ffi::CStr::from_ptr(msg).to_string_lossy().into_owned());
+        (if code == 0 { rc } else { code }, msg)
+    };
+    rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), msg)
 }
 
 /// The error of a failed multi-row insert: names the first event of the chunk
