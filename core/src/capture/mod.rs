@@ -482,16 +482,16 @@ impl Capturer {
                     let first = f * SNAPSHOT_FRAME_PAGES + 1;
                     let last = ((f + 1) * SNAPSHOT_FRAME_PAGES).min(db_pages as usize);
                     let mut raw = vec![0u8; (last + 1 - first) * ps];
+                    // One read for the frame's range of the database file (pages
+                    // the overlay replaces may be torn by a concurrent backfill;
+                    // they are overwritten from the WAL below), then the overlay.
+                    read_page_or_zero(db_file, &db_path, &mut raw, ((first - 1) * ps) as u64)?;
                     let mut hs = Vec::with_capacity(last + 1 - first);
                     for pgno in first..=last {
                         let buf = &mut raw[(pgno - first) * ps..(pgno - first + 1) * ps];
-                        match (overlay.get(&(pgno as u32)), &wal_file) {
-                            (Some(off), Some(wf)) => wf
-                                .read_exact_at(buf, *off)
-                                .map_err(|e| Error::io("read", &wal_path, e))?,
-                            _ => {
-                                read_page_or_zero(db_file, &db_path, buf, ((pgno - 1) * ps) as u64)?
-                            }
+                        if let (Some(off), Some(wf)) = (overlay.get(&(pgno as u32)), &wal_file) {
+                            wf.read_exact_at(buf, *off)
+                                .map_err(|e| Error::io("read", &wal_path, e))?;
                         }
                         hs.push(page_hash(pgno as u32, buf));
                     }
