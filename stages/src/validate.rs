@@ -53,27 +53,51 @@ pub fn validate_database(path: &Path, opts: &ValidateOptions) -> Result<Validati
             path.display()
         )));
     }
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| Error::sqlite("open (read-only)", path, e))?;
-    let mut report = sqlite_checks::check_connection(
-        &conn,
-        path,
-        SqliteCheckOptions {
-            integrity_check: opts.integrity_check,
-        },
-    )?;
-    let has_schema = genesis_trading::schema::has_trading_schema(&conn)
-        .map_err(|e| Error::Failed(format!("{}: {e}", path.display())))?;
+    let open = || {
+        Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| Error::sqlite("open (read-only)", path, e))
+    };
+    let conn = open()?;
+    // SQLite's own checks read every page; the trading rules read the
+    // tables and replay the events: they run side by side on two connections.
+    let (sqlite_report, trading) = std::thread::scope(|scope| {
+        let checks = scope.spawn(|| -> Result<ValidationReport> {
+            let c = open()?;
+            sqlite_checks::check_connection(
+                &c,
+                path,
+                SqliteCheckOptions {
+                    integrity_check: opts.integrity_check,
+                },
+            )
+        });
+        let trading = (|| -> Result<(bool, Option<ValidationReport>)> {
+            let has_schema = genesis_trading::schema::has_trading_schema(&conn)
+                .map_err(|e| Error::Failed(format!("{}: {e}", path.display())))?;
+            Ok((
+                has_schema,
+                if has_schema {
+                    trading_report(&conn, path, opts)?
+                } else {
+                    None
+                },
+            ))
+        })();
+        let checks = checks
+            .join()
+            .unwrap_or_else(|_| Err(Error::Failed("the SQLite checks panicked".into())));
+        (checks, trading)
+    });
+    let mut report = sqlite_report?;
+    let (has_schema, trading) = trading?;
     report
         .metrics
         .insert("trading_schema".into(), has_schema.into());
-    if has_schema {
-        if let Some(trading) = trading_report(&conn, path, opts)? {
-            report.merge(trading);
-        }
+    if let Some(trading) = trading {
+        report.merge(trading);
     }
     report.is_consistent = report.errors.is_empty();
     Ok(report)
