@@ -7,7 +7,7 @@ use genesis_core::time::parse_duration;
 use genesis_stages::demo::{demo as run_demo, DemoOptions};
 
 use super::args::DemoArgs;
-use super::output::print;
+use super::output::{print, write_stdout};
 use super::{progress, Ctx, EXIT_FAILED, EXIT_OK};
 
 pub fn demo(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<i32> {
@@ -33,13 +33,13 @@ pub fn demo(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<i32> {
     let json = ctx.json;
     let quiet = ctx.quiet;
     if !json && !quiet {
-        println!("genesis-recovery demo in {}", dir.display());
+        write_stdout(&format!("genesis-recovery demo in {}", dir.display()))?;
     }
     let report = run_demo(&opts, progress::for_terminal(true), |line| {
         if json {
             eprintln!("{line}");
         } else if !quiet {
-            println!("{line}");
+            let _ = write_stdout(line);
         }
     });
     let cleanup = |dir: &PathBuf| {

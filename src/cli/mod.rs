@@ -100,6 +100,13 @@ fn trading_error_is_input(e: &genesis_trading::Error) -> bool {
 /// The error text shown to the user: the error and its causes.
 pub fn describe_error(err: &anyhow::Error) -> String {
     let mut out = err.to_string();
+    if let Some(genesis_core::Error::Corrupt { .. }) = err.downcast_ref::<genesis_core::Error>() {
+        out.push_str(
+            "\n  nothing was applied. Run `genesis-recovery verify-backups` to see which restore points \
+             this breaks, then restore to a point it does not need (an earlier --timestamp or --txid, \
+             or a later full backup with --backup-id)",
+        );
+    }
     for cause in err.chain().skip(1) {
         let c = cause.to_string();
         if !out.contains(&c) {

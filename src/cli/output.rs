@@ -1,5 +1,7 @@
 //! Printing results: one JSON document with `--json`, a short human summary otherwise.
 
+use std::io::Write;
+
 use serde::Serialize;
 
 use super::Ctx;
@@ -10,15 +12,26 @@ pub fn print<T: Serialize>(
     value: &T,
     human: impl FnOnce() -> String,
 ) -> anyhow::Result<()> {
-    if ctx.json {
-        println!("{}", serde_json::to_string_pretty(value)?);
+    let text = if ctx.json {
+        serde_json::to_string_pretty(value)?
     } else {
-        let text = human();
-        if !text.is_empty() {
-            println!("{text}");
-        }
+        human()
+    };
+    if !text.is_empty() {
+        write_stdout(&text)?;
     }
     Ok(())
+}
+
+/// Writes a line to stdout; a closed pipe (`| head`) ends the output quietly
+/// instead of panicking.
+pub fn write_stdout(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Human-readable byte counts.

@@ -11,7 +11,7 @@ use genesis_core::Error;
 use genesis_stages::{DrillOptions, RestoreOptions};
 
 use super::args::{DrillArgs, PipelinesCommand, RestoreArgs, RunArgs};
-use super::output::print;
+use super::output::{print, write_stdout};
 use super::{progress, Ctx, EXIT_FAILED, EXIT_OK};
 
 /// Exit code when validation failed.
@@ -254,7 +254,7 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<i32> {
         Err(f) => {
             if ctx.json {
                 let doc = serde_json::json!({ "success": false, "error": f.error.to_string(), "stage": f.stage, "stages": f.stages });
-                println!("{}", serde_json::to_string_pretty(&doc)?);
+                write_stdout(&serde_json::to_string_pretty(&doc)?)?;
             }
             Err(Error::from(f).into())
         }
@@ -276,10 +276,10 @@ pub fn pipelines(ctx: &Ctx, cmd: PipelinesCommand) -> anyhow::Result<i32> {
     }
     if ctx.json {
         let doc = serde_json::json!({ "ok": all_issues.is_empty(), "pipelines": summaries, "errors": all_issues });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        write_stdout(&serde_json::to_string_pretty(&doc)?)?;
     } else {
         for s in &summaries {
-            println!(
+            write_stdout(&format!(
                 "ok: {} ({}): {}",
                 s.file.display(),
                 s.name,
@@ -288,7 +288,7 @@ pub fn pipelines(ctx: &Ctx, cmd: PipelinesCommand) -> anyhow::Result<i32> {
                     .map(|st| st.id.clone())
                     .collect::<Vec<_>>()
                     .join(" -> ")
-            );
+            ))?;
         }
         if !all_issues.is_empty() {
             eprintln!("{} configuration error(s):", all_issues.len());
