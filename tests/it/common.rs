@@ -135,30 +135,7 @@ pub fn read_record(path: &Path) -> BTreeMap<u64, String> {
 
 /// The same hash the writer computes, of a restored database.
 pub fn kv_hash(db: &Path) -> (u64, String) {
-    use sha2_like::Sha256;
-    let c = rusqlite::Connection::open(db).expect("open restored db");
-    let n: i64 = c
-        .query_row("SELECT coalesce(max(n), 0) FROM log", [], |r| r.get(0))
-        .expect("log");
-    let mut s = c
-        .prepare("SELECT k, v, length(pad) FROM kv ORDER BY k")
-        .expect("kv");
-    let mut h = Sha256::new();
-    let rows = s
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-            ))
-        })
-        .expect("rows");
-    for row in rows {
-        let (k, v, pad) = row.expect("row");
-        let pad = pad.map(|p| p.to_string()).unwrap_or_else(|| "None".into());
-        h.update(format!("{k}|{v}|{pad}\n").as_bytes());
-    }
-    (n as u64, h.hex())
+    kv_hash_conn(&rusqlite::Connection::open(db).expect("open restored db"))
 }
 
 /// A minimal SHA-256 so that tests compare with Python's hashlib without a crate.
