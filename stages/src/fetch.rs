@@ -114,7 +114,7 @@ pub fn resolve_plan(
             if *at > now {
                 let hint = latest.as_ref().map_or_else(
                     || "the repository holds no restore point yet".to_string(),
-                    |p| format!("the latest restore point is {}; to restore it, use the target `latest`", describe(p)),
+                    |p| format!("the latest restore point is {}; to restore it, use `restore --latest` (target `latest` in a pipeline)", describe(p)),
                 );
                 return Err(Error::Usage(format!(
                     "the target {} is in the future (it is now {}): {hint}",

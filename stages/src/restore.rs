@@ -288,7 +288,7 @@ pub(crate) fn run_to_staged(
     let outcome = compiled
         .run(progress, CancelToken::default())
         .map_err(|failure| {
-            tracing::error!("{failure}");
+            tracing::debug!("{failure}");
             failure.error
         })?;
     let staged = outcome

@@ -263,7 +263,7 @@ impl CompiledPipeline {
 
         let seconds = started.elapsed().as_secs_f64();
         if let Some((stage, error)) = first_failure.take() {
-            tracing::error!(stage = %stage, error = %error, "pipeline failed");
+            tracing::debug!(stage = %stage, error = %error, "pipeline failed");
             return Err(Box::new(RunFailure {
                 error,
                 stage: Some(stage),
@@ -336,7 +336,7 @@ fn run_stage(
                 tracing::debug!(error = %error, "stage stopped: run cancelled");
                 StageStatus::Cancelled
             } else {
-                tracing::error!(error = %error, "stage failed");
+                tracing::debug!(error = %error, "stage failed");
                 // Record before cancelling, so that no other stage can see
                 // the cancellation and report its secondary error as first.
                 failures.record(&stage.id, error);
