@@ -8,7 +8,10 @@ use crate::common::{signal, Env};
 #[test]
 fn backup_full_asks_the_running_capturer_for_the_snapshot() {
     let env = Env::new();
-    assert!(env.run(&["simulate", "--rate", "0", "--max-commits", "200"]).status.success());
+    assert!(env
+        .run(&["simulate", "--rate", "0", "--max-commits", "200"])
+        .status
+        .success());
     let mut rep = env.spawn(&["backup", "replicate", "--interval", "200ms"]);
     let lock = genesis_core::capture::capture_lock_path(&env.db());
     for _ in 0..100 {
@@ -17,7 +20,18 @@ fn backup_full_asks_the_running_capturer_for_the_snapshot() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(env.run(&["simulate", "--rate", "0", "--max-commits", "50", "--seed", "3"]).status.success());
+    assert!(env
+        .run(&[
+            "simulate",
+            "--rate",
+            "0",
+            "--max-commits",
+            "50",
+            "--seed",
+            "3"
+        ])
+        .status
+        .success());
     let (code, v) = env.json(&["backup", "full"]);
     signal(&rep, "TERM");
     assert!(rep.wait().unwrap().success());
@@ -25,7 +39,11 @@ fn backup_full_asks_the_running_capturer_for_the_snapshot() {
     assert_eq!(v["taken_by_running_capturer"], true, "{v}");
     let repo = genesis_core::repo::Repository::open_local(&env.repo(), false).unwrap();
     let catalog = repo.catalog().unwrap();
-    assert_eq!(catalog.generations.len(), 1, "the snapshot must continue the running generation");
+    assert_eq!(
+        catalog.generations.len(),
+        1,
+        "the snapshot must continue the running generation"
+    );
     let snaps = &catalog.generations[0].snapshots;
     assert_eq!(snaps.len(), 2, "the opening snapshot and the requested one");
     let id = v["backup_id"].as_str().unwrap();
@@ -34,7 +52,13 @@ fn backup_full_asks_the_running_capturer_for_the_snapshot() {
     assert_eq!(code, 0, "{v}");
     // The requested snapshot restores on its own.
     let out = env.path().join("snap.db");
-    let (code, v) = env.json(&["restore", "--backup-id", id, "--output", out.to_str().unwrap()]);
+    let (code, v) = env.json(&[
+        "restore",
+        "--backup-id",
+        id,
+        "--output",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["incremental_count"], 0, "{v}");
 }

@@ -68,7 +68,11 @@ fn restores_between_captures_are_exact_to_the_event() {
         states.push((at, full_state_conn(&conn)));
         n += 1;
         // ~100 commits per second, in bursts, so that captures fall between events.
-        std::thread::sleep(Duration::from_millis(if n.is_multiple_of(25) { 120 } else { 7 }));
+        std::thread::sleep(Duration::from_millis(if n.is_multiple_of(25) {
+            120
+        } else {
+            7
+        }));
     }
     std::thread::sleep(Duration::from_millis(1500));
     signal(&rep, "TERM");
