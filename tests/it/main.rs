@@ -19,3 +19,4 @@ mod restore_crash;
 mod restore_live_in_use;
 mod restore_point_in_time;
 mod trading_cli;
+mod user_text;
