@@ -80,3 +80,54 @@ fn every_captured_txid_rebuilds_to_the_writers_state() {
         assert_eq!(&dump(&out), want, "txid {txid}");
     }
 }
+
+#[test]
+fn a_failed_step_advances_nothing_and_the_next_one_ships_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db.sqlite");
+    let w = writer(&db);
+    let repo_dir = dir.path().join("repo");
+    let repo = Repository::open_local(&repo_dir, true).unwrap();
+    let mut cap = Capturer::open(CaptureOptions::new(&db), repo.clone()).unwrap();
+    for i in 0..20i64 {
+        w.execute("INSERT INTO t(id, v) VALUES (?1, 'a')", [i])
+            .unwrap();
+    }
+    cap.step(false).unwrap();
+    // The repository cannot take the next segment: a file where its directory should be.
+    let segs = repo_dir.join("segments");
+    std::fs::rename(&segs, repo_dir.join("segments.away")).unwrap();
+    std::fs::write(&segs, b"in the way").unwrap();
+    for i in 20..40i64 {
+        w.execute("INSERT INTO t(id, v) VALUES (?1, 'b')", [i])
+            .unwrap();
+    }
+    let before = cap.last_txid();
+    assert!(cap.step(false).is_err(), "the step must fail");
+    assert_eq!(
+        cap.last_txid(),
+        before,
+        "a failed step must not advance the position"
+    );
+    std::fs::remove_file(&segs).unwrap();
+    std::fs::rename(repo_dir.join("segments.away"), &segs).unwrap();
+    for i in 40..45i64 {
+        w.execute("INSERT INTO t(id, v) VALUES (?1, 'c')", [i])
+            .unwrap();
+    }
+    let r = cap.step(false).unwrap();
+    assert!(r.new_generation.is_none(), "continuity was kept");
+    assert_eq!(
+        r.txns, 25,
+        "every commit since the last good step is shipped"
+    );
+    cap.finish().unwrap();
+    let catalog = repo.catalog().unwrap();
+    assert_eq!(catalog.generations.len(), 1);
+    let point = catalog.latest_point().unwrap();
+    let chain = catalog.chain_to(&point).unwrap();
+    assert!(chain.gap.is_none());
+    let out = dir.path().join("latest.db");
+    rebuild(&repo, &chain, &point, &out).unwrap();
+    assert_eq!(dump(&out).len(), 45);
+}

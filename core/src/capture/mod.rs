@@ -151,6 +151,8 @@ pub struct Capturer {
     has_events: bool,
     /// Report of what `open` did (a new generation, a snapshot).
     opened: StepReport,
+    /// Set when a new generation's snapshot failed: the next step starts again.
+    poisoned: Option<String>,
     /// The database file, opened once and kept for the capturer's lifetime:
     /// closing any descriptor of it would drop SQLite's locks of this
     /// process (POSIX lock semantics), letting the application's last close
@@ -274,6 +276,7 @@ impl Capturer {
             continuous: false,
             has_events,
             opened: StepReport::default(),
+            poisoned: None,
             db_file,
         };
         match cap.try_resume()? {
@@ -442,7 +445,19 @@ impl Capturer {
             last_event_rowid,
             last_snapshot_at: now,
         };
-        let (manifest, hashes) = self.snapshot_at(txid, now, &overlay, db_pages, Some(last_seq))?;
+        let (manifest, hashes) =
+            match self.snapshot_at(txid, now, &overlay, db_pages, Some(last_seq)) {
+                Ok(x) => x,
+                Err(e) => {
+                    // The generation has no base: the next step must start again.
+                    self.poisoned = Some(format!(
+                        "the snapshot of generation {} failed: {e}",
+                        self.gen.id
+                    ));
+                    return Err(e);
+                }
+            };
+        self.poisoned = None;
         self.gen.hashes = hashes;
         self.continuous = true;
         self.save_state()?;
@@ -744,9 +759,13 @@ impl Capturer {
     fn roll_read(&mut self) -> Result<()> {
         let other = 1 - self.active;
         begin_read(&self.readers[other], &self.opts.db)?;
-        if let Err(e) = end_read(&self.readers[self.active], &self.opts.db) {
-            self.continuous = false;
-            return Err(e);
+        // The old one may hold no transaction after a failed step.
+        if !self.readers[self.active].is_autocommit() {
+            if let Err(e) = end_read(&self.readers[self.active], &self.opts.db) {
+                let _ = end_read(&self.readers[other], &self.opts.db);
+                self.continuous = false;
+                return Err(e);
+            }
         }
         self.active = other;
         Ok(())
@@ -805,6 +824,16 @@ impl Capturer {
     /// Repository or database failures; the capture position advances only
     /// past what is durable.
     pub fn step(&mut self, force_snapshot: bool) -> Result<StepReport> {
+        if let Some(why) = self.poisoned.clone() {
+            let mut r = self.restart_generation(&why)?;
+            r.absorb(self.archive_events()?);
+            return Ok(r);
+        }
+        if self.readers[self.active].is_autocommit() {
+            // A failed step left no read transaction held: continuity is not proven.
+            self.continuous = false;
+            begin_read(&self.readers[self.active], &self.opts.db)?;
+        }
         let mut report = match self.copy_new_frames()? {
             Ok(r) => r,
             Err(r) => {

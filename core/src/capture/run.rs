@@ -133,7 +133,12 @@ pub struct ReplicateSummary {
     pub last_txid: u64,
     pub generation: String,
     pub seconds: f64,
+    /// Steps that failed and were retried.
+    pub failed_steps: u64,
 }
+
+/// Consecutive failed steps after which `replicate` gives up.
+pub const MAX_CONSECUTIVE_FAILURES: u32 = 10;
 
 /// Captures continuously: a step every interval until `run_for` elapses or
 /// `stop` is set, then ships what is left, saves the state and returns.
@@ -151,6 +156,7 @@ pub fn replicate(
     let started = Instant::now();
     let mut cap = Capturer::open(opts, repo)?;
     let mut sum = ReplicateSummary::default();
+    let mut failures = 0u32;
     add(&mut sum, cap.opened());
     on_step(cap.opened());
     loop {
@@ -158,9 +164,24 @@ pub fn replicate(
         if stop.load(Ordering::SeqCst) || ropts.run_for.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
-        let r = cap.step(false)?;
-        add(&mut sum, &r);
-        on_step(&r);
+        // A failed step advanced nothing (the position moves only past what
+        // is durable), so it is retried at the next interval; only a run of
+        // failures stops the capturer.
+        match cap.step(false) {
+            Ok(r) => {
+                failures = 0;
+                add(&mut sum, &r);
+                on_step(&r);
+            }
+            Err(e) => {
+                failures += 1;
+                sum.failed_steps += 1;
+                if failures >= MAX_CONSECUTIVE_FAILURES {
+                    return Err(e);
+                }
+                tracing::warn!("capture step failed ({failures} in a row, retrying): {e}");
+            }
+        }
         let next = t0 + ropts.interval;
         while Instant::now() < next && !stop.load(Ordering::SeqCst) {
             if ropts.run_for.is_some_and(|d| started.elapsed() >= d) {
