@@ -47,10 +47,13 @@ pub fn read_events(
     after_seq: i64,
     until: Option<DateTime<Utc>>,
 ) -> Result<Vec<Event>> {
+    // `events` has no index on sequence_number: read in rowid order (the
+    // order events are appended in, so nearly sorted already) and sort here,
+    // instead of having SQLite sort every row through a temporary b-tree.
     let mut stmt = conn
         .prepare(
             "SELECT event_id, event_type, aggregate_id, event_data, sequence_number, created_at \
-             FROM events WHERE sequence_number > ?1 ORDER BY sequence_number, event_id",
+             FROM events WHERE sequence_number > ?1",
         )
         .map_err(Error::sqlite("reading events"))?;
     let rows = stmt
@@ -67,13 +70,16 @@ pub fn read_events(
         .map_err(Error::sqlite("reading events"))?;
     let mut out = Vec::new();
     for row in rows {
-        let ev = row.map_err(Error::sqlite("reading events"))?;
-        if let Some(until) = until {
+        out.push(row.map_err(Error::sqlite("reading events"))?);
+    }
+    out.sort_by(|a, b| (a.sequence_number, &a.event_id).cmp(&(b.sequence_number, &b.event_id)));
+    if let Some(until) = until {
+        for (i, ev) in out.iter().enumerate() {
             if ev.time()? > until {
+                out.truncate(i);
                 break;
             }
         }
-        out.push(ev);
     }
     Ok(out)
 }
