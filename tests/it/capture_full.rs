@@ -62,3 +62,57 @@ fn backup_full_asks_the_running_capturer_for_the_snapshot() {
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["incremental_count"], 0, "{v}");
 }
+
+#[test]
+fn replicate_takes_a_snapshot_every_snapshot_interval_within_its_generation() {
+    let env = Env::new();
+    assert!(env
+        .run(&["simulate", "--rate", "0", "--max-commits", "100"])
+        .status
+        .success());
+    let mut rep = env.spawn(&[
+        "backup",
+        "replicate",
+        "--interval",
+        "100ms",
+        "--snapshot-interval",
+        "1s",
+        "--for",
+        "4s",
+    ]);
+    let o = env.run(&[
+        "simulate",
+        "--rate",
+        "100",
+        "--duration",
+        "3s",
+        "--seed",
+        "5",
+    ]);
+    assert!(o.status.success());
+    assert!(rep.wait().unwrap().success());
+    let repo = genesis_core::repo::Repository::open_local(&env.repo(), false).unwrap();
+    let catalog = repo.catalog().unwrap();
+    assert_eq!(catalog.generations.len(), 1);
+    let snaps = &catalog.generations[0].snapshots;
+    assert!(
+        snaps.len() >= 3,
+        "expected a snapshot per second of a 4 s run, got {}",
+        snaps.len()
+    );
+    // Each later snapshot agrees with the segment chain at its txid.
+    let (code, v) = env.json(&["verify-backups"]);
+    assert_eq!(code, 0, "{v}");
+    // A restore to the newest point starts from the newest snapshot at or before it.
+    let out = env.path().join("latest.db");
+    let (code, v) = env.json(&["restore", "--latest", "--output", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{v}");
+    let newest = snaps.iter().map(|s| s.txid_max).max().unwrap();
+    assert!(
+        v["full_backup_used"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("{newest:012}")),
+        "{v}"
+    );
+}
