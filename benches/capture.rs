@@ -11,6 +11,9 @@
 //! GENESIS_BENCH_SECONDS=10, GENESIS_BENCH_RATE=2000). Needs the `zstd` CLI
 //! (`scripts/setup.sh` installs it).
 
+mod common;
+use common::{env_num, percentile};
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,22 +21,6 @@ use std::time::{Duration, Instant};
 
 use genesis_core::capture::{self, CaptureOptions, ReplicateOptions};
 use genesis_core::repo::Repository;
-
-fn env_num(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
-}
 
 /// Runs the writer at `rate` (0 = as fast as it can) for `secs` while
 /// replicate runs with a 1 s interval; returns (commits/s, p50 lag, p99 lag).

@@ -15,6 +15,9 @@
 //! Run: `cargo bench --bench plugin_overhead` (env: GENESIS_BENCH_DB_MB=256,
 //! GENESIS_BENCH_SEGMENTS=20, GENESIS_BENCH_RUNS=10).
 
+mod common;
+use common::{checkpoint_truncate, env_num, fast, file_len};
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,28 +29,8 @@ use genesis_core::pipeline::{compile_file, Artifact, CancelToken};
 use genesis_core::plugin_host::LibraryLoader;
 use genesis_core::progress::NoProgress;
 use genesis_core::repo::Repository;
-use genesis_trading::{replay, schema, simulate, ReplayOptions};
+use genesis_trading::{replay, schema, simulate};
 use rusqlite::Connection;
-
-/// The writer knows its events follow each other: no `max(sequence_number)`
-/// scan of the events table (it has no index on it) before every transaction.
-fn fast() -> ReplayOptions {
-    ReplayOptions {
-        check_sequence: false,
-        ..ReplayOptions::default()
-    }
-}
-
-fn env_num(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn file_len(path: &Path) -> u64 {
-    fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-}
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -59,13 +42,6 @@ fn median(v: &mut [f64]) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
-}
-
-fn checkpoint_truncate(conn: &Connection) {
-    let busy: i64 = conn
-        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
-        .expect("checkpoint");
-    assert_eq!(busy, 0, "checkpoint(TRUNCATE) was blocked");
 }
 
 /// A trading database of about `mb` MiB captured as a snapshot plus

@@ -27,6 +27,9 @@
 //! baselines need the `cp`, `zstd` and `sqlite3` command-line tools
 //! (`scripts/setup.sh --bench` installs them); a missing tool skips its line.
 
+mod common;
+use common::{checkpoint_truncate, env_num, fast, file_len};
+
 use std::collections::hash_map::DefaultHasher;
 use std::fs;
 use std::hash::{Hash, Hasher};
@@ -41,28 +44,8 @@ use genesis_core::plan::Target;
 use genesis_core::progress::NoProgress;
 use genesis_core::repo::Repository;
 use genesis_stages::{restore, RestoreOptions};
-use genesis_trading::{replay, schema, simulate, Event, ReplayOptions};
+use genesis_trading::{replay, schema, simulate, Event};
 use rusqlite::Connection;
-
-/// The writer knows its events follow each other: no `max(sequence_number)`
-/// scan of the events table (it has no index on it) before every transaction.
-fn fast() -> ReplayOptions {
-    ReplayOptions {
-        check_sequence: false,
-        ..ReplayOptions::default()
-    }
-}
-
-fn env_num(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn file_len(path: &Path) -> u64 {
-    fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-}
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1 << 20)
@@ -133,19 +116,6 @@ fn open_writer(path: &Path) -> Connection {
         .expect("pragmas");
     schema::ensure_schema(&conn).expect("schema");
     conn
-}
-
-/// `PRAGMA wal_checkpoint(TRUNCATE)`; panics unless it completed.
-fn checkpoint_truncate(conn: &Connection) {
-    let (busy, log, done): (i64, i64, i64) = conn
-        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .expect("checkpoint");
-    assert!(
-        busy == 0 && log <= 0 && done <= 0,
-        "checkpoint(TRUNCATE) did not complete: busy {busy}, log {log}, checkpointed {done}"
-    );
 }
 
 /// Bytes per event of the simulator's stream once replayed (a small probe).
