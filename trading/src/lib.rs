@@ -5,6 +5,7 @@
 //!
 //! The crate knows nothing about backups or pipelines; `core` and `stages` call it.
 
+mod bulk;
 pub mod effects;
 pub mod error;
 pub mod event;
@@ -14,6 +15,7 @@ pub mod replay;
 pub mod schema;
 pub mod simulate;
 pub mod statehash;
+mod stmt;
 pub mod time;
 pub mod validate;
 

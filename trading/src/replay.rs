@@ -29,13 +29,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use rayon::prelude::*;
-use rusqlite::types::ToSql;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
+use crate::bulk;
 use crate::effects::{self, effect_of, OpKind, RowOp, SqlVal, Table};
 use crate::error::{Error, Result};
 use crate::event::{max_sequence, Event};
+use crate::stmt::StaticStmt;
 
 /// A statement an extension asks to run: SQL with positional parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,16 +194,24 @@ pub fn replay_with_extensions(
         None
     };
     conn.set_prepared_statement_cache_capacity(256);
-    // Multi-row inserts pay for a statement journal unless there is no journal.
+    // Multi-row inserts pay for a statement journal unless there is no journal;
+    // the b-trees are written apart only on a staged copy (see crate::bulk).
     let rows = match (opts.record_events, staging.is_some()) {
         (false, _) => EventRows::Skip,
         (true, false) => EventRows::OneByOne,
-        (true, true) => EventRows::Batched,
+        (true, true) => match bulk::event_trees(conn)? {
+            Some(trees) => EventRows::Bulk(trees),
+            None => EventRows::Batched,
+        },
     };
     let result = (|| {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(Error::sqlite("beginning the replay transaction"))?;
+        let imposters = match rows {
+            EventRows::Bulk(trees) => Some(bulk::Imposters::create(&tx, trees)?),
+            _ => None,
+        };
         let mut start = 0;
         for &(i, x) in &split {
             replay_segment(&tx, &events[start..i], rows)?;
@@ -214,7 +223,12 @@ pub fn replay_with_extensions(
             start = i + 1;
         }
         replay_segment(&tx, &events[start..], rows)?;
-        tx.commit().map_err(Error::sqlite("committing the replay"))
+        drop(imposters);
+        let t = std::time::Instant::now();
+        tx.commit()
+            .map_err(Error::sqlite("committing the replay"))?;
+        tracing::debug!("commit done in {:?}", t.elapsed());
+        Ok(())
     })();
     if let Some(old) = saved_cache {
         // Restoring the cache size cannot change the data; a failure is only logged.
@@ -224,7 +238,14 @@ pub fn replay_with_extensions(
     }
     if let Some(st) = staging {
         match &result {
-            Ok(()) => st.leave(conn)?,
+            Ok(()) => {
+                let t = std::time::Instant::now();
+                st.leave(conn)?;
+                tracing::debug!(
+                    "staging left (journal mode back, fsync) in {:?}",
+                    t.elapsed()
+                );
+            }
             Err(e) => {
                 tracing::warn!("staging replay failed ({e}); the database was written without a journal and must be discarded");
                 if let Err(e) = st.leave(conn) {
@@ -324,6 +345,9 @@ enum EventRows {
     OneByOne,
     /// Multi-row statements: only without a journal (no statement journal).
     Batched,
+    /// Rows and index entries apart, each in its b-tree's order: only on a
+    /// staged copy (see [`crate::bulk`]).
+    Bulk(bulk::EventTrees),
 }
 
 fn check_sequence(conn: &Connection, events: &[Event]) -> Result<()> {
@@ -449,110 +473,6 @@ fn insert_event_rows_batched(tx: &Transaction<'_>, events: &[Event]) -> Result<(
     insert_event_rows(tx, chunks.remainder())
 }
 
-/// A statement whose text parameters are bound without a copy
-/// (`SQLITE_STATIC`): the strings bound must outlive every step of the
-/// statement, which `'a` guarantees, as it does that the connection outlives
-/// the statement (finalized on drop).
-struct StaticStmt<'a> {
-    db: *mut rusqlite::ffi::sqlite3,
-    stmt: *mut rusqlite::ffi::sqlite3_stmt,
-    bound: std::marker::PhantomData<&'a str>,
-}
-
-impl<'a> StaticStmt<'a> {
-    fn prepare(conn: &'a Connection, sql: &str) -> rusqlite::Result<Self> {
-        use rusqlite::ffi;
-        let len =
-            std::os::raw::c_int::try_from(sql.len()).map_err(|_| rusqlite::Error::InvalidQuery)?;
-        let mut stmt = std::ptr::null_mut();
-        // SAFETY: the handle is the open connection's, used on this thread
-        // only while `conn` is borrowed; SQLite copies nothing it does not own.
-        let (db, rc) = unsafe {
-            let db = conn.handle();
-            let rc = ffi::sqlite3_prepare_v3(
-                db,
-                sql.as_ptr().cast(),
-                len,
-                ffi::SQLITE_PREPARE_PERSISTENT as std::os::raw::c_uint,
-                &mut stmt,
-                std::ptr::null_mut(),
-            );
-            (db, rc)
-        };
-        if rc != ffi::SQLITE_OK || stmt.is_null() {
-            return Err(last_error(db, rc));
-        }
-        Ok(StaticStmt {
-            db,
-            stmt,
-            bound: std::marker::PhantomData,
-        })
-    }
-
-    /// Binds text without a copy.
-    fn bind_text(&mut self, index: usize, text: &'a str) -> rusqlite::Result<()> {
-        // SAFETY: `text` outlives the statement (lifetime 'a), so SQLite may
-        // keep the pointer (SQLITE_STATIC) until the next bind or finalize.
-        let rc = unsafe {
-            rusqlite::ffi::sqlite3_bind_text64(
-                self.stmt,
-                index as std::os::raw::c_int,
-                text.as_ptr().cast(),
-                text.len() as u64,
-                rusqlite::ffi::SQLITE_STATIC(),
-                rusqlite::ffi::SQLITE_UTF8 as u8,
-            )
-        };
-        self.check(rc)
-    }
-
-    fn bind_int(&mut self, index: usize, value: i64) -> rusqlite::Result<()> {
-        // SAFETY: a valid statement; an integer is copied.
-        let rc = unsafe {
-            rusqlite::ffi::sqlite3_bind_int64(self.stmt, index as std::os::raw::c_int, value)
-        };
-        self.check(rc)
-    }
-
-    fn check(&self, rc: std::os::raw::c_int) -> rusqlite::Result<()> {
-        if rc == rusqlite::ffi::SQLITE_OK {
-            Ok(())
-        } else {
-            Err(last_error(self.db, rc))
-        }
-    }
-
-    /// Runs the statement to completion and resets it.
-    fn execute(&mut self) -> rusqlite::Result<()> {
-        use rusqlite::ffi;
-        // SAFETY: a valid statement of this thread's connection.
-        let rc = unsafe { ffi::sqlite3_step(self.stmt) };
-        let err = (rc != ffi::SQLITE_DONE).then(|| last_error(self.db, rc));
-        // SAFETY: as above; reset returns the step's error again, already taken.
-        unsafe { ffi::sqlite3_reset(self.stmt) };
-        err.map_or(Ok(()), Err)
-    }
-}
-
-impl Drop for StaticStmt<'_> {
-    fn drop(&mut self) {
-        // SAFETY: finalized once, here.
-        unsafe { rusqlite::ffi::sqlite3_finalize(self.stmt) };
-    }
-}
-
-fn last_error(db: *mut rusqlite::ffi::sqlite3, rc: std::os::raw::c_int) -> rusqlite::Error {
-    // SAFETY: `db` is an open connection; the message is copied at once.
-    let (code, msg) = unsafe {
-        let code = rusqlite::ffi::sqlite3_extended_errcode(db);
-        let msg = rusqlite::ffi::sqlite3_errmsg(db);
-        let msg =
-            (!msg.is_null()).then(|| std::ffi::CStr::from_ptr(msg).to_string_lossy().into_owned());
-        (if code == 0 { rc } else { code }, msg)
-    };
-    rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), msg)
-}
-
 /// The error of a failed multi-row insert: names the first event of the chunk
 /// whose event_id was already there before the chunk (rowid at most `before`)
 /// or repeats one earlier in the chunk; else the chunk's first event.
@@ -666,44 +586,60 @@ struct Folded<'a> {
     errors: Vec<(usize, Error)>,
 }
 
-type Parsed<'a> = Result<Option<Vec<(usize, RowOp<'a>)>>>;
+/// Events per parsing task.
+const PARSE_CHUNK: usize = 16_384;
+
+/// One parsing task's operations, per partition, and its errors.
+type Parsed<'a> = (Vec<Vec<(usize, RowOp<'a>)>>, Vec<(usize, Error)>);
 
 fn fold(events: &[Event]) -> Folded<'_> {
     let parts = rayon::current_num_threads().clamp(1, 8);
+    // Parse in parallel; each task sorts its operations by partition, so that
+    // every operation is moved, never copied, to the fold of its partition.
     let parsed: Vec<Parsed<'_>> = events
-        .par_iter()
-        .with_min_len(4096)
-        .map(|ev| {
-            Ok(effect_of(ev)?.map(|ops| {
-                ops.into_iter()
-                    .map(|op| {
-                        let p = if op.kind == OpKind::Append {
-                            0
-                        } else {
-                            partition_of(op.table, &op.key, parts)
-                        };
-                        (p, op)
-                    })
-                    .collect()
-            }))
+        .par_chunks(PARSE_CHUNK)
+        .enumerate()
+        .map(|(c, chunk)| {
+            let mut per_part: Vec<Vec<(usize, RowOp<'_>)>> =
+                (0..parts).map(|_| Vec::new()).collect();
+            let mut errors = Vec::new();
+            for (i, ev) in (c * PARSE_CHUNK..).zip(chunk) {
+                match effect_of(ev) {
+                    Err(e) => errors.push((i, e)),
+                    Ok(None) => {}
+                    Ok(Some(ops)) => {
+                        for op in ops {
+                            let p = if op.kind == OpKind::Append {
+                                0
+                            } else {
+                                partition_of(op.table, &op.key, parts)
+                            };
+                            per_part[p].push((i, op));
+                        }
+                    }
+                }
+            }
+            (per_part, errors)
         })
         .collect();
     let mut errors = Vec::new();
-    for (i, p) in parsed.iter().enumerate() {
-        if let Err(e) = p {
-            errors.push((i, clone_event_error(e, &events[i])));
+    let mut by_part: Vec<Vec<Vec<(usize, RowOp<'_>)>>> = (0..parts).map(|_| Vec::new()).collect();
+    for (per_part, errs) in parsed {
+        errors.extend(errs);
+        for (p, ops) in per_part.into_iter().enumerate() {
+            by_part[p].push(ops);
         }
     }
-    let per_part: Vec<Folded<'_>> = (0..parts)
+    let folded: Vec<Folded<'_>> = by_part
         .into_par_iter()
-        .map(|part| fold_part(events, &parsed, part))
+        .map(|chunks| fold_part(events, chunks.into_iter().flatten()))
         .collect();
     let mut out = Folded {
         rows: Vec::new(),
         appends: Vec::new(),
         errors,
     };
-    for f in per_part {
+    for f in folded {
         out.rows.extend(f.rows);
         out.appends.extend(f.appends);
         out.errors.extend(f.errors);
@@ -712,65 +648,55 @@ fn fold(events: &[Event]) -> Folded<'_> {
     out
 }
 
-fn clone_event_error(e: &Error, ev: &Event) -> Error {
-    Error::event(ev, e.to_string())
-}
-
-fn fold_part<'a>(events: &'a [Event], parsed: &[Parsed<'a>], part: usize) -> Folded<'a> {
+/// Folds one partition's operations, given in event order.
+fn fold_part<'a>(events: &'a [Event], ops: impl Iterator<Item = (usize, RowOp<'a>)>) -> Folded<'a> {
     let mut map: FxMap<(Table, Cow<'a, str>), RowState<'a>> = FxMap::default();
     let mut appends = Vec::new();
     let mut errors = Vec::new();
-    for (i, p) in parsed.iter().enumerate() {
-        let Ok(Some(ops)) = p else { continue };
-        for (p, op) in ops {
-            if *p != part {
+    for (i, op) in ops {
+        if op.kind == OpKind::Append {
+            appends.push((i, op));
+            continue;
+        }
+        let table = op.table;
+        let entry = map.entry((table, op.key.clone()));
+        let st = match entry {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let mode = match op.kind {
+                    OpKind::Insert => Mode::Created(i),
+                    OpKind::Update => Mode::MustExist(i),
+                    _ => Mode::Upsert,
+                };
+                let st = v.insert(RowState {
+                    table,
+                    key: op.key,
+                    first: i,
+                    mode,
+                    late_insert: None,
+                    cols: vec![None; table.columns().len()],
+                });
+                st.assign(op.set);
                 continue;
             }
-            let op = op.clone();
-            if op.kind == OpKind::Append {
-                appends.push((i, op));
-                continue;
-            }
-            let table = op.table;
-            let entry = map.entry((table, op.key.clone()));
-            let st = match entry {
-                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    let mode = match op.kind {
-                        OpKind::Insert => Mode::Created(i),
-                        OpKind::Update => Mode::MustExist(i),
-                        _ => Mode::Upsert,
-                    };
-                    let st = v.insert(RowState {
-                        table,
-                        key: op.key.clone(),
-                        first: i,
-                        mode,
-                        late_insert: None,
-                        cols: vec![None; table.columns().len()],
-                    });
-                    st.assign(op.set);
-                    continue;
-                }
-            };
-            match (op.kind, st.mode) {
-                (OpKind::Insert, Mode::Created(j)) => errors.push((
-                    i,
-                    Error::event(
-                        &events[i],
-                        format!(
-                            "{} {} already exists (created by event #{})",
-                            table.row_noun(),
-                            op.key,
-                            events[j].sequence_number
-                        ),
+        };
+        match (op.kind, st.mode) {
+            (OpKind::Insert, Mode::Created(j)) => errors.push((
+                i,
+                Error::event(
+                    &events[i],
+                    format!(
+                        "{} {} already exists (created by event #{})",
+                        table.row_noun(),
+                        op.key,
+                        events[j].sequence_number
                     ),
-                )),
-                (OpKind::Insert, Mode::MustExist(_)) => {
-                    st.late_insert.get_or_insert(i);
-                }
-                _ => st.assign(op.set),
+                ),
+            )),
+            (OpKind::Insert, Mode::MustExist(_)) => {
+                st.late_insert.get_or_insert(i);
             }
+            _ => st.assign(op.set),
         }
     }
     Folded {
@@ -795,6 +721,7 @@ fn replay_segment(tx: &Transaction<'_>, events: &[Event], rows: EventRows) -> Re
             EventRows::Skip => Ok(()),
             EventRows::OneByOne => insert_event_rows(tx, events),
             EventRows::Batched => insert_event_rows_batched(tx, events),
+            EventRows::Bulk(_) => bulk::insert_events(tx, events),
         };
         tracing::debug!("event rows done in {:?}", t0.elapsed());
         (rows, folder.join())
@@ -829,72 +756,70 @@ fn replay_segment(tx: &Transaction<'_>, events: &[Event], rows: EventRows) -> Re
         folded.rows.len(),
         t0.elapsed()
     );
-    for (i, op) in &folded.appends {
-        let mut set = op.set.clone();
-        set.sort_by_key(|(c, _)| *c);
-        let mask = set.iter().fold(0u32, |m, (c, _)| m | (1 << c));
-        let sql = effects::sql::statement(op.table, OpKind::Append, mask);
-        let params: Vec<&dyn ToSql> = set.iter().map(|(_, v)| v as &dyn ToSql).collect();
-        if let Err(e) = tx
-            .prepare_cached(&sql)
-            .and_then(|mut s| s.execute(params.as_slice()))
-        {
-            note(
-                *i,
-                Error::event(
-                    &events[*i],
-                    format!("cannot write {}: {e}", op.table.row_noun()),
-                ),
-            );
-        }
-    }
+    let mut appends = folded.appends;
+    write_appends(tx, events, &mut appends, &mut note)?;
     match first_error {
         Some((_, e)) => Err(e),
         None => Ok(()),
     }
 }
 
-fn write_rows(
-    tx: &Transaction<'_>,
+/// A prepared statement per (table, operation, columns), bound without copies.
+type StmtCache<'r> = FxMap<(Table, OpKind, u32), StaticStmt<'r>>;
+
+fn cached_stmt<'s, 'r>(
+    cache: &'s mut StmtCache<'r>,
+    tx: &'r Transaction<'_>,
+    table: Table,
+    kind: OpKind,
+    mask: u32,
+) -> Result<&'s mut StaticStmt<'r>> {
+    match cache.entry((table, kind, mask)) {
+        std::collections::hash_map::Entry::Occupied(o) => Ok(o.into_mut()),
+        std::collections::hash_map::Entry::Vacant(v) => {
+            let sql = effects::sql::statement(table, kind, mask);
+            let stmt =
+                StaticStmt::prepare(tx, &sql).map_err(Error::sqlite(format!("preparing {sql}")))?;
+            Ok(v.insert(stmt))
+        }
+    }
+}
+
+fn write_rows<'r>(
+    tx: &'r Transaction<'_>,
     events: &[Event],
-    rows: &[RowState<'_>],
+    rows: &'r [RowState<'_>],
     note: &mut impl FnMut(usize, Error),
 ) -> Result<()> {
-    let mut params: Vec<&dyn ToSql> = Vec::with_capacity(16);
     const NULL: SqlVal<'static> = SqlVal::Null;
-    let mut sql_cache: FxMap<(Table, OpKind, u32), String> = FxMap::default();
+    let mut cache = StmtCache::default();
     for row in rows {
-        params.clear();
-        params.push(&row.key);
         let (kind, mask) = match row.mode {
-            Mode::Created(_) => {
-                params.extend(
-                    row.cols
-                        .iter()
-                        .map(|v| v.as_ref().unwrap_or(&NULL) as &dyn ToSql),
-                );
-                (OpKind::Insert, (1u32 << row.cols.len()) - 1)
-            }
-            Mode::MustExist(_) => {
-                params.extend(row.cols.iter().flatten().map(|v| v as &dyn ToSql));
-                (OpKind::Update, row.mask())
-            }
-            Mode::Upsert => {
-                params.extend(row.cols.iter().flatten().map(|v| v as &dyn ToSql));
-                (OpKind::Upsert, row.mask())
-            }
+            Mode::Created(_) => (OpKind::Insert, (1u32 << row.cols.len()) - 1),
+            Mode::MustExist(_) => (OpKind::Update, row.mask()),
+            Mode::Upsert => (OpKind::Upsert, row.mask()),
         };
-        let sql = sql_cache
-            .entry((row.table, kind, mask))
-            .or_insert_with(|| effects::sql::statement(row.table, kind, mask));
-        let mut stmt = tx
-            .prepare_cached(sql)
-            .map_err(Error::sqlite(format!("preparing {sql}")))?;
-        let outcome = if kind == OpKind::Update && mask == 0 {
-            stmt.exists(params.as_slice()).map(usize::from)
-        } else {
-            stmt.execute(params.as_slice())
+        let stmt = cached_stmt(&mut cache, tx, row.table, kind, mask)?;
+        let bind = |stmt: &mut StaticStmt<'r>| -> rusqlite::Result<()> {
+            stmt.bind_text(1, row.key.as_ref())?;
+            if kind == OpKind::Insert {
+                for (p, v) in (2..).zip(&row.cols) {
+                    stmt.bind_val(p, v.as_ref().unwrap_or(&NULL))?;
+                }
+            } else {
+                for (p, v) in (2..).zip(row.cols.iter().flatten()) {
+                    stmt.bind_val(p, v)?;
+                }
+            }
+            Ok(())
         };
+        let outcome = bind(stmt).and_then(|()| {
+            if kind == OpKind::Update && mask == 0 {
+                stmt.exists().map(u64::from)
+            } else {
+                stmt.execute_changes()
+            }
+        });
         let noun = row.table.row_noun();
         match (outcome, row.mode) {
             (Err(e), Mode::Created(i)) => {
@@ -929,6 +854,37 @@ fn write_rows(
                 }
             }
             (Ok(_), _) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Appends (tier history) in event order.
+fn write_appends<'r>(
+    tx: &'r Transaction<'_>,
+    events: &[Event],
+    appends: &'r mut [(usize, RowOp<'_>)],
+    note: &mut impl FnMut(usize, Error),
+) -> Result<()> {
+    for (_, op) in appends.iter_mut() {
+        op.set.sort_by_key(|(c, _)| *c);
+    }
+    let appends: &'r [(usize, RowOp<'_>)] = appends;
+    let mut cache = StmtCache::default();
+    for (i, op) in appends {
+        let mask = op.set.iter().fold(0u32, |m, (c, _)| m | (1 << c));
+        let stmt = cached_stmt(&mut cache, tx, op.table, OpKind::Append, mask)?;
+        let bound = (1..)
+            .zip(&op.set)
+            .try_for_each(|(p, (_, v))| stmt.bind_val(p, v));
+        if let Err(e) = bound.and_then(|()| stmt.execute()) {
+            note(
+                *i,
+                Error::event(
+                    &events[*i],
+                    format!("cannot write {}: {e}", op.table.row_noun()),
+                ),
+            );
         }
     }
     Ok(())
