@@ -3,6 +3,12 @@
 
 mod cli;
 
+/// mimalloc instead of the system allocator: the replay's parallel parse and
+/// fold allocate and free millions of small values across threads, where
+/// glibc's malloc spent a fifth of the fold's time (`benches/README.md`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 
 fn main() {

@@ -8,6 +8,10 @@ use std::path::Path;
 use genesis_trading::ReplayOptions;
 use rusqlite::Connection;
 
+/// The binary's allocator, so that the benches measure what it runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A numeric environment knob with its default.
 pub fn env_num(name: &str, default: f64) -> f64 {
     std::env::var(name)
