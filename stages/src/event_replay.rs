@@ -17,8 +17,10 @@
 //! config table each of them receives.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use rayon::prelude::*;
 use rusqlite::Connection;
 use serde::Deserialize;
 
@@ -179,49 +181,75 @@ struct EventReplay {
     handlers: Vec<PluginExtension>,
 }
 
-/// Converts archived rows (bytes, verbatim) into events.
-fn to_event(row: &EventRow) -> Result<Event> {
-    let text = |field: &str, bytes: &[u8]| {
-        String::from_utf8(bytes.to_vec()).map_err(|_| {
+/// Converts an archived row (bytes, verbatim) into an event, moving its bytes.
+fn to_event(row: EventRow) -> Result<Event> {
+    let seq = row.sequence_number;
+    let text = |field: &str, bytes: Vec<u8>| {
+        String::from_utf8(bytes).map_err(|_| {
             Error::Failed(format!(
-                "archived event #{} has a {field} that is not UTF-8 text",
-                row.sequence_number
+                "archived event #{seq} has a {field} that is not UTF-8 text"
             ))
         })
     };
     Ok(Event {
-        event_id: text("event_id", &row.event_id)?,
-        event_type: text("event_type", &row.event_type)?,
-        aggregate_id: text("aggregate_id", &row.aggregate_id)?,
-        event_data: text("event_data", &row.event_data)?,
-        sequence_number: row.sequence_number,
-        created_at: text("created_at", &row.created_at)?,
+        event_id: text("event_id", row.event_id)?,
+        event_type: text("event_type", row.event_type)?,
+        aggregate_id: text("aggregate_id", row.aggregate_id)?,
+        event_data: text("event_data", row.event_data)?,
+        sequence_number: seq,
+        created_at: text("created_at", row.created_at)?,
     })
 }
 
-/// The archived events to replay: above `after_seq`, in sequence order, up to
-/// the first whose `created_at` is after `until` (so always a prefix).
-fn select_events(
-    staged: &StagedDatabase,
+/// The archived events to replay from the decoded event objects: above
+/// `after_seq`, in sequence order, up to the first whose `created_at` is after
+/// `until` (so always a prefix). Rows are converted and their times read in
+/// parallel; an archived row after that prefix is never an error.
+///
+/// # Errors
+/// [`Error::Failed`] naming an archived event of the prefix that is not UTF-8
+/// text or whose `created_at` is not a time.
+pub fn select_events(
+    objects: Vec<Arc<Vec<EventRow>>>,
     after_seq: i64,
     until: DateTime<Utc>,
 ) -> Result<Vec<Event>> {
-    let mut rows: Vec<&EventRow> = staged
-        .events
-        .iter()
-        .flat_map(|v| v.iter())
-        .filter(|r| r.sequence_number > after_seq)
+    let total: usize = objects.iter().map(|o| o.len()).sum();
+    let mut rows: Vec<EventRow> = Vec::with_capacity(total);
+    for object in objects {
+        let object = Arc::try_unwrap(object).unwrap_or_else(|shared| (*shared).clone());
+        rows.extend(object.into_iter().filter(|r| r.sequence_number > after_seq));
+    }
+    // Capture archives in sequence order: usually there is nothing to sort.
+    if !rows.is_sorted_by(|a, b| a.sequence_number < b.sequence_number) {
+        rows.sort_by_key(|r| r.sequence_number);
+        rows.dedup_by_key(|r| r.sequence_number);
+    }
+    // None: after the target (the prefix ends there; the row is not converted).
+    let converted: Vec<Result<Option<Event>>> = rows
+        .into_par_iter()
+        .with_min_len(4096)
+        .map(|row| {
+            let seq = row.sequence_number;
+            let at = std::str::from_utf8(&row.created_at).map_err(|_| {
+                Error::Failed(format!(
+                    "archived event #{seq} has a created_at that is not UTF-8 text"
+                ))
+            })?;
+            let t = genesis_trading::time::parse(at, || format!("created_at of event #{seq}"))
+                .map_err(|e| Error::Failed(e.to_string()))?;
+            if t > until {
+                return Ok(None);
+            }
+            to_event(row).map(Some)
+        })
         .collect();
-    rows.sort_by_key(|r| r.sequence_number);
-    rows.dedup_by_key(|r| r.sequence_number);
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let ev = to_event(row)?;
-        let t = ev.time().map_err(|e| Error::Failed(e.to_string()))?;
-        if t > until {
-            break;
+    let mut out = Vec::with_capacity(converted.len());
+    for c in converted {
+        match c? {
+            Some(ev) => out.push(ev),
+            None => break,
         }
-        out.push(ev);
     }
     Ok(out)
 }
@@ -249,7 +277,7 @@ impl EventReplay {
             return Ok(());
         }
         let after = genesis_trading::event::max_sequence(&conn).map_err(trading_error(&path))?;
-        let events = select_events(staged, after, until)?;
+        let events = select_events(std::mem::take(&mut staged.events), after, until)?;
         let mut extensions: Vec<Box<dyn EventExtension + Send>> = Vec::new();
         for h in self.handlers.drain(..) {
             extensions.push(Box::new(h));
@@ -259,6 +287,7 @@ impl EventReplay {
         // and one fsync (ReplayOptions::staging).
         let opts = ReplayOptions {
             staging: true,
+            after_sequence: Some(after),
             ..ReplayOptions::default()
         };
         let result = replay_with_extensions(&mut conn, &events, &opts, &mut extensions);
@@ -314,5 +343,67 @@ impl Stage for EventReplay {
             }
             other => out.emit(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(seq: i64, at: &str) -> EventRow {
+        EventRow {
+            sequence_number: seq,
+            event_id: format!("e{seq}").into_bytes(),
+            event_type: b"CHECKPOINT".to_vec(),
+            aggregate_id: format!("k{seq}").into_bytes(),
+            event_data: b"{}".to_vec(),
+            created_at: at.as_bytes().to_vec(),
+        }
+    }
+
+    fn time(s: &str) -> DateTime<Utc> {
+        genesis_trading::time::parse(s, || s.to_string()).unwrap()
+    }
+
+    #[test]
+    fn selects_the_prefix_after_the_database_in_sequence_order() {
+        // Objects out of order and overlapping, as a resumed capture can leave them.
+        let a = Arc::new(vec![
+            row(4, "2025-01-15T10:00:04"),
+            row(5, "2025-01-15T10:00:05"),
+        ]);
+        let b = Arc::new(vec![
+            row(1, "2025-01-15T10:00:01"),
+            row(2, "2025-01-15T10:00:02"),
+            row(3, "2025-01-15T10:00:03"),
+            row(4, "2025-01-15T10:00:04"),
+        ]);
+        let kept = Arc::clone(&a);
+        let events = select_events(vec![a, b], 1, time("2025-01-15T10:00:04.5")).unwrap();
+        let seqs: Vec<i64> = events.iter().map(|e| e.sequence_number).collect();
+        assert_eq!(seqs, vec![2, 3, 4]);
+        assert_eq!(kept.len(), 2, "a shared object is copied, not taken");
+    }
+
+    #[test]
+    fn a_bad_row_is_an_error_only_inside_the_prefix() {
+        let mut bad = row(3, "2025-01-15T10:00:03");
+        bad.event_data = vec![0xff, 0xfe];
+        let objects = || {
+            vec![Arc::new(vec![
+                row(1, "2025-01-15T10:00:01"),
+                row(2, "2025-01-15T10:00:02"),
+                bad.clone(),
+            ])]
+        };
+        let events = select_events(objects(), 0, time("2025-01-15T10:00:02.5")).unwrap();
+        assert_eq!(events.len(), 2);
+        let err = select_events(objects(), 0, time("2025-01-15T10:00:09"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("archived event #3 has a event_data that is not UTF-8"),
+            "{err}"
+        );
     }
 }

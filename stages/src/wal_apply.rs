@@ -10,9 +10,11 @@
 //! ([`crate::restore::clean_staging_dir`]). Settings: `staging_dir` (config
 //! key, else the pipeline parameter, else `.genesis/recovery`).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rayon::prelude::*;
 use serde::Deserialize;
 
 use genesis_core::lock::sibling;
@@ -135,12 +137,16 @@ impl Stage for WalApply {
             .ok_or_else(|| {
                 Error::corrupt(&plan.snapshot.id, "the snapshot never arrived at wal-apply")
             })?;
+        // By id: a day-long chain has tens of thousands of objects.
+        let by_id: HashMap<&str, &DecompressedObject> = self
+            .objects
+            .iter()
+            .map(|o| (o.manifest.id.as_str(), o))
+            .collect();
         let mut segments = Vec::with_capacity(plan.segments.len());
         for m in &plan.segments {
-            let o = self
-                .objects
-                .iter()
-                .find(|o| o.manifest.id == m.id)
+            let o = by_id
+                .get(m.id.as_str())
                 .ok_or_else(|| Error::corrupt(&m.id, "the segment never arrived at wal-apply"))?;
             let raw = o
                 .frames
@@ -181,16 +187,19 @@ impl Stage for WalApply {
         };
         tracing::info!(path = %path.display(), txid = built.txid, checksum = %built.checksum, "database rebuilt and proven");
 
-        let mut events = Vec::new();
-        for m in &plan.events {
-            if let Some(o) = self.objects.iter().find(|o| o.manifest.id == m.id) {
+        let events = plan
+            .events
+            .par_iter()
+            .filter_map(|m| by_id.get(m.id.as_str()).map(|o| (m, o)))
+            .map(|(m, o)| {
                 let raw = o
                     .frames
                     .first()
                     .ok_or_else(|| Error::corrupt(&m.id, "an event object without content"))?;
-                events.push(Arc::new(decode_events(&m.id, raw)?));
-            }
-        }
+                decode_events(&m.id, raw).map(Arc::new)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        drop(by_id);
         self.objects.clear();
         let target_time = match plan.target {
             Target::Time { at } => Some(at),

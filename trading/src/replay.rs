@@ -65,6 +65,10 @@ pub struct ReplayOptions {
     /// Require the first event to follow the database's highest sequence number
     /// and each next one to follow it by one (default true).
     pub check_sequence: bool,
+    /// The database's highest sequence number when the caller has just read
+    /// it (default `None`: the replay reads it, a full scan of `events`,
+    /// which has no index on `sequence_number`).
+    pub after_sequence: Option<i64>,
     /// Insert the event rows into `events` (default true; validation's rebuild
     /// only needs the projections).
     pub record_events: bool,
@@ -85,6 +89,7 @@ impl Default for ReplayOptions {
     fn default() -> Self {
         ReplayOptions {
             check_sequence: true,
+            after_sequence: None,
             record_events: true,
             tune_pragmas: true,
             staging: false,
@@ -141,7 +146,11 @@ pub fn replay_with_extensions(
 ) -> Result<ReplayReport> {
     let _span = tracing::info_span!("replay", events = events.len()).entered();
     if opts.check_sequence {
-        check_sequence(conn, events)?;
+        let base = match opts.after_sequence {
+            Some(base) => base,
+            None => max_sequence(conn)?,
+        };
+        check_sequence(base, events)?;
     }
     let mut report = ReplayReport {
         applied: events.len() as u64,
@@ -350,8 +359,7 @@ enum EventRows {
     Bulk(bulk::EventTrees),
 }
 
-fn check_sequence(conn: &Connection, events: &[Event]) -> Result<()> {
-    let base = max_sequence(conn)?;
+fn check_sequence(base: i64, events: &[Event]) -> Result<()> {
     for (expected, ev) in (base + 1..).zip(events) {
         if ev.sequence_number != expected {
             let reason = if ev.sequence_number <= base {
@@ -1006,6 +1014,31 @@ mod tests {
             err.to_string().contains("does not follow") || err.to_string().contains("gap"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_known_base_sequence_is_used_instead_of_reading_it() {
+        let mut c = db();
+        let evs = vec![
+            ev(1, "CHECKPOINT", "k1", "{}"),
+            ev(2, "CHECKPOINT", "k2", "{}"),
+        ];
+        replay(&mut c, &evs[..1], &ReplayOptions::default()).unwrap();
+        // The caller says the database ends at 0: event #2 leaves a gap.
+        let wrong = ReplayOptions {
+            after_sequence: Some(0),
+            ..ReplayOptions::default()
+        };
+        let err = replay(&mut c, &evs[1..], &wrong).unwrap_err().to_string();
+        assert!(
+            err.contains("gap in sequence numbers: expected 1, found 2"),
+            "{err}"
+        );
+        let right = ReplayOptions {
+            after_sequence: Some(1),
+            ..ReplayOptions::default()
+        };
+        assert_eq!(replay(&mut c, &evs[1..], &right).unwrap().applied, 1);
     }
 
     fn dump(c: &Connection) -> Vec<String> {

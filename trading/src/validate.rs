@@ -579,7 +579,7 @@ pub(crate) fn rebuild_options() -> ReplayOptions {
         check_sequence: false,
         record_events: false,
         tune_pragmas: false,
-        staging: false,
+        ..ReplayOptions::default()
     }
 }
 
