@@ -44,7 +44,7 @@ use rusqlite::{ffi, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::stmt::StaticStmt;
+use crate::stmt::insert_chunks;
 
 /// The names of the two imposter tables; a database that has a table of
 /// either name does not take the fast path.
@@ -314,45 +314,28 @@ fn insert_rows(conn: &Connection, events: &[Event], base: i64) -> Result<()> {
         let values = vec!["(?,?,?,?,?,?,?)"; rows].join(",");
         format!("INSERT INTO {TABLE_IMPOSTER}(rowid, event_id, event_type, aggregate_id, event_data, sequence_number, created_at) VALUES {values}")
     };
-    let mut full: Option<StaticStmt<'_>> = None;
-    for (c, chunk) in events.chunks(ROWS_PER_INSERT).enumerate() {
-        let first_rowid = base + 1 + (c * ROWS_PER_INSERT) as i64;
-        let mut single;
-        let stmt = if chunk.len() == ROWS_PER_INSERT {
-            match &mut full {
-                Some(s) => s,
-                None => full.insert(
-                    StaticStmt::prepare(conn, &sql(ROWS_PER_INSERT))
-                        .map_err(Error::sqlite("preparing the bulk event insert"))?,
-                ),
-            }
-        } else {
-            single = StaticStmt::prepare(conn, &sql(chunk.len()))
-                .map_err(Error::sqlite("preparing the bulk event insert"))?;
-            &mut single
-        };
-        for ((i, ev), rowid) in chunk.iter().enumerate().zip(first_rowid..) {
-            let p = i * 7;
-            stmt.bind_int(p + 1, rowid)
-                .and_then(|()| stmt.bind_text(p + 2, &ev.event_id))
-                .and_then(|()| stmt.bind_text(p + 3, &ev.event_type))
-                .and_then(|()| stmt.bind_text(p + 4, &ev.aggregate_id))
-                .and_then(|()| stmt.bind_text(p + 5, &ev.event_data))
-                .and_then(|()| stmt.bind_int(p + 6, ev.sequence_number))
-                .and_then(|()| stmt.bind_text(p + 7, &ev.created_at))
-                .map_err(|e| Error::event(ev, format!("cannot bind the event row: {e}")))?;
-        }
-        stmt.execute().map_err(|e| {
-            Error::event(
-                &chunk[0],
-                format!(
-                    "cannot insert the event rows from this one to #{}: {e}",
-                    chunk[chunk.len() - 1].sequence_number
-                ),
-            )
-        })?;
-    }
-    Ok(())
+    let mut rowid = base;
+    insert_chunks(conn, events, ROWS_PER_INSERT, sql, |stmt, i, ev| {
+        rowid += 1;
+        let p = i * 7;
+        stmt.bind_int(p + 1, rowid)?;
+        stmt.bind_text(p + 2, &ev.event_id)?;
+        stmt.bind_text(p + 3, &ev.event_type)?;
+        stmt.bind_text(p + 4, &ev.aggregate_id)?;
+        stmt.bind_text(p + 5, &ev.event_data)?;
+        stmt.bind_int(p + 6, ev.sequence_number)?;
+        stmt.bind_text(p + 7, &ev.created_at)
+    })
+    .map_err(|(i, e)| {
+        let last = (i / ROWS_PER_INSERT + 1) * ROWS_PER_INSERT;
+        Error::event(
+            &events[i],
+            format!(
+                "cannot insert the event rows from this one to #{}: {e}",
+                events[last.min(events.len()) - 1].sequence_number
+            ),
+        )
+    })
 }
 
 fn insert_keys(conn: &Connection, keys: &[(&str, i64)]) -> rusqlite::Result<()> {
@@ -360,25 +343,11 @@ fn insert_keys(conn: &Connection, keys: &[(&str, i64)]) -> rusqlite::Result<()> 
         let values = vec!["(?,?)"; rows].join(",");
         format!("INSERT INTO {INDEX_IMPOSTER}(k, r) VALUES {values}")
     };
-    let mut full: Option<StaticStmt<'_>> = None;
-    for chunk in keys.chunks(KEYS_PER_INSERT) {
-        let mut single;
-        let stmt = if chunk.len() == KEYS_PER_INSERT {
-            match &mut full {
-                Some(s) => s,
-                None => full.insert(StaticStmt::prepare(conn, &sql(KEYS_PER_INSERT))?),
-            }
-        } else {
-            single = StaticStmt::prepare(conn, &sql(chunk.len()))?;
-            &mut single
-        };
-        for (i, (k, r)) in chunk.iter().enumerate() {
-            stmt.bind_text(2 * i + 1, k)?;
-            stmt.bind_int(2 * i + 2, *r)?;
-        }
-        stmt.execute()?;
-    }
-    Ok(())
+    insert_chunks(conn, keys, KEYS_PER_INSERT, sql, |stmt, i, (k, r)| {
+        stmt.bind_text(2 * i + 1, k)?;
+        stmt.bind_int(2 * i + 2, *r)
+    })
+    .map_err(|(_, e)| e)
 }
 
 /// The error for the first event, in sequence order, whose id repeats an
