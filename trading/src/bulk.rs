@@ -63,6 +63,16 @@ pub(crate) struct EventTrees {
     index_root: c_int,
 }
 
+impl EventTrees {
+    /// The root page numbers.
+    pub(crate) fn roots(self) -> crate::pages::Roots {
+        crate::pages::Roots {
+            table: u32::try_from(self.table_root).unwrap_or(0),
+            index: u32::try_from(self.index_root).unwrap_or(0),
+        }
+    }
+}
+
 /// DOMAIN.md's `events` columns: name, declared type, part of the primary key.
 const EXPECTED_COLUMNS: [(&str, &str, i64); 6] = [
     ("event_id", "TEXT", 1),
@@ -266,11 +276,7 @@ pub(crate) fn insert_events(conn: &Connection, events: &[Event]) -> Result<()> {
     if events.is_empty() {
         return Ok(());
     }
-    let base: i64 = conn
-        .query_row("SELECT coalesce(max(rowid), 0) FROM events", [], |r| {
-            r.get(0)
-        })
-        .map_err(Error::sqlite("reading the highest rowid of events"))?;
+    let base = max_rowid(conn)?;
     let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
     if base.checked_add(n).is_none() {
         return Err(Error::Staging(format!(
@@ -278,15 +284,7 @@ pub(crate) fn insert_events(conn: &Connection, events: &[Event]) -> Result<()> {
         )));
     }
     let (rows, keys) = std::thread::scope(|s| {
-        let sorter = s.spawn(|| {
-            let mut keys: Vec<(&str, i64)> = events
-                .iter()
-                .zip(base + 1..)
-                .map(|(ev, rowid)| (ev.event_id.as_str(), rowid))
-                .collect();
-            keys.par_sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            keys
-        });
+        let sorter = s.spawn(|| sorted_keys(events, base));
         (insert_rows(conn, events, base), sorter.join())
     });
     rows?;
@@ -295,10 +293,51 @@ pub(crate) fn insert_events(conn: &Connection, events: &[Event]) -> Result<()> {
             "internal error: sorting the event ids panicked".into(),
         ));
     };
+    insert_sorted_keys(conn, events, base, &keys)
+}
+
+/// Inserts only the index entries of `events`, whose rows are already in the
+/// table with rowids from `base + 1` (see [`crate::pages`]).
+///
+/// # Errors
+/// As [`insert_events`].
+pub(crate) fn insert_index(conn: &Connection, events: &[Event], base: i64) -> Result<()> {
+    insert_sorted_keys(conn, events, base, &sorted_keys(events, base))
+}
+
+/// The highest rowid of `events`, 0 when empty.
+///
+/// # Errors
+/// [`Error::Sqlite`].
+pub(crate) fn max_rowid(conn: &Connection) -> Result<i64> {
+    conn.query_row("SELECT coalesce(max(rowid), 0) FROM events", [], |r| {
+        r.get(0)
+    })
+    .map_err(Error::sqlite("reading the highest rowid of events"))
+}
+
+/// The index entries `(event_id, rowid)` of `events`, rowids from `base + 1`,
+/// in key order.
+fn sorted_keys(events: &[Event], base: i64) -> Vec<(&str, i64)> {
+    let mut keys: Vec<(&str, i64)> = events
+        .iter()
+        .zip(base + 1..)
+        .map(|(ev, rowid)| (ev.event_id.as_str(), rowid))
+        .collect();
+    keys.par_sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    keys
+}
+
+fn insert_sorted_keys(
+    conn: &Connection,
+    events: &[Event],
+    base: i64,
+    keys: &[(&str, i64)],
+) -> Result<()> {
     if keys.windows(2).any(|w| w[0].0 == w[1].0) {
         return Err(first_duplicate(conn, events, base));
     }
-    insert_keys(conn, &keys).map_err(|e| match e {
+    insert_keys(conn, keys).map_err(|e| match e {
         rusqlite::Error::SqliteFailure(f, _) if f.code == ffi::ErrorCode::ConstraintViolation => {
             first_duplicate(conn, events, base)
         }

@@ -36,6 +36,7 @@ use crate::bulk;
 use crate::effects::{self, effect_of, OpKind, RowOp, SqlVal, Table};
 use crate::error::{Error, Result};
 use crate::event::{max_sequence, Event};
+use crate::pages;
 use crate::stmt::StaticStmt;
 
 /// A statement an extension asks to run: SQL with positional parameters.
@@ -83,6 +84,11 @@ pub struct ReplayOptions {
     /// When the journal mode cannot be switched off (another connection uses
     /// the database), the replay runs in the ordinary, safe mode.
     pub staging: bool,
+    /// With [`ReplayOptions::staging`] on a database file: replays of at least
+    /// this many events write the pages of the `events` b-trees directly
+    /// (see [`crate::pages`]) instead of through SQLite (default 16,384;
+    /// `usize::MAX` never).
+    pub direct_pages_from: usize,
 }
 
 impl Default for ReplayOptions {
@@ -93,6 +99,7 @@ impl Default for ReplayOptions {
             record_events: true,
             tune_pragmas: true,
             staging: false,
+            direct_pages_from: 16_384,
         }
     }
 }
@@ -213,10 +220,47 @@ pub fn replay_with_extensions(
             None => EventRows::Batched,
         },
     };
+    // A large replay onto a staged file writes the events b-trees' pages
+    // itself, while the fold runs (see crate::pages).
+    let direct = match (rows, staging.as_ref().and_then(|s| s.path.as_deref())) {
+        (EventRows::Bulk(trees), Some(path))
+            if split.is_empty() && events.len() >= opts.direct_pages_from.max(1) =>
+        {
+            Some((trees, path.to_path_buf()))
+        }
+        _ => None,
+    };
     let result = (|| {
+        let pre = match &direct {
+            Some((trees, path)) => Some(pages_beside_fold(conn, *trees, path, events)?),
+            None => None,
+        };
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(Error::sqlite("beginning the replay transaction"))?;
+        if let (Some((outcome, folded)), Some((trees, _))) = (pre, direct) {
+            let rows_result = match outcome {
+                Ok(pages::Outcome::Done) => Ok(()),
+                Ok(pages::Outcome::RowsOnly { base }) => {
+                    let _imposters = bulk::Imposters::create(&tx, trees)?;
+                    bulk::insert_index(&tx, events, base)
+                }
+                Ok(pages::Outcome::Declined(reason)) => {
+                    tracing::debug!("event rows through SQLite: {reason}");
+                    let _imposters = bulk::Imposters::create(&tx, trees)?;
+                    bulk::insert_events(&tx, events)
+                }
+                // An I/O error may have left part of the pages written.
+                Err(e) if e.sequence().is_none() => return Err(e),
+                Err(e) => Err(e),
+            };
+            write_folded(&tx, events, rows_result, folded)?;
+            let t = std::time::Instant::now();
+            tx.commit()
+                .map_err(Error::sqlite("committing the replay"))?;
+            tracing::debug!("commit done in {:?}", t.elapsed());
+            return Ok(());
+        }
         let imposters = match rows {
             EventRows::Bulk(trees) => Some(bulk::Imposters::create(&tx, trees)?),
             _ => None,
@@ -264,6 +308,31 @@ pub fn replay_with_extensions(
         }
     }
     result.map(|()| report)
+}
+
+/// Writes the event rows (and when possible their index entries) into the
+/// database file directly while the events are folded. The connection's
+/// exclusive lock is released meanwhile, so that SQLite rereads the file
+/// (whose change counter moves) when it next locks it, and taken again after.
+fn pages_beside_fold<'e>(
+    conn: &Connection,
+    trees: bulk::EventTrees,
+    path: &std::path::Path,
+    events: &'e [Event],
+) -> Result<(Result<pages::Outcome>, Folded<'e>)> {
+    let base = bulk::max_rowid(conn)?;
+    let pragma = |sql: &str| {
+        conn.query_row(sql, [], |_| Ok(()))
+            .map_err(Error::sqlite(format!("staging replay: {sql}")))
+    };
+    pragma("PRAGMA locking_mode=NORMAL")?;
+    // The next access releases the lock.
+    pragma("SELECT count(*) FROM sqlite_schema")?;
+    let (outcome, folded) = fold_beside(events, || {
+        pages::append_events(path, trees.roots(), events, base)
+    })?;
+    pragma("PRAGMA locking_mode=EXCLUSIVE")?;
+    Ok((outcome, folded))
 }
 
 /// The settings a staging replay changes, to put back afterwards.
@@ -718,30 +787,45 @@ fn replay_segment(tx: &Transaction<'_>, events: &[Event], rows: EventRows) -> Re
     if events.is_empty() {
         return Ok(());
     }
+    let (rows_result, folded) = fold_beside(events, || match rows {
+        EventRows::Skip => Ok(()),
+        EventRows::OneByOne => insert_event_rows(tx, events),
+        EventRows::Batched => insert_event_rows_batched(tx, events),
+        EventRows::Bulk(_) => bulk::insert_events(tx, events),
+    })?;
+    write_folded(tx, events, rows_result, folded)
+}
+
+/// Folds `events` on another thread while `work` runs on this one.
+fn fold_beside<'e, R>(events: &'e [Event], work: impl FnOnce() -> R) -> Result<(R, Folded<'e>)> {
     let t0 = std::time::Instant::now();
-    let (rows_result, folded) = std::thread::scope(|s| {
+    let (done, folded) = std::thread::scope(|s| {
         let folder = s.spawn(|| {
             let f = fold(events);
             tracing::debug!("fold done in {:?}", t0.elapsed());
             f
         });
-        let rows = match rows {
-            EventRows::Skip => Ok(()),
-            EventRows::OneByOne => insert_event_rows(tx, events),
-            EventRows::Batched => insert_event_rows_batched(tx, events),
-            EventRows::Bulk(_) => bulk::insert_events(tx, events),
-        };
+        let done = work();
         tracing::debug!("event rows done in {:?}", t0.elapsed());
-        (rows, folder.join())
+        (done, folder.join())
     });
-    let folded = match folded {
-        Ok(f) => f,
-        Err(_) => {
-            return Err(Error::Schema(
-                "internal error: the replay fold panicked".to_string(),
-            ))
-        }
-    };
+    match folded {
+        Ok(f) => Ok((done, f)),
+        Err(_) => Err(Error::Schema(
+            "internal error: the replay fold panicked".to_string(),
+        )),
+    }
+}
+
+/// Writes the folded projection rows and appends; the error of the event
+/// with the lowest index among `rows_result`'s and the fold's, if any.
+fn write_folded(
+    tx: &Transaction<'_>,
+    events: &[Event],
+    rows_result: Result<()>,
+    folded: Folded<'_>,
+) -> Result<()> {
+    let t0 = std::time::Instant::now();
     let mut first_error: Option<(usize, Error)> = None;
     let mut note = |i: usize, e: Error| {
         if first_error.as_ref().is_none_or(|(j, _)| i < *j) {
@@ -898,6 +982,43 @@ fn write_appends<'r>(
     Ok(())
 }
 
+/// Every table's rows in rowid order, as text (tests compare databases).
+#[cfg(test)]
+pub(crate) fn dump(c: &Connection) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in [
+        "events",
+        "positions",
+        "orders",
+        "balances",
+        "system_state",
+        "tier_history",
+        "risk_limits",
+        "checkpoints",
+        "sqlite_sequence",
+    ] {
+        let mut stmt = c
+            .prepare(&format!("SELECT rowid, * FROM {t} ORDER BY rowid"))
+            .unwrap();
+        let n = stmt.column_count();
+        let rows = stmt
+            .query_map([], |r| {
+                (0..n)
+                    .map(|i| {
+                        r.get::<_, rusqlite::types::Value>(i)
+                            .map(|v| format!("{v:?}"))
+                    })
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map(|v| v.join("|"))
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap();
+        out.push(format!("{t}: {}", rows.join("\n")));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1019,7 +1140,7 @@ mod tests {
     #[test]
     fn a_known_base_sequence_is_used_instead_of_reading_it() {
         let mut c = db();
-        let evs = vec![
+        let evs = [
             ev(1, "CHECKPOINT", "k1", "{}"),
             ev(2, "CHECKPOINT", "k2", "{}"),
         ];
@@ -1039,41 +1160,6 @@ mod tests {
             ..ReplayOptions::default()
         };
         assert_eq!(replay(&mut c, &evs[1..], &right).unwrap().applied, 1);
-    }
-
-    fn dump(c: &Connection) -> Vec<String> {
-        let mut out = Vec::new();
-        for t in [
-            "events",
-            "positions",
-            "orders",
-            "balances",
-            "system_state",
-            "tier_history",
-            "risk_limits",
-            "checkpoints",
-            "sqlite_sequence",
-        ] {
-            let mut stmt = c
-                .prepare(&format!("SELECT rowid, * FROM {t} ORDER BY rowid"))
-                .unwrap();
-            let n = stmt.column_count();
-            let rows = stmt
-                .query_map([], |r| {
-                    (0..n)
-                        .map(|i| {
-                            r.get::<_, rusqlite::types::Value>(i)
-                                .map(|v| format!("{v:?}"))
-                        })
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                        .map(|v| v.join("|"))
-                })
-                .unwrap()
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .unwrap();
-            out.push(format!("{t}: {}", rows.join("\n")));
-        }
-        out
     }
 
     fn file_db(dir: &std::path::Path, name: &str) -> (Connection, std::path::PathBuf) {
