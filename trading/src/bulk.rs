@@ -348,7 +348,12 @@ fn insert_sorted_keys(
     })
 }
 
-fn insert_rows(conn: &Connection, events: &[Event], base: i64) -> Result<()> {
+/// Inserts the rows of `events` with rowids from `base + 1`, without their
+/// index entries.
+///
+/// # Errors
+/// [`Error::Event`] naming the events of the failing statement.
+pub(crate) fn insert_rows(conn: &Connection, events: &[Event], base: i64) -> Result<()> {
     let sql = |rows: usize| {
         let values = vec!["(?,?,?,?,?,?,?)"; rows].join(",");
         format!("INSERT INTO {TABLE_IMPOSTER}(rowid, event_id, event_type, aggregate_id, event_data, sequence_number, created_at) VALUES {values}")

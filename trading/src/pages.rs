@@ -5,30 +5,38 @@
 //! costs SQLite a trip through its virtual machine, its b-tree layer and its
 //! page cache, on one thread; on a replay of a million events that is most of
 //! the time. Here the rows and their index entries are written as SQLite's
-//! file format defines them (<https://www.sqlite.org/fileformat2.html>): leaf
-//! pages built in parallel from the events and written at the end of the file,
-//! interior pages over them, and the database header updated last.
+//! file format defines them (<https://www.sqlite.org/fileformat2.html>), in
+//! two steps:
+//!
+//! 1. [`build`]: the leaf pages, in memory and in parallel, while SQLite
+//!    writes the projections. Leaf pages hold no page numbers (rows that would
+//!    need overflow pages decline the direct write), so they can be built
+//!    before it is known where they go.
+//! 2. [`write`], after SQLite's commit, with the connection holding no lock:
+//!    the leaves at the end of the file, the interior pages above them, and
+//!    the database header last, with its change counter moved so that SQLite
+//!    discards its page cache when it next reads the file, as it does after
+//!    another process's write.
 //!
 //! * **Rows** are appended to the table's b-tree: the new leaves follow the
 //!   rightmost leaf, and the interior pages on the rightmost path take the new
 //!   children (splitting, and the root growing a level, as needed). Rowids are
 //!   those one-by-one inserts would give (the highest rowid + 1, + 2, ...); the
-//!   existing pages keep their content.
+//!   existing leaves keep their content.
 //! * **The `event_id` index** is rebuilt from the merge of its entries and the
 //!   new ones when it holds no more entries than the replay adds (the cost is
-//!   then at most twice the new entries'). The old pages are reused and any
-//!   left over go to the freelist; the root keeps its page number. A duplicate
-//!   id, within the replay or with the database, is found before anything is
-//!   written. When the index is larger, its entries are inserted through
-//!   SQLite, in key order, by the caller ([`Outcome::RowsOnly`]).
+//!   then at most twice the new entries'): the new tree is written on new
+//!   pages, its top on the root's page number, and the old pages go to the
+//!   freelist. A duplicate id, within the replay or with the database, is
+//!   found while building, before anything is written. When the index is
+//!   larger, its entries are inserted through SQLite, in key order, by the
+//!   caller ([`Outcome::RowsOnly`]).
 //!
 //! Everything the write depends on is checked before the first byte is
 //! written; when anything is unusual (page reserve bytes, auto-vacuum, a
 //! non-UTF-8 database, a row that would need overflow pages, an unexpected page
-//! type) nothing is written and the caller replays through SQLite
-//! ([`Outcome::Declined`]). The connection must hold no lock while this runs:
-//! the header's change counter is incremented, so SQLite discards its page
-//! cache when it next reads the file, as it does after another process's write.
+//! type, a highest rowid the file and SQLite disagree on) nothing is written
+//! and the caller writes the rows through SQLite ([`Outcome::Declined`]).
 //! Only a staged copy, discarded on any error, is written this way; the tests
 //! compare every row with SQLite's own replay and run `integrity_check`.
 
@@ -37,19 +45,21 @@ use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use rusqlite::Connection;
+
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::event::Event;
 
-/// What [`append_events`] did.
+/// What [`write`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// The rows and their index entries are in the file.
     Done,
-    /// The rows are in the file, with rowids after `base`; their index entries
-    /// are not (the index holds more entries than the replay adds).
-    RowsOnly { base: i64 },
+    /// The rows are in the file; their index entries were inserted through
+    /// SQLite (the index held more entries than the replay adds).
+    RowsOnly,
     /// Nothing was written, for this reason.
     Declined(String),
 }
@@ -61,50 +71,6 @@ pub(crate) struct Roots {
     pub index: u32,
 }
 
-/// Leaf pages built per parallel task (each task writes its pages at once).
-const LEAVES_PER_TASK: usize = 64;
-
-/// Appends `events` to the `events` table of the database file at `path` (and
-/// their entries to its `event_id` index, see the module documentation). `base`
-/// is the highest rowid SQLite reports; the file must agree.
-///
-/// # Errors
-/// [`Error::Event`] naming the first event whose id repeats an earlier one or
-/// one in the database (nothing written); [`Error::Io`] when the file cannot
-/// be read or written, after which the database must be discarded.
-pub(crate) fn append_events(
-    path: &Path,
-    roots: Roots,
-    events: &[Event],
-    base: i64,
-) -> Result<Outcome> {
-    let declined = |reason: String| {
-        #[cfg(test)]
-        tests::WRITTEN.with(|w| w.borrow_mut().push(Outcome::Declined(reason.clone())));
-        Ok(Outcome::Declined(reason))
-    };
-    let db = match Db::open(path)? {
-        Ok(db) => db,
-        Err(reason) => return declined(reason),
-    };
-    let t = std::time::Instant::now();
-    let plan = match plan(&db, roots, events, base)? {
-        Ok(plan) => plan,
-        Err(reason) => return declined(reason),
-    };
-    tracing::debug!("pages planned in {:?}", t.elapsed());
-    db.write(&plan, events)?;
-    tracing::debug!("pages written in {:?}", t.elapsed());
-    let outcome = if plan.index.is_some() {
-        Outcome::Done
-    } else {
-        Outcome::RowsOnly { base }
-    };
-    #[cfg(test)]
-    tests::WRITTEN.with(|w| w.borrow_mut().push(outcome.clone()));
-    Ok(outcome)
-}
-
 /// Why the direct write is not possible; nothing has been written.
 type Declined = String;
 
@@ -114,23 +80,241 @@ type OrDeclined<T> = std::result::Result<T, Declined>;
 /// Pages by number, with their bytes.
 type Pages = Vec<(u32, Vec<u8>)>;
 
+/// The page size, as SQLite reports it, when the database can be written
+/// directly: no auto-vacuum (pointer map pages), UTF-8 text. The file header
+/// is checked again before writing.
+///
+/// # Errors
+/// [`Error::Sqlite`] when the settings cannot be read.
+pub(crate) fn page_size(conn: &Connection) -> Result<OrDeclined<usize>> {
+    let read = |sql: &str| -> Result<rusqlite::types::Value> {
+        conn.query_row(sql, [], |r| r.get(0))
+            .map_err(Error::sqlite(format!("reading {sql}")))
+    };
+    use rusqlite::types::Value;
+    if read("PRAGMA auto_vacuum")? != Value::Integer(0) {
+        return Ok(Err("auto-vacuum (pointer map pages)".into()));
+    }
+    if read("PRAGMA encoding")? != Value::Text("UTF-8".into()) {
+        return Ok(Err("the text encoding is not UTF-8".into()));
+    }
+    Ok(match read("PRAGMA page_size")? {
+        Value::Integer(n) if (512..=65_536).contains(&n) && (n as u64).is_power_of_two() => {
+            Ok(n as usize)
+        }
+        other => Err(format!("page size {other:?}")),
+    })
+}
+
+/// The entries of the `event_id` index in key order, read through SQLite
+/// (before a rebuild of the index).
+///
+/// # Errors
+/// [`Error::Sqlite`].
+pub(crate) fn index_entries(conn: &Connection) -> Result<OrDeclined<Vec<Entry<'static>>>> {
+    let mut stmt = conn
+        .prepare("SELECT event_id, rowid FROM events ORDER BY event_id")
+        .map_err(Error::sqlite("reading the event_id index"))?;
+    let mut rows = stmt
+        .query([])
+        .map_err(Error::sqlite("reading the event_id index"))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows
+        .next()
+        .map_err(Error::sqlite("reading the event_id index"))?
+    {
+        let rowid: i64 = row
+            .get(1)
+            .map_err(Error::sqlite("reading the event_id index"))?;
+        match row.get_ref(0) {
+            Ok(rusqlite::types::ValueRef::Text(key)) => out.push(Entry {
+                key: Cow::Owned(key.to_vec()),
+                rowid,
+            }),
+            _ => return Ok(Err(format!("the event id of rowid {rowid} is not text"))),
+        }
+    }
+    Ok(Ok(out))
+}
+
+/// Leaf pages built in memory, in key order: page `i` is
+/// `buf[i * page_size..]` and holds the items `groups[i]`.
+struct Leaves {
+    buf: Vec<u8>,
+    groups: Vec<Range<usize>>,
+}
+
+/// The pages of a direct write that do not depend on page numbers, built
+/// while SQLite writes the rest of the replay; see [`build`].
+pub(crate) struct Built<'e> {
+    page_size: usize,
+    base: i64,
+    rows: Leaves,
+    /// The rebuilt index: its leaves and the entries between them.
+    index: Option<(Leaves, Vec<Entry<'e>>)>,
+}
+
+/// Builds the leaf pages of the rows of `events` (rowids from `base + 1`)
+/// and, when `old` (the index's entries) is given, of the rebuilt index.
+///
+/// # Errors
+/// [`Error::Event`] naming the first event whose id repeats an earlier one or
+/// one of `old`.
+pub(crate) fn build<'e>(
+    page_size: usize,
+    events: &'e [Event],
+    base: i64,
+    old: Option<Vec<Entry<'static>>>,
+) -> Result<OrDeclined<Built<'e>>> {
+    let t = std::time::Instant::now();
+    let u = page_size;
+    if base < 0 || base.checked_add(events.len() as i64).is_none() {
+        return Ok(Err(format!("rowids after {base}")));
+    }
+    // Every row must fit on a leaf without overflow pages.
+    let row_max = u - 35;
+    let cells: Vec<usize> = events
+        .par_iter()
+        .enumerate()
+        .map(|(i, ev)| {
+            let payload = row_payload_len(ev);
+            if payload > row_max {
+                usize::MAX
+            } else {
+                varint_len(payload as u64) + varint_len((base + i as i64 + 1) as u64) + payload + 2
+            }
+        })
+        .collect();
+    if let Some(i) = cells.iter().position(|c| *c == usize::MAX) {
+        return Ok(Err(format!(
+            "event #{} needs overflow pages",
+            events[i].sequence_number
+        )));
+    }
+    tracing::debug!("cells in {:?}", t.elapsed());
+    let index = match old {
+        Some(old) => {
+            let entries =
+                match merge(old, events, base) {
+                    Merge::Entries(e) => e,
+                    Merge::Duplicate(i) => return Err(Error::event(
+                        &events[i],
+                        "cannot insert the event row: UNIQUE constraint failed: events.event_id",
+                    )),
+                    Merge::Unsorted => return Ok(Err("the event_id index is out of order".into())),
+                };
+            tracing::debug!("merged in {:?}", t.elapsed());
+            let max = index_max_local(u);
+            let sizes: Vec<usize> = entries
+                .par_iter()
+                .map(|e| {
+                    let p = index_payload_len(e);
+                    if p > max {
+                        usize::MAX
+                    } else {
+                        varint_len(p as u64) + p + 2
+                    }
+                })
+                .collect();
+            if let Some(i) = sizes.iter().position(|c| *c == usize::MAX) {
+                return Ok(Err(format!(
+                    "the index entry of rowid {} needs overflow pages",
+                    entries[i].rowid
+                )));
+            }
+            let groups = split_promoting(&sizes, u - 8);
+            let dividers: Vec<Entry<'e>> = groups[..groups.len() - 1]
+                .iter()
+                .map(|g| entries[g.end].clone())
+                .collect();
+            tracing::debug!("index split in {:?}", t.elapsed());
+            let buf = build_leaves(u, &groups, |page, g| index_leaf(page, u, &entries[g]));
+            tracing::debug!("index leaves in {:?}", t.elapsed());
+            Some((Leaves { buf, groups }, dividers))
+        }
+        None => None,
+    };
+    let groups = split_plain(&cells, u - 8);
+    let buf = build_leaves(u, &groups, |page, g| {
+        let first = base + 1 + g.start as i64;
+        table_leaf(page, u, (first..).zip(&events[g]));
+    });
+    tracing::debug!("leaf pages built in {:?}", t.elapsed());
+    Ok(Ok(Built {
+        page_size,
+        base,
+        rows: Leaves { buf, groups },
+        index,
+    }))
+}
+
+/// One buffer of leaf pages, built in parallel.
+fn build_leaves(
+    page_size: usize,
+    groups: &[Range<usize>],
+    fill: impl Fn(&mut [u8], Range<usize>) + Sync,
+) -> Vec<u8> {
+    let mut buf = vec![0u8; groups.len() * page_size];
+    buf.par_chunks_mut(page_size)
+        .zip(groups.par_iter())
+        .with_min_len(64)
+        .for_each(|(page, g)| fill(page, g.clone()));
+    buf
+}
+
+/// Writes the built pages into the database file at `path`: the row leaves
+/// after the table's rightmost leaf, the rebuilt index (if built) over its
+/// old pages, which go to the freelist, the interior pages above them, and
+/// the header last. The connection must hold no lock.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be read or written; the database must
+/// then be discarded.
+pub(crate) fn write(path: &Path, roots: Roots, built: &Built<'_>) -> Result<Outcome> {
+    let declined = |reason: String| {
+        #[cfg(test)]
+        tests::WRITTEN.with(|w| w.borrow_mut().push(Outcome::Declined(reason.clone())));
+        Ok(Outcome::Declined(reason))
+    };
+    let t = std::time::Instant::now();
+    #[cfg(test)]
+    if tests::DECLINE.with(std::cell::Cell::get) {
+        return declined("declined by the test".into());
+    }
+    let db = match Db::open(path)? {
+        Ok(db) if db.page_size == built.page_size => db,
+        Ok(db) => return declined(format!("the file's page size is {}", db.page_size)),
+        Err(reason) => return declined(reason),
+    };
+    let plan = match plan(&db, roots, built)? {
+        Ok(plan) => plan,
+        Err(reason) => return declined(reason),
+    };
+    db.write(&plan, built)?;
+    tracing::debug!("pages written in {:?}", t.elapsed());
+    let outcome = if built.index.is_some() {
+        Outcome::Done
+    } else {
+        Outcome::RowsOnly
+    };
+    #[cfg(test)]
+    tests::WRITTEN.with(|w| w.borrow_mut().push(outcome.clone()));
+    Ok(outcome)
+}
+
 /// The database file, as the header describes it.
 struct Db {
     file: File,
     path: PathBuf,
     page_size: usize,
-    /// Usable bytes per page (no reserve: see [`Db::open`]).
-    usable: usize,
     pages: u32,
     /// The page holding the lock byte at 1 GiB, never used by SQLite.
     pending: u32,
-    /// Schema format 4: integers 0 and 1 are stored in the record header.
-    format4: bool,
     header: [u8; 100],
 }
 
 impl Db {
-    fn open(path: &Path) -> Result<std::result::Result<Db, Declined>> {
+    fn open(path: &Path) -> Result<OrDeclined<Db>> {
         let io = |action: &'static str| {
             let path = path.to_path_buf();
             move |source| Error::Io {
@@ -179,7 +363,7 @@ impl Db {
         } else {
             file_pages
         };
-        if pages > file_pages || pages == 0 {
+        if pages > file_pages || pages == 0 || pages >= u64::from(u32::MAX) / 2 {
             return Ok(Err(format!(
                 "the header counts {pages} pages, the file holds {file_pages}"
             )));
@@ -188,10 +372,8 @@ impl Db {
             file,
             path: path.to_path_buf(),
             page_size,
-            usable: page_size,
-            pages: u32::try_from(pages).unwrap_or(u32::MAX),
+            pages: pages as u32,
             pending: u32::try_from((1u64 << 30) / page_size as u64 + 1).unwrap_or(u32::MAX),
-            format4: header[44] >= 4,
             header,
         }))
     }
@@ -204,7 +386,7 @@ impl Db {
         }
     }
 
-    fn read_page(&self, no: u32) -> Result<std::result::Result<Vec<u8>, Declined>> {
+    fn read_page(&self, no: u32) -> Result<OrDeclined<Vec<u8>>> {
         if no < 2 || no > self.pages || no == self.pending {
             return Ok(Err(format!("a b-tree refers to page {no}")));
         }
@@ -220,25 +402,17 @@ impl Db {
 
     /// Writes the planned pages: leaves in parallel, then the rest, the
     /// header last.
-    fn write(&self, plan: &Plan<'_>, events: &[Event]) -> Result<()> {
-        let usable = self.usable;
-        let format4 = self.format4;
-        plan.row_leaves
-            .par_chunks(LEAVES_PER_TASK)
-            .try_for_each(|chunk| {
-                self.write_built(chunk, |(_, range), page| {
-                    let first = plan.base + 1 + range.start as i64;
-                    table_leaf(page, usable, (first..).zip(&events[range.clone()]), format4);
-                })
-            })?;
-        if let Some(index) = &plan.index {
-            index
-                .leaves
-                .par_chunks(LEAVES_PER_TASK)
-                .try_for_each(|chunk| {
-                    self.write_built(chunk, |(_, range), page| {
-                        index_leaf(page, usable, &index.entries[range.clone()], format4);
-                    })
+    fn write(&self, plan: &Plan, built: &Built<'_>) -> Result<()> {
+        let mut leaves = vec![(&built.rows, plan.row_leaves.as_slice())];
+        if let Some((index, _)) = &built.index {
+            leaves.push((index, plan.index_leaves.as_slice()));
+        }
+        for (built, numbers) in leaves {
+            numbers
+                .par_chunks(LEAVES_PER_WRITE)
+                .enumerate()
+                .try_for_each(|(c, chunk)| {
+                    self.write_run(&built.buf, c * LEAVES_PER_WRITE, chunk)
                 })?;
         }
         for (no, page) in &plan.pages {
@@ -258,34 +432,27 @@ impl Db {
         write_at(&self.file, &header, 0).map_err(self.io("write the staged database's header"))
     }
 
-    /// Builds the pages of `chunk` (page number, item range) into one buffer
-    /// and writes each run of consecutive page numbers at once.
-    fn write_built<T>(
-        &self,
-        chunk: &[(u32, T)],
-        build: impl Fn(&(u32, T), &mut [u8]),
-    ) -> Result<()> {
-        let mut buf = vec![0u8; chunk.len() * self.page_size];
-        for (item, page) in chunk.iter().zip(buf.chunks_mut(self.page_size)) {
-            build(item, page);
-        }
+    /// Writes leaves `first..` of `buf` at the page numbers `numbers`, each
+    /// run of consecutive numbers at once.
+    fn write_run(&self, buf: &[u8], first: usize, numbers: &[u32]) -> Result<()> {
+        let ps = self.page_size;
         let mut start = 0;
-        while start < chunk.len() {
+        while start < numbers.len() {
             let mut end = start + 1;
-            while end < chunk.len() && chunk[end].0 == chunk[end - 1].0 + 1 {
+            while end < numbers.len() && numbers[end] == numbers[end - 1] + 1 {
                 end += 1;
             }
-            write_at(
-                &self.file,
-                &buf[start * self.page_size..end * self.page_size],
-                self.offset(chunk[start].0),
-            )
-            .map_err(self.io("write pages of the staged database"))?;
+            let bytes = &buf[(first + start) * ps..(first + end) * ps];
+            write_at(&self.file, bytes, self.offset(numbers[start]))
+                .map_err(self.io("write pages of the staged database"))?;
             start = end;
         }
         Ok(())
     }
 }
+
+/// Leaf pages per write call (and per parallel task).
+const LEAVES_PER_WRITE: usize = 256;
 
 #[cfg(unix)]
 fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
@@ -309,29 +476,22 @@ fn write_at(_: &File, _: &[u8], _: u64) -> std::io::Result<()> {
     ))
 }
 
-/// Everything to write, decided before the first write.
-struct Plan<'e> {
-    base: i64,
-    /// The new table leaves: page number, range of `events`.
-    row_leaves: Vec<(u32, Range<usize>)>,
-    index: Option<IndexPlan<'e>>,
+/// Where everything goes, decided before the first write.
+struct Plan {
+    /// The page number of each row leaf.
+    row_leaves: Vec<u32>,
+    /// The page number of each index leaf.
+    index_leaves: Vec<u32>,
     /// Interior pages, moved and rewritten pages, freelist trunks.
-    pages: Vec<(u32, Vec<u8>)>,
+    pages: Pages,
     pages_after: u32,
     /// First freelist trunk page and number of free pages.
     freelist: (u32, u32),
 }
 
-struct IndexPlan<'e> {
-    /// All entries of the rebuilt index, in key order.
-    entries: Vec<Entry<'e>>,
-    /// The leaves: page number, range of `entries`.
-    leaves: Vec<(u32, Range<usize>)>,
-}
-
 /// An index entry: the event id and its rowid.
 #[derive(Debug, Clone)]
-struct Entry<'e> {
+pub(crate) struct Entry<'e> {
     key: Cow<'e, [u8]>,
     rowid: i64,
 }
@@ -363,38 +523,7 @@ macro_rules! check {
     };
 }
 
-fn plan<'e>(
-    db: &Db,
-    roots: Roots,
-    events: &'e [Event],
-    base: i64,
-) -> Result<std::result::Result<Plan<'e>, Declined>> {
-    let u = db.usable;
-    // Every check before anything is planned: rows must fit on a leaf
-    // without overflow pages.
-    let row_max = u - 35;
-    let cells: Vec<usize> = events
-        .par_iter()
-        .enumerate()
-        .map(|(i, ev)| {
-            let rowid = base.saturating_add(i as i64 + 1);
-            let payload = row_payload_len(ev, db.format4);
-            if payload > row_max {
-                usize::MAX
-            } else {
-                varint_len(payload as u64) + varint_len(rowid as u64) + payload + 2
-            }
-        })
-        .collect();
-    if let Some(i) = cells.iter().position(|c| *c == usize::MAX) {
-        return Ok(Err(format!(
-            "event #{} needs overflow pages",
-            events[i].sequence_number
-        )));
-    }
-    if base < 0 || base.checked_add(events.len() as i64).is_none() {
-        return Ok(Err(format!("rowids after {base}")));
-    }
+fn plan(db: &Db, roots: Roots, built: &Built<'_>) -> Result<OrDeclined<Plan>> {
     let path = check!(rightmost_path(db, roots.table));
     let leaf = &path[path.len() - 1].1;
     let last_rowid = match table_leaf_max(leaf) {
@@ -402,67 +531,67 @@ fn plan<'e>(
         None if path.len() == 1 => 0,
         None => return Ok(Err("the rightmost leaf of events is empty".into())),
     };
-    if last_rowid != base {
+    if last_rowid != built.base {
         return Ok(Err(format!(
-            "the file's highest rowid is {last_rowid}, SQLite's {base}"
+            "the file's highest rowid is {last_rowid}, SQLite's {}",
+            built.base
         )));
     }
-    // The index is rebuilt when it has no more entries than the replay adds
-    // (rowids start at 1, so it has at most `base`).
-    let index = if base <= events.len() as i64 {
-        let (old, old_pages) = check!(index_entries(db, roots.index));
-        let entries = match merge(old, events, base) {
-            Merge::Entries(e) => e,
-            Merge::Duplicate(i) => {
-                return Err(Error::event(
-                    &events[i],
-                    "cannot insert the event row: UNIQUE constraint failed: events.event_id",
-                ))
-            }
-            Merge::Unsorted => return Ok(Err("the event_id index is out of order".into())),
-        };
-        let max = index_max_local(u);
-        if let Some(e) = entries
-            .iter()
-            .find(|e| index_payload_len(e, db.format4) > max)
-        {
-            return Ok(Err(format!(
-                "the index entry of rowid {} needs overflow pages",
-                e.rowid
-            )));
-        }
-        Some((entries, old_pages))
-    } else {
-        None
+    let old_index = match &built.index {
+        Some(_) => check!(tree_pages(db, roots.index)),
+        None => Vec::new(),
     };
-
     let mut pages = Vec::new();
     let mut alloc = Alloc {
         next: db.pages + 1,
         pending: db.pending,
     };
-    let row_leaves = plan_rows(db, &path, &cells, base, &mut alloc, &mut pages);
-    let (index, freelist) = match index {
-        Some((entries, mut old_pages)) => {
+    let row_leaves = plan_rows(db, &path, built, &mut alloc, &mut pages);
+    let (index_leaves, freelist) = match &built.index {
+        Some((leaves, dividers)) => {
             // The new tree is written on new pages (its top on the root);
             // the old ones go to the freelist, for SQLite to take again.
-            old_pages.sort_unstable();
-            let leaves = plan_index(db, roots.index, &entries, &mut alloc, &mut pages);
-            let freelist = free_pages(db, &old_pages, &mut pages);
+            let numbers = plan_index(db, roots.index, leaves, dividers, &mut alloc, &mut pages);
+            let freelist = free_pages(db, &old_index, &mut pages);
             #[cfg(test)]
-            tests::FREED.with(|f| f.set(old_pages.len()));
-            (Some(IndexPlan { entries, leaves }), freelist)
+            tests::FREED.with(|f| f.set(old_index.len()));
+            (numbers, freelist)
         }
-        None => (None, (be32(&db.header, 32), be32(&db.header, 36))),
+        None => (Vec::new(), (be32(&db.header, 32), be32(&db.header, 36))),
     };
     Ok(Ok(Plan {
-        base,
         row_leaves,
-        index,
+        index_leaves,
         pages,
         pages_after: alloc.next - 1,
         freelist,
     }))
+}
+
+/// Every page of a b-tree but its root.
+fn tree_pages(db: &Db, root: u32) -> Result<OrDeclined<Vec<u32>>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(no) = stack.pop() {
+        let page = check!(db.read_page(no));
+        match page[0] {
+            0x0A | 0x0D => {}
+            0x02 | 0x05 if out.len() <= db.pages as usize => {
+                let n = usize::from(be16(&page, 3));
+                for i in 0..n {
+                    let off = usize::from(be16(&page, 12 + 2 * i));
+                    match page.get(off..off + 4) {
+                        Some(b) => stack.push(be32(b, 0)),
+                        None => return Ok(Err(format!("page {no} has a cell out of bounds"))),
+                    }
+                }
+                stack.push(be32(&page, 8));
+                out.extend_from_slice(&stack[stack.len() - n - 1..]);
+            }
+            t => return Ok(Err(format!("page {no} of a b-tree has type {t}"))),
+        }
+    }
+    Ok(Ok(out))
 }
 
 /// The pages from the root of a table b-tree to its rightmost leaf.
@@ -482,26 +611,27 @@ fn rightmost_path(db: &Db, root: u32) -> Result<OrDeclined<Pages>> {
     }
 }
 
-/// Plans the new leaves of the table (returned) and the interior pages that
-/// link them in (into `pages`).
+/// The page numbers of the new table leaves (returned), and the interior
+/// pages that link them in (into `pages`).
 fn plan_rows(
     db: &Db,
     path: &[(u32, Vec<u8>)],
-    cells: &[usize],
-    base: i64,
+    built: &Built<'_>,
     alloc: &mut Alloc,
-    pages: &mut Vec<(u32, Vec<u8>)>,
-) -> Vec<(u32, Range<usize>)> {
-    let u = db.usable;
-    let groups = split_plain(cells, u - 8);
+    pages: &mut Pages,
+) -> Vec<u32> {
+    let u = db.page_size;
+    let base = built.base;
+    let groups = &built.rows.groups;
     let (root, root_page) = &path[0];
     if path.len() == 1 && be16(root_page, 3) == 0 && groups.len() == 1 {
         // An empty table and one new leaf: the leaf is the root.
-        return vec![(*root, 0..cells.len())];
+        return vec![*root];
     }
-    let leaves: Vec<(u32, Range<usize>)> = groups.into_iter().map(|g| (alloc.take(), g)).collect();
+    let leaves: Vec<u32> = groups.iter().map(|_| alloc.take()).collect();
     let mut children: Vec<(u32, i64)> = leaves
         .iter()
+        .zip(groups)
         .map(|(no, r)| (*no, base + r.end as i64))
         .collect();
     if path.len() == 1 {
@@ -554,9 +684,9 @@ fn build_table_up(
     mut children: Vec<(u32, i64)>,
     root: u32,
     alloc: &mut Alloc,
-    pages: &mut Vec<(u32, Vec<u8>)>,
+    pages: &mut Pages,
 ) {
-    let u = db.usable;
+    let u = db.page_size;
     loop {
         let groups = split_children(&children, u - 12);
         let single = groups.len() == 1;
@@ -576,40 +706,28 @@ fn build_table_up(
     }
 }
 
-/// Plans the leaves of the rebuilt index (returned) and its interior pages
-/// (into `pages`); the top page is written at `root`.
+/// The page numbers of the rebuilt index's leaves (returned), and its
+/// interior pages (into `pages`); the top page is written at `root`.
 fn plan_index(
     db: &Db,
     root: u32,
-    entries: &[Entry<'_>],
+    leaves: &Leaves,
+    dividers: &[Entry<'_>],
     alloc: &mut Alloc,
-    pages: &mut Vec<(u32, Vec<u8>)>,
-) -> Vec<(u32, Range<usize>)> {
-    let u = db.usable;
-    let sizes: Vec<usize> = entries
-        .iter()
-        .map(|e| {
-            let p = index_payload_len(e, db.format4);
-            varint_len(p as u64) + p + 2
-        })
-        .collect();
-    let groups = split_promoting(&sizes, u - 8);
-    if groups.len() == 1 {
-        return vec![(root, groups[0].clone())];
+    pages: &mut Pages,
+) -> Vec<u32> {
+    let u = db.page_size;
+    if leaves.groups.len() == 1 {
+        return vec![root];
     }
-    let leaves: Vec<(u32, Range<usize>)> =
-        groups.iter().map(|g| (alloc.take(), g.clone())).collect();
-    let mut children: Vec<u32> = leaves.iter().map(|(no, _)| *no).collect();
-    // The entry between two leaves goes up a level.
-    let mut dividers: Vec<&Entry<'_>> = groups[..groups.len() - 1]
-        .iter()
-        .map(|g| &entries[g.end])
-        .collect();
+    let numbers: Vec<u32> = leaves.groups.iter().map(|_| alloc.take()).collect();
+    let mut children = numbers.clone();
+    let mut dividers: Vec<&Entry<'_>> = dividers.iter().collect();
     loop {
         let sizes: Vec<usize> = dividers
             .iter()
             .map(|e| {
-                let p = index_payload_len(e, db.format4);
+                let p = index_payload_len(e);
                 4 + varint_len(p as u64) + p + 2
             })
             .collect();
@@ -621,12 +739,12 @@ fn plan_index(
             let cells: Vec<(u32, &Entry<'_>)> =
                 g.clone().map(|j| (children[j], dividers[j])).collect();
             let mut p = vec![0u8; db.page_size];
-            index_interior(&mut p, u, &cells, children[g.end], db.format4);
+            index_interior(&mut p, u, &cells, children[g.end]);
             pages.push((no, p));
             next_children.push(no);
         }
         if single {
-            return leaves;
+            return numbers;
         }
         dividers = groups[..groups.len() - 1]
             .iter()
@@ -638,11 +756,11 @@ fn plan_index(
 
 /// Puts `left` on the freelist, in new trunk pages in front of the existing
 /// ones; returns the new first trunk and count.
-fn free_pages(db: &Db, left: &[u32], pages: &mut Vec<(u32, Vec<u8>)>) -> (u32, u32) {
+fn free_pages(db: &Db, left: &[u32], pages: &mut Pages) -> (u32, u32) {
     let mut first = be32(&db.header, 32);
     let count = be32(&db.header, 36) + left.len() as u32;
     // As SQLite: at most usable/4 - 8 leaves per trunk.
-    let per_trunk = db.usable / 4 - 8;
+    let per_trunk = db.page_size / 4 - 8;
     for group in left.chunks(per_trunk + 1).rev() {
         let (trunk, leaves) = (group[0], &group[1..]);
         let mut p = vec![0u8; db.page_size];
@@ -756,115 +874,6 @@ fn table_interior_cells(page: &[u8]) -> Vec<(u32, i64)> {
         .collect()
 }
 
-/// All entries of the `event_id` index in key order, and its pages but the
-/// root.
-fn index_entries(db: &Db, root: u32) -> Result<OrDeclined<(Vec<Entry<'static>>, Vec<u32>)>> {
-    let max = index_max_local(db.usable);
-    let mut entries = Vec::new();
-    let mut pages = Vec::new();
-    // Depth-first, left to right: (page, next cell to visit).
-    let mut stack: Vec<(u32, Vec<u8>, usize)> = vec![(root, check!(db.read_page(root)), 0)];
-    while let Some((no, page, i)) = stack.pop() {
-        let (leaf, header) = match page[0] {
-            0x0A => (true, 8),
-            0x02 => (false, 12),
-            t => return Ok(Err(format!("page {no} of the event_id index has type {t}"))),
-        };
-        let n = usize::from(be16(&page, 3));
-        let cell = |i: usize| -> std::result::Result<(u32, Entry<'static>), Declined> {
-            let bad = || format!("page {no} of the event_id index has a cell it cannot read");
-            let off = usize::from(be16(&page, header + 2 * i));
-            let (child, off) = if leaf {
-                (0, off)
-            } else {
-                (be32(page.get(off..off + 4).ok_or_else(bad)?, 0), off + 4)
-            };
-            let (len, a) = read_varint(page.get(off..).ok_or_else(bad)?).ok_or_else(bad)?;
-            if len as usize > max {
-                return Err(format!(
-                    "page {no} of the event_id index has overflow pages"
-                ));
-            }
-            let payload = page.get(off + a..off + a + len as usize).ok_or_else(bad)?;
-            Ok((child, parse_index_record(payload).ok_or_else(bad)?))
-        };
-        if leaf {
-            for i in 0..n {
-                match cell(i) {
-                    Ok((_, e)) => entries.push(e),
-                    Err(d) => return Ok(Err(d)),
-                }
-            }
-            continue;
-        }
-        if stack.len() > 32 {
-            return Ok(Err("the event_id index is deeper than expected".into()));
-        }
-        if i > n {
-            // Back from the right child: the page is done.
-            continue;
-        }
-        if i > 0 {
-            // Back from child i - 1: its divider comes next.
-            match cell(i - 1) {
-                Ok((_, e)) => entries.push(e),
-                Err(d) => return Ok(Err(d)),
-            }
-        }
-        let child = if i < n {
-            match cell(i) {
-                Ok((c, _)) => c,
-                Err(d) => return Ok(Err(d)),
-            }
-        } else {
-            be32(&page, 8)
-        };
-        stack.push((no, page, i + 1));
-        pages.push(child);
-        let child_page = check!(db.read_page(child));
-        stack.push((child, child_page, 0));
-    }
-    Ok(Ok((entries, pages)))
-}
-
-/// `(event_id, rowid)` from an index record, `None` for any other shape.
-fn parse_index_record(payload: &[u8]) -> Option<Entry<'static>> {
-    let (hdr, a) = read_varint(payload)?;
-    let (t1, b) = read_varint(payload.get(a..)?)?;
-    let (t2, c) = read_varint(payload.get(a + b..)?)?;
-    if a + b + c != hdr as usize || t1 < 13 || t1 % 2 == 0 {
-        return None;
-    }
-    let len = ((t1 - 13) / 2) as usize;
-    let key = payload.get(hdr as usize..hdr as usize + len)?;
-    let int_len = match t2 {
-        8 | 9 => 0,
-        1..=4 => t2 as usize,
-        5 => 6,
-        6 => 8,
-        _ => return None,
-    };
-    let body = payload.get(hdr as usize + len..hdr as usize + len + int_len)?;
-    if hdr as usize + len + int_len != payload.len() {
-        return None;
-    }
-    let rowid = match t2 {
-        8 => 0,
-        9 => 1,
-        _ => {
-            let mut v: i64 = if body[0] & 0x80 != 0 { -1 } else { 0 };
-            for b in body {
-                v = (v << 8) | i64::from(*b);
-            }
-            v
-        }
-    };
-    Some(Entry {
-        key: Cow::Owned(key.to_vec()),
-        rowid,
-    })
-}
-
 enum Merge<'e> {
     Entries(Vec<Entry<'e>>),
     /// The index of the first event (in sequence order) whose id repeats.
@@ -877,12 +886,25 @@ fn merge<'e>(old: Vec<Entry<'static>>, events: &'e [Event], base: i64) -> Merge<
     if old.windows(2).any(|w| w[0].key >= w[1].key) {
         return Merge::Unsorted;
     }
-    let mut new: Vec<(&'e [u8], i64)> = events
-        .iter()
-        .zip(base + 1..)
-        .map(|(ev, rowid)| (ev.event_id.as_bytes(), rowid))
+    // Sorted by the first 16 bytes as a number (zero-padded: an order that
+    // memcmp's refines), then by the whole id.
+    let mut order: Vec<(u128, u32)> = events
+        .par_iter()
+        .enumerate()
+        .map(|(i, ev)| {
+            let id = ev.event_id.as_bytes();
+            let mut prefix = [0u8; 16];
+            let n = id.len().min(16);
+            prefix[..n].copy_from_slice(&id[..n]);
+            (u128::from_be_bytes(prefix), i as u32)
+        })
         .collect();
-    new.par_sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let id = |i: u32| events[i as usize].event_id.as_bytes();
+    order.par_sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| id(a.1).cmp(id(b.1))));
+    let new: Vec<(&'e [u8], i64)> = order
+        .into_iter()
+        .map(|(_, i)| (id(i), base + 1 + i64::from(i)))
+        .collect();
     let clash_within = new.windows(2).any(|w| w[0].0 == w[1].0);
     let clash_old = || {
         new.par_iter()
@@ -931,27 +953,19 @@ fn put_cells(page: &mut [u8], usable: usize, kind: u8, header: usize, cells: &[&
     page[7] = 0;
 }
 
-fn table_leaf<'e>(
-    page: &mut [u8],
-    usable: usize,
-    rows: impl Iterator<Item = (i64, &'e Event)>,
-    format4: bool,
-) {
+fn table_leaf<'e>(page: &mut [u8], usable: usize, rows: impl Iterator<Item = (i64, &'e Event)>) {
     page[0] = 0x0D;
     page[1..3].fill(0);
     page[7] = 0;
     let mut top = usable;
     let mut n = 0usize;
-    let mut record = Vec::with_capacity(512);
     for (rowid, ev) in rows {
-        record.clear();
-        encode_row(&mut record, ev, format4);
-        let len = varint_len(record.len() as u64) + varint_len(rowid as u64) + record.len();
-        top -= len;
+        let payload = row_payload_len(ev);
+        top -= varint_len(payload as u64) + varint_len(rowid as u64) + payload;
         let mut at = top;
-        at += put_varint(&mut page[at..], record.len() as u64);
+        at += put_varint(&mut page[at..], payload as u64);
         at += put_varint(&mut page[at..], rowid as u64);
-        page[at..at + record.len()].copy_from_slice(&record);
+        encode_row(&mut page[at..at + payload], ev);
         page[8 + 2 * n..10 + 2 * n].copy_from_slice(&(top as u16).to_be_bytes());
         n += 1;
     }
@@ -974,7 +988,7 @@ fn table_interior(page: &mut [u8], usable: usize, cells: &[(u32, i64)], right: u
     page[8..12].copy_from_slice(&right.to_be_bytes());
 }
 
-fn index_leaf(page: &mut [u8], usable: usize, entries: &[Entry<'_>], format4: bool) {
+fn index_leaf(page: &mut [u8], usable: usize, entries: &[Entry<'_>]) {
     page[0] = 0x0A;
     page[1..3].fill(0);
     page[7] = 0;
@@ -982,7 +996,7 @@ fn index_leaf(page: &mut [u8], usable: usize, entries: &[Entry<'_>], format4: bo
     let mut record = Vec::with_capacity(128);
     for (n, e) in entries.iter().enumerate() {
         record.clear();
-        encode_index(&mut record, e, format4);
+        encode_index(&mut record, e);
         top -= varint_len(record.len() as u64) + record.len();
         let at = top + put_varint(&mut page[top..], record.len() as u64);
         page[at..at + record.len()].copy_from_slice(&record);
@@ -992,19 +1006,13 @@ fn index_leaf(page: &mut [u8], usable: usize, entries: &[Entry<'_>], format4: bo
     page[5..7].copy_from_slice(&((top & 0xffff) as u16).to_be_bytes());
 }
 
-fn index_interior(
-    page: &mut [u8],
-    usable: usize,
-    cells: &[(u32, &Entry<'_>)],
-    right: u32,
-    format4: bool,
-) {
+fn index_interior(page: &mut [u8], usable: usize, cells: &[(u32, &Entry<'_>)], right: u32) {
     let encoded: Vec<Vec<u8>> = cells
         .iter()
         .map(|(child, e)| {
             let mut c = child.to_be_bytes().to_vec();
             let mut record = Vec::with_capacity(64);
-            encode_index(&mut record, e, format4);
+            encode_index(&mut record, e);
             push_varint(&mut c, record.len() as u64);
             c.extend_from_slice(&record);
             c
@@ -1017,17 +1025,13 @@ fn index_interior(
 
 // ---- Records -----------------------------------------------------------
 
-/// The serial type of an integer and the bytes of its body, as SQLite's
-/// record encoder chooses them.
-fn int_serial(v: i64, format4: bool) -> (u64, usize) {
+/// The serial type of an integer and the bytes of its body: the smallest
+/// width, as SQLite's record encoder chooses it, except that 0 and 1 take a
+/// byte (types 8 and 9 need schema format 4, which is not checked).
+fn int_serial(v: i64) -> (u64, usize) {
     let u = if v < 0 { !v as u64 } else { v as u64 };
-    if u <= 127 {
-        if format4 && (v == 0 || v == 1) {
-            return (8 + v as u64, 0);
-        }
-        return (1, 1);
-    }
     match u {
+        0..=127 => (1, 1),
         128..=32_767 => (2, 2),
         32_768..=8_388_607 => (3, 3),
         8_388_608..=2_147_483_647 => (4, 4),
@@ -1059,9 +1063,9 @@ fn row_texts(ev: &Event) -> [&[u8]; 5] {
     ]
 }
 
-fn row_payload_len(ev: &Event, format4: bool) -> usize {
+fn row_payload_len(ev: &Event) -> usize {
     let texts = row_texts(ev);
-    let (seq_type, seq_len) = int_serial(ev.sequence_number, format4);
+    let (seq_type, seq_len) = int_serial(ev.sequence_number);
     let types: usize = texts
         .iter()
         .map(|t| varint_len(text_serial(t)))
@@ -1070,10 +1074,11 @@ fn row_payload_len(ev: &Event, format4: bool) -> usize {
     header_len(types) + texts.iter().map(|t| t.len()).sum::<usize>() + seq_len
 }
 
-/// The record of an `events` row, in column order.
-fn encode_row(out: &mut Vec<u8>, ev: &Event, format4: bool) {
+/// The record of an `events` row, in column order, into `out` (exactly
+/// [`row_payload_len`] bytes).
+fn encode_row(out: &mut [u8], ev: &Event) {
     let [id, ty, agg, data, at] = row_texts(ev);
-    let (seq_type, seq_len) = int_serial(ev.sequence_number, format4);
+    let (seq_type, seq_len) = int_serial(ev.sequence_number);
     let serials = [
         text_serial(id),
         text_serial(ty),
@@ -1083,25 +1088,27 @@ fn encode_row(out: &mut Vec<u8>, ev: &Event, format4: bool) {
         text_serial(at),
     ];
     let types: usize = serials.iter().map(|s| varint_len(*s)).sum();
-    push_varint(out, header_len(types) as u64);
+    let mut pos = put_varint(out, header_len(types) as u64);
     for s in serials {
-        push_varint(out, s);
+        pos += put_varint(&mut out[pos..], s);
     }
     for t in [id, ty, agg, data] {
-        out.extend_from_slice(t);
+        out[pos..pos + t.len()].copy_from_slice(t);
+        pos += t.len();
     }
-    out.extend_from_slice(&ev.sequence_number.to_be_bytes()[8 - seq_len..]);
-    out.extend_from_slice(at);
+    out[pos..pos + seq_len].copy_from_slice(&ev.sequence_number.to_be_bytes()[8 - seq_len..]);
+    pos += seq_len;
+    out[pos..pos + at.len()].copy_from_slice(at);
 }
 
-fn index_payload_len(e: &Entry<'_>, format4: bool) -> usize {
-    let (t, len) = int_serial(e.rowid, format4);
+fn index_payload_len(e: &Entry<'_>) -> usize {
+    let (t, len) = int_serial(e.rowid);
     let types = varint_len(text_serial(&e.key)) + varint_len(t);
     header_len(types) + e.key.len() + len
 }
 
-fn encode_index(out: &mut Vec<u8>, e: &Entry<'_>, format4: bool) {
-    let (t, len) = int_serial(e.rowid, format4);
+fn encode_index(out: &mut Vec<u8>, e: &Entry<'_>) {
+    let (t, len) = int_serial(e.rowid);
     let key_type = text_serial(&e.key);
     push_varint(out, header_len(varint_len(key_type) + varint_len(t)) as u64);
     push_varint(out, key_type);
@@ -1172,6 +1179,12 @@ fn read_varint(b: &[u8]) -> Option<(u64, usize)> {
     Some(((v << 8) | u64::from(*b.get(8)?), 9))
 }
 
+/// Tests see what the direct writes of their thread did.
+#[cfg(test)]
+pub(crate) fn note(outcome: Outcome) {
+    tests::WRITTEN.with(|w| w.borrow_mut().push(outcome));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1183,6 +1196,8 @@ mod tests {
         /// What the direct writes of this thread did (replay runs them on
         /// the calling thread).
         pub(super) static WRITTEN: RefCell<Vec<Outcome>> = const { RefCell::new(Vec::new()) };
+        /// Makes [`write`] decline (after SQLite's commit of the projections).
+        pub(super) static DECLINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
         /// The old index pages the last rebuild put on the freelist.
         pub(super) static FREED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }
@@ -1242,7 +1257,7 @@ mod tests {
                 .iter()
                 .map(|o| match o {
                     Outcome::Done => "done",
-                    Outcome::RowsOnly { .. } => "rows only",
+                    Outcome::RowsOnly => "rows only",
                     Outcome::Declined(_) => "declined",
                 })
                 .collect();
@@ -1271,7 +1286,7 @@ mod tests {
         let depth_before = depth(&conn);
         assert!(depth_before >= 3, "{depth_before}");
         replay(&mut conn, &events[8000..], &direct()).unwrap();
-        assert_eq!(written(), [Outcome::RowsOnly { base: 8000 }]);
+        assert_eq!(written(), [Outcome::RowsOnly]);
         assert_eq!(check(&conn).0, "ok");
         let mut expected = staged(dir.path(), "expected.db", 1024);
         replay(&mut expected, &events, &ReplayOptions::default()).unwrap();
@@ -1390,6 +1405,24 @@ mod tests {
     }
 
     #[test]
+    fn a_write_declined_after_the_projections_puts_the_rows_in_through_sqlite() {
+        let events = crate::simulate::random_events(17, 3000);
+        let dir = tempfile::tempdir().unwrap();
+        let mut expected = staged(dir.path(), "expected.db", 4096);
+        replay(&mut expected, &events, &ReplayOptions::default()).unwrap();
+        let mut conn = staged(dir.path(), "declined.db", 4096);
+        DECLINE.with(|d| d.set(true));
+        // Onto an empty table (index rebuilt), then onto a larger one (index
+        // entries through SQLite already).
+        replay(&mut conn, &events[..2000], &direct()).unwrap();
+        replay(&mut conn, &events[2000..], &direct()).unwrap();
+        DECLINE.with(|d| d.set(false));
+        assert_eq!(written().len(), 2);
+        assert_eq!(check(&conn).0, "ok");
+        assert_eq!(dump(&conn), dump(&expected));
+    }
+
+    #[test]
     fn new_pages_skip_the_lock_byte_page() {
         let mut alloc = Alloc {
             next: 20,
@@ -1466,16 +1499,28 @@ mod tests {
             i64::MIN,
             i64::MAX,
         ] {
-            for format4 in [true, false] {
-                let e = Entry {
-                    key: Cow::Borrowed(b"k"),
-                    rowid: v,
-                };
-                let mut ours = Vec::new();
-                encode_index(&mut ours, &e, format4);
-                assert_eq!(ours.len(), index_payload_len(&e, format4));
-                assert_eq!(parse_index_record(&ours).map(|e| e.rowid), Some(v));
+            let e = Entry {
+                key: Cow::Borrowed(b"k"),
+                rowid: v,
+            };
+            let mut ours = Vec::new();
+            encode_index(&mut ours, &e);
+            assert_eq!(ours.len(), index_payload_len(&e));
+            // Header: its length, text of length 1, the integer's type.
+            let (t, len) = int_serial(v);
+            assert_eq!(&ours[..4], &[3, 15, t as u8, b'k']);
+            let body = &ours[4..];
+            assert_eq!(body.len(), len);
+            let mut back: i64 = if body[0] & 0x80 != 0 { -1 } else { 0 };
+            for b in body {
+                back = (back << 8) | i64::from(*b);
             }
+            assert_eq!(back, v);
+            // The smallest width that holds it.
+            let fits =
+                |w: usize| w == 8 || (-(1i64 << (8 * w - 1))..(1i64 << (8 * w - 1))).contains(&v);
+            let smallest = [1usize, 2, 3, 4, 6, 8].into_iter().find(|w| fits(*w));
+            assert_eq!(Some(len), smallest, "{v}");
         }
     }
 }

@@ -18,11 +18,12 @@
 //!
 //! [`ReplayOptions::staging`] is for a database that is thrown away if anything
 //! fails (a restore's staged copy): the replay then runs under an exclusive
-//! lock with no rollback journal and no syncs, inserts the event rows by
-//! multi-row statements, puts the journal mode back (WAL stays WAL) and fsyncs
-//! the file once. What remains is SQLite's own work: per event a row appended to
-//! `events` and a random insert into its `event_id` index (UUIDs), which is
-//! most of the time of a large replay.
+//! lock with no rollback journal and no syncs, puts the journal mode back (WAL
+//! stays WAL) and fsyncs the file once. The event rows and their `event_id`
+//! index entries are written apart, each in its b-tree's order
+//! ([`crate::bulk`]); on a large replay their pages are built in parallel
+//! while SQLite writes the projections, and written into the file after
+//! SQLite's commit ([`crate::pages`], [`ReplayOptions::direct_pages_from`]).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -231,36 +232,14 @@ pub fn replay_with_extensions(
         _ => None,
     };
     let result = (|| {
-        let pre = match &direct {
-            Some((trees, path)) => Some(pages_beside_fold(conn, *trees, path, events)?),
-            None => None,
-        };
+        if let Some((trees, path)) = &direct {
+            if replay_direct(conn, *trees, path, events)? {
+                return Ok(());
+            }
+        }
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(Error::sqlite("beginning the replay transaction"))?;
-        if let (Some((outcome, folded)), Some((trees, _))) = (pre, direct) {
-            let rows_result = match outcome {
-                Ok(pages::Outcome::Done) => Ok(()),
-                Ok(pages::Outcome::RowsOnly { base }) => {
-                    let _imposters = bulk::Imposters::create(&tx, trees)?;
-                    bulk::insert_index(&tx, events, base)
-                }
-                Ok(pages::Outcome::Declined(reason)) => {
-                    tracing::debug!("event rows through SQLite: {reason}");
-                    let _imposters = bulk::Imposters::create(&tx, trees)?;
-                    bulk::insert_events(&tx, events)
-                }
-                // An I/O error may have left part of the pages written.
-                Err(e) if e.sequence().is_none() => return Err(e),
-                Err(e) => Err(e),
-            };
-            write_folded(&tx, events, rows_result, folded)?;
-            let t = std::time::Instant::now();
-            tx.commit()
-                .map_err(Error::sqlite("committing the replay"))?;
-            tracing::debug!("commit done in {:?}", t.elapsed());
-            return Ok(());
-        }
         let imposters = match rows {
             EventRows::Bulk(trees) => Some(bulk::Imposters::create(&tx, trees)?),
             _ => None,
@@ -310,29 +289,110 @@ pub fn replay_with_extensions(
     result.map(|()| report)
 }
 
-/// Writes the event rows (and when possible their index entries) into the
-/// database file directly while the events are folded. The connection's
-/// exclusive lock is released meanwhile, so that SQLite rereads the file
-/// (whose change counter moves) when it next locks it, and taken again after.
-fn pages_beside_fold<'e>(
-    conn: &Connection,
+/// A large replay onto a staged file (see [`crate::pages`]): the leaf pages
+/// of the event rows (and of the rebuilt `event_id` index, when it holds no
+/// more entries than the replay adds) are built on other threads while
+/// SQLite writes the projections; after the commit the connection's lock is
+/// released and the pages are written into the file, which SQLite rereads
+/// (its change counter moves) when it next locks it. Whatever the direct
+/// write declines is done through SQLite. `Ok(false)`: declined before
+/// anything was written; the caller replays the ordinary way.
+fn replay_direct(
+    conn: &mut Connection,
     trees: bulk::EventTrees,
     path: &std::path::Path,
-    events: &'e [Event],
-) -> Result<(Result<pages::Outcome>, Folded<'e>)> {
+    events: &[Event],
+) -> Result<bool> {
+    let page_size = match pages::page_size(conn)? {
+        Ok(p) => p,
+        Err(reason) => {
+            tracing::debug!("event rows through SQLite: {reason}");
+            return Ok(false);
+        }
+    };
     let base = bulk::max_rowid(conn)?;
-    let pragma = |sql: &str| {
+    // Rowids start at 1: the index holds at most `base` entries.
+    let old = if base <= events.len() as i64 {
+        match pages::index_entries(conn)? {
+            Ok(old) => Some(old),
+            Err(reason) => {
+                tracing::debug!("event rows through SQLite: {reason}");
+                return Ok(false);
+            }
+        }
+    } else {
+        None
+    };
+    let rebuild = old.is_some();
+    // Rows (and the index entries, unless already inserted) through SQLite.
+    let through_sqlite = |tx: &Transaction<'_>, reason: &str| -> Result<()> {
+        tracing::debug!("event rows through SQLite: {reason}");
+        let _imposters = bulk::Imposters::create(tx, trees)?;
+        if rebuild {
+            bulk::insert_events(tx, events)
+        } else {
+            bulk::insert_rows(tx, events, base)
+        }
+    };
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(Error::sqlite("beginning the replay transaction"))?;
+    let t0 = std::time::Instant::now();
+    let folded = fold(events);
+    tracing::debug!("fold done in {:?}", t0.elapsed());
+    let (built, written) = std::thread::scope(|s| {
+        let builder = s.spawn(|| pages::build(page_size, events, base, old));
+        let index = if rebuild {
+            Ok(())
+        } else {
+            bulk::Imposters::create(&tx, trees)
+                .and_then(|_imposters| bulk::insert_index(&tx, events, base))
+        };
+        let written = write_folded(&tx, events, index, folded);
+        (builder.join(), written)
+    });
+    let built = built.map_err(|_| {
+        Error::Schema("internal error: building the pages of the event rows panicked".into())
+    })?;
+    let built = match (built, written) {
+        (Ok(b), Ok(())) => b,
+        (Err(e), Ok(())) | (Ok(_), Err(e)) => return Err(e),
+        // The error of the earlier event: a duplicate id, or a projection's.
+        (Err(a), Err(b)) => {
+            let seq = |e: &Error| e.sequence().unwrap_or(i64::MAX);
+            return Err(if seq(&a) <= seq(&b) { a } else { b });
+        }
+    };
+    let built = match built {
+        Ok(built) => built,
+        Err(reason) => {
+            #[cfg(test)]
+            pages::note(pages::Outcome::Declined(reason.clone()));
+            through_sqlite(&tx, &reason)?;
+            tx.commit()
+                .map_err(Error::sqlite("committing the replay"))?;
+            return Ok(true);
+        }
+    };
+    tx.commit()
+        .map_err(Error::sqlite("committing the replay"))?;
+    let pragma = |conn: &Connection, sql: &str| {
         conn.query_row(sql, [], |_| Ok(()))
             .map_err(Error::sqlite(format!("staging replay: {sql}")))
     };
-    pragma("PRAGMA locking_mode=NORMAL")?;
+    pragma(conn, "PRAGMA locking_mode=NORMAL")?;
     // The next access releases the lock.
-    pragma("SELECT count(*) FROM sqlite_schema")?;
-    let (outcome, folded) = fold_beside(events, || {
-        pages::append_events(path, trees.roots(), events, base)
-    })?;
-    pragma("PRAGMA locking_mode=EXCLUSIVE")?;
-    Ok((outcome, folded))
+    pragma(conn, "SELECT count(*) FROM sqlite_schema")?;
+    if let pages::Outcome::Declined(reason) = pages::write(path, trees.roots(), &built)? {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(Error::sqlite("beginning the replay transaction"))?;
+        through_sqlite(&tx, &reason)?;
+        tx.commit()
+            .map_err(Error::sqlite("committing the replay"))?;
+    }
+    pragma(conn, "PRAGMA locking_mode=EXCLUSIVE")?;
+    Ok(true)
 }
 
 /// The settings a staging replay changes, to put back afterwards.
