@@ -17,7 +17,8 @@
 //! config table each of them receives.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use rayon::prelude::*;
@@ -181,30 +182,69 @@ struct EventReplay {
     handlers: Vec<PluginExtension>,
 }
 
-/// Converts an archived row (bytes, verbatim) into an event, moving its bytes.
-fn to_event(row: EventRow) -> Result<Event> {
+/// Converts an archived row (bytes, verbatim) into an event, taking its bytes
+/// (the row is left with empty fields).
+fn to_event(row: &mut EventRow) -> Result<Event> {
     let seq = row.sequence_number;
-    let text = |field: &str, bytes: Vec<u8>| {
-        String::from_utf8(bytes).map_err(|_| {
+    let text = |field: &str, bytes: &mut Vec<u8>| {
+        String::from_utf8(std::mem::take(bytes)).map_err(|_| {
             Error::Failed(format!(
                 "archived event #{seq} has a {field} that is not UTF-8 text"
             ))
         })
     };
     Ok(Event {
-        event_id: text("event_id", row.event_id)?,
-        event_type: text("event_type", row.event_type)?,
-        aggregate_id: text("aggregate_id", row.aggregate_id)?,
-        event_data: text("event_data", row.event_data)?,
+        event_id: text("event_id", &mut row.event_id)?,
+        event_type: text("event_type", &mut row.event_type)?,
+        aggregate_id: text("aggregate_id", &mut row.aggregate_id)?,
+        event_data: text("event_data", &mut row.event_data)?,
         sequence_number: seq,
-        created_at: text("created_at", row.created_at)?,
+        created_at: text("created_at", &mut row.created_at)?,
     })
 }
 
+/// The event of an archived row, or `None` when its `created_at` is after
+/// `until` (the row is then left as it is).
+fn select_event(row: &mut EventRow, until: DateTime<Utc>) -> Result<Option<Event>> {
+    let seq = row.sequence_number;
+    let at = std::str::from_utf8(&row.created_at).map_err(|_| {
+        Error::Failed(format!(
+            "archived event #{seq} has a created_at that is not UTF-8 text"
+        ))
+    })?;
+    let t = genesis_trading::time::parse(at, || format!("created_at of event #{seq}"))
+        .map_err(|e| Error::Failed(e.to_string()))?;
+    if t > until {
+        return Ok(None);
+    }
+    to_event(row).map(Some)
+}
+
+/// What stands in the output for a row that is not part of the result (after
+/// the target, or failed); it allocates nothing and is truncated away.
+fn placeholder() -> Event {
+    Event {
+        event_id: String::new(),
+        event_type: String::new(),
+        aggregate_id: String::new(),
+        event_data: String::new(),
+        sequence_number: 0,
+        created_at: String::new(),
+    }
+}
+
 /// The archived events to replay from the decoded event objects: above
-/// `after_seq`, in sequence order, up to the first whose `created_at` is after
-/// `until` (so always a prefix). Rows are converted and their times read in
-/// parallel; an archived row after that prefix is never an error.
+/// `after_seq`, in sequence order (the first of rows with the same sequence
+/// number), up to the first whose `created_at` is after `until` (so always a
+/// prefix). An archived row after that prefix is never an error.
+///
+/// A million rows go through here on a large restore, so no row is moved
+/// about: the rows are put in order as references, then each is converted
+/// (its time read, its bytes moved into the event) in parallel, straight
+/// into its place in the result. A row that ends the prefix (after the
+/// target, or failed) records its index; rows beyond the lowest such index
+/// are skipped, and the result is cut there, or the failure of that row
+/// returned.
 ///
 /// # Errors
 /// [`Error::Failed`] naming an archived event of the prefix that is not UTF-8
@@ -214,44 +254,74 @@ pub fn select_events(
     after_seq: i64,
     until: DateTime<Utc>,
 ) -> Result<Vec<Event>> {
-    let total: usize = objects.iter().map(|o| o.len()).sum();
-    let mut rows: Vec<EventRow> = Vec::with_capacity(total);
-    for object in objects {
-        let object = Arc::try_unwrap(object).unwrap_or_else(|shared| (*shared).clone());
-        rows.extend(object.into_iter().filter(|r| r.sequence_number > after_seq));
+    let mut objects: Vec<Vec<EventRow>> = objects
+        .into_par_iter()
+        .map(|object| Arc::try_unwrap(object).unwrap_or_else(|shared| (*shared).clone()))
+        .collect();
+    // Each object's rows above `after_seq`, and whether they are in order;
+    // in parallel, as this reads every row.
+    let parts: Vec<(Vec<&mut EventRow>, bool)> = objects
+        .par_iter_mut()
+        .map(|object| {
+            let rows: Vec<&mut EventRow> = object
+                .iter_mut()
+                .filter(|r| r.sequence_number > after_seq)
+                .collect();
+            let sorted = rows.is_sorted_by(|a, b| a.sequence_number < b.sequence_number);
+            (rows, sorted)
+        })
+        .collect();
+    let mut sorted = parts.iter().all(|(_, sorted)| *sorted);
+    let mut rows: Vec<&mut EventRow> = Vec::with_capacity(parts.iter().map(|p| p.0.len()).sum());
+    for (part, _) in parts {
+        if let (Some(last), Some(first)) = (rows.last(), part.first()) {
+            sorted &= last.sequence_number < first.sequence_number;
+        }
+        rows.extend(part);
     }
     // Capture archives in sequence order: usually there is nothing to sort.
-    if !rows.is_sorted_by(|a, b| a.sequence_number < b.sequence_number) {
+    if !sorted {
         rows.sort_by_key(|r| r.sequence_number);
         rows.dedup_by_key(|r| r.sequence_number);
     }
-    // None: after the target (the prefix ends there; the row is not converted).
-    let converted: Vec<Result<Option<Event>>> = rows
-        .into_par_iter()
+    // The index of the first row that ends the prefix (only ever lowered;
+    // read for certain after the parallel loop has joined).
+    let end = AtomicUsize::new(usize::MAX);
+    let failures: Mutex<Vec<(usize, Error)>> = Mutex::new(Vec::new());
+    let mut events = Vec::new();
+    rows.into_par_iter()
         .with_min_len(4096)
-        .map(|row| {
-            let seq = row.sequence_number;
-            let at = std::str::from_utf8(&row.created_at).map_err(|_| {
-                Error::Failed(format!(
-                    "archived event #{seq} has a created_at that is not UTF-8 text"
-                ))
-            })?;
-            let t = genesis_trading::time::parse(at, || format!("created_at of event #{seq}"))
-                .map_err(|e| Error::Failed(e.to_string()))?;
-            if t > until {
-                return Ok(None);
+        .enumerate()
+        .map(|(i, row)| {
+            if i > end.load(Ordering::Relaxed) {
+                return placeholder();
             }
-            to_event(row).map(Some)
+            let failed = match select_event(row, until) {
+                Ok(Some(ev)) => return ev,
+                Ok(None) => None,
+                Err(e) => Some(e),
+            };
+            end.fetch_min(i, Ordering::Relaxed);
+            if let Some(e) = failed {
+                failures
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((i, e));
+            }
+            placeholder()
         })
-        .collect();
-    let mut out = Vec::with_capacity(converted.len());
-    for c in converted {
-        match c? {
-            Some(ev) => out.push(ev),
-            None => break,
-        }
+        .collect_into_vec(&mut events);
+    // What is left of the rows: mostly emptied, but every one is looked at.
+    objects.into_par_iter().for_each(drop);
+    let end = end.into_inner();
+    let failures = failures
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, e)) = failures.into_iter().find(|(i, _)| *i == end) {
+        return Err(e);
     }
-    Ok(out)
+    events.truncate(end);
+    Ok(events)
 }
 
 fn trading_error(path: &Path) -> impl Fn(genesis_trading::Error) -> Error + '_ {
@@ -405,5 +475,257 @@ mod tests {
             err.contains("archived event #3 has a event_data that is not UTF-8"),
             "{err}"
         );
+    }
+
+    /// The documented semantics, one row at a time: what `select_events`
+    /// must return (events, or the error's text) whatever the parallel split.
+    fn reference(
+        objects: &[Vec<EventRow>],
+        after_seq: i64,
+        until: DateTime<Utc>,
+    ) -> std::result::Result<Vec<Event>, String> {
+        let mut rows: Vec<EventRow> = objects
+            .iter()
+            .flatten()
+            .filter(|r| r.sequence_number > after_seq)
+            .cloned()
+            .collect();
+        // Stable: of rows with the same sequence number, the first read stays.
+        rows.sort_by_key(|r| r.sequence_number);
+        rows.dedup_by_key(|r| r.sequence_number);
+        let mut out = Vec::new();
+        for r in rows {
+            let seq = r.sequence_number;
+            let text = |field: &str, bytes: Vec<u8>| {
+                String::from_utf8(bytes).map_err(|_| {
+                    format!("archived event #{seq} has a {field} that is not UTF-8 text")
+                })
+            };
+            let at = text("created_at", r.created_at.clone())?;
+            let t = genesis_trading::time::parse(&at, || format!("created_at of event #{seq}"))
+                .map_err(|e| e.to_string())?;
+            if t > until {
+                break;
+            }
+            out.push(Event {
+                event_id: text("event_id", r.event_id)?,
+                event_type: text("event_type", r.event_type)?,
+                aggregate_id: text("aggregate_id", r.aggregate_id)?,
+                event_data: text("event_data", r.event_data)?,
+                sequence_number: seq,
+                created_at: at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A small deterministic generator (xorshift), so failures reproduce.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// Archives of several objects, large enough to be split across threads:
+    /// in order or not (shuffled, overlapping, duplicated sequence numbers),
+    /// with the odd bad row (not UTF-8, not a time) before or after the cut.
+    #[test]
+    fn matches_the_one_row_at_a_time_semantics() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let start = time("2025-01-15T10:00:00");
+        for case in 0..48 {
+            // No bad rows, a few, or one every few thousand.
+            let bad_one_in = [u64::MAX, 40_000, 4_000][case / 4 % 3];
+            let n_objects = 1 + rng.below(5) as usize;
+            let per_object = 1 + rng.below(6000) as usize;
+            let mut seq = rng.below(3) as i64;
+            let mut objects: Vec<Vec<EventRow>> = Vec::new();
+            for _ in 0..n_objects {
+                let mut rows = Vec::new();
+                for _ in 0..per_object {
+                    seq += 1;
+                    let at = start + chrono::Duration::milliseconds(seq * 10);
+                    let mut r = row(seq, &genesis_trading::time::format(at));
+                    r.event_id = format!("e{seq}-{}", objects.len()).into_bytes();
+                    match rng.below(bad_one_in) {
+                        0 => r.event_data = vec![b'{', 0xff, b'}'],
+                        1 => r.created_at = vec![0xc3],
+                        2 => r.created_at = b"not a time".to_vec(),
+                        3 => r.created_at = b"2025-01-15T10:00:00Z".to_vec(),
+                        _ => {}
+                    }
+                    rows.push(r);
+                }
+                objects.push(rows);
+            }
+            match case % 4 {
+                // Overlap: the next object starts again a little earlier.
+                1 => {
+                    let back = rng.below(50) as i64;
+                    for r in objects.iter_mut().skip(1).flatten() {
+                        r.sequence_number -= back;
+                    }
+                }
+                // Objects in reverse order.
+                2 => objects.reverse(),
+                // A few rows swapped inside an object.
+                3 => {
+                    for o in &mut objects {
+                        for _ in 0..3 {
+                            let (i, j) = (rng.below(o.len() as u64), rng.below(o.len() as u64));
+                            o.swap(i as usize, j as usize);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            let total = (n_objects * per_object) as i64;
+            let after_seq = rng.below(total as u64 / 2 + 1) as i64;
+            // The target: anywhere from before the first row selected to after the last.
+            let until_ms = (after_seq + rng.below((total - after_seq) as u64 + 50) as i64) * 10;
+            let until = start + chrono::Duration::milliseconds(until_ms + rng.below(10) as i64);
+            let expected = reference(&objects, after_seq, until);
+            let shared: Vec<Arc<Vec<EventRow>>> = objects.into_iter().map(Arc::new).collect();
+            let got = select_events(shared, after_seq, until).map_err(|e| e.to_string());
+            eprintln!(
+                "case {case}: {} rows, {:?}",
+                total,
+                expected
+                    .as_ref()
+                    .map(Vec::len)
+                    .map_err(|e| e.chars().take(40).collect::<String>())
+            );
+            assert_eq!(got, expected, "case {case}");
+        }
+    }
+
+    /// Bad rows far apart, so that threads find a later one first: the first
+    /// in sequence order still decides, and the cut before it still wins.
+    #[test]
+    fn with_bad_rows_across_threads_the_first_in_order_decides() {
+        let start = time("2025-01-15T10:00:00");
+        let objects = |late: Option<i64>| {
+            let rows: Vec<EventRow> = (1..=20_000)
+                .map(|seq| {
+                    let at = start + chrono::Duration::milliseconds(seq * 10);
+                    let mut r = row(seq, &genesis_trading::time::format(at));
+                    if late == Some(seq) {
+                        r.created_at = b"2030-01-01T00:00:00".to_vec();
+                    }
+                    if [4_900, 10_100, 10_200, 15_100, 19_000].contains(&seq) {
+                        r.event_data = vec![0xff];
+                    }
+                    r
+                })
+                .collect();
+            rows.chunks(4_000)
+                .map(|c| c.to_vec())
+                .collect::<Vec<Vec<EventRow>>>()
+        };
+        let until = start + chrono::Duration::seconds(1_000);
+        for _ in 0..8 {
+            let err = select_events(objects(None).into_iter().map(Arc::new).collect(), 0, until)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("archived event #4900 has a event_data"),
+                "{err}"
+            );
+            let events = select_events(
+                objects(Some(4_800)).into_iter().map(Arc::new).collect(),
+                0,
+                until,
+            )
+            .unwrap();
+            assert_eq!(events.len(), 4_799);
+        }
+        assert_eq!(
+            select_events(objects(None).into_iter().map(Arc::new).collect(), 0, until)
+                .map_err(|e| e.to_string()),
+            reference(&objects(None), 0, until)
+        );
+    }
+
+    #[test]
+    fn a_bad_row_after_the_cut_is_never_an_error() {
+        let mut not_text = row(3, "2025-01-15T10:00:03");
+        not_text.created_at = vec![0xff];
+        let mut not_a_time = row(4, "2025-01-15T10:00:04");
+        not_a_time.created_at = b"soon".to_vec();
+        let objects = vec![
+            Arc::new(vec![
+                row(1, "2025-01-15T10:00:01"),
+                row(2, "2025-01-15T10:00:09"),
+            ]),
+            Arc::new(vec![not_text, not_a_time]),
+        ];
+        let events = select_events(objects, 0, time("2025-01-15T10:00:05")).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event_id, "e1");
+    }
+
+    #[test]
+    fn the_first_bad_row_in_sequence_order_is_named() {
+        let mut not_text = row(3, "2025-01-15T10:00:03");
+        not_text.created_at = vec![0xff];
+        let mut not_a_time = row(2, "2025-01-15T10:00:02");
+        not_a_time.created_at = b"soon".to_vec();
+        // Out of order: #3 is read first, #2 comes first in sequence order.
+        let objects = vec![
+            Arc::new(vec![not_text]),
+            Arc::new(vec![row(1, "2025-01-15T10:00:01"), not_a_time]),
+        ];
+        let err = select_events(objects, 0, time("2025-01-15T10:00:09"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("created_at of event #2"), "{err}");
+        assert!(err.contains("soon"), "{err}");
+        let mut first = row(1, "2025-01-15T10:00:01");
+        first.created_at = vec![0xff];
+        let err = select_events(vec![Arc::new(vec![first])], 0, time("2025-01-15T10:00:09"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("archived event #1 has a created_at that is not UTF-8"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn of_rows_with_the_same_sequence_number_the_first_read_is_kept() {
+        let mut again = row(2, "2025-01-15T10:00:02");
+        again.event_id = b"again".to_vec();
+        let objects = vec![
+            Arc::new(vec![
+                row(1, "2025-01-15T10:00:01"),
+                row(2, "2025-01-15T10:00:02"),
+            ]),
+            Arc::new(vec![again, row(3, "2025-01-15T10:00:03")]),
+        ];
+        let events = select_events(objects, 0, time("2025-01-15T10:00:09")).unwrap();
+        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, ["e1", "e2", "e3"]);
+    }
+
+    #[test]
+    fn nothing_after_the_database_selects_nothing() {
+        let objects = vec![
+            Arc::new(Vec::new()),
+            Arc::new(vec![
+                row(1, "2025-01-15T10:00:01"),
+                row(2, "2025-01-15T10:00:02"),
+            ]),
+        ];
+        assert!(select_events(objects, 2, time("2025-01-15T10:00:09"))
+            .unwrap()
+            .is_empty());
+        assert!(select_events(Vec::new(), 0, time("2025-01-15T10:00:09"))
+            .unwrap()
+            .is_empty());
     }
 }

@@ -76,21 +76,42 @@ struct Reader<'a> {
     object: &'a str,
 }
 
+/// A read that found fewer bytes left than it needs (the count).
+struct Short(usize);
+
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.buf.len())
-            .ok_or_else(|| {
-                Error::corrupt(
-                    self.object,
-                    format!("truncated: needs {n} more bytes at offset {}", self.pos),
-                )
-            })?;
-        let s = &self.buf[self.pos..end];
-        self.pos = end;
+    /// `n` bytes, or [`Short`] (nothing consumed) when fewer are left: no
+    /// error value is built on the way, for the event rows' hot loop.
+    #[inline]
+    fn get(&mut self, n: usize) -> std::result::Result<&'a [u8], Short> {
+        let s = self
+            .buf
+            .get(self.pos..)
+            .and_then(|rest| rest.get(..n))
+            .ok_or(Short(n))?;
+        self.pos += n;
         Ok(s)
+    }
+    #[inline]
+    fn get_array<const N: usize>(&mut self) -> std::result::Result<[u8; N], Short> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.get(N)?);
+        Ok(a)
+    }
+    /// A `u32`-length-prefixed byte string, copied.
+    #[inline]
+    fn get_bytes(&mut self) -> std::result::Result<Vec<u8>, Short> {
+        let len = u32::from_le_bytes(self.get_array()?) as usize;
+        Ok(self.get(len)?.to_vec())
+    }
+    fn truncated(&self, Short(n): Short) -> Error {
+        Error::corrupt(
+            self.object,
+            format!("truncated: needs {n} more bytes at offset {}", self.pos),
+        )
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        self.get(n).map_err(|short| self.truncated(short))
     }
     fn u32(&mut self) -> Result<u32> {
         let b = self.take(4)?;
@@ -209,22 +230,20 @@ pub fn decode_events(object: &str, raw: &[u8]) -> Result<Vec<EventRow>> {
     }
     let n = r.u32()? as usize;
     let mut rows = Vec::with_capacity(n.min(1 << 20));
+    // Fields in the order the format stores them (a struct expression
+    // evaluates in source order).
+    let row = |r: &mut Reader<'_>| -> std::result::Result<EventRow, Short> {
+        Ok(EventRow {
+            sequence_number: i64::from_le_bytes(r.get_array()?),
+            event_id: r.get_bytes()?,
+            event_type: r.get_bytes()?,
+            aggregate_id: r.get_bytes()?,
+            event_data: r.get_bytes()?,
+            created_at: r.get_bytes()?,
+        })
+    };
     for _ in 0..n {
-        let sequence_number = r.i64()?;
-        let mut fields: [Vec<u8>; 5] = Default::default();
-        for f in fields.iter_mut() {
-            let len = r.u32()? as usize;
-            *f = r.take(len)?.to_vec();
-        }
-        let [event_id, event_type, aggregate_id, event_data, created_at] = fields;
-        rows.push(EventRow {
-            sequence_number,
-            event_id,
-            event_type,
-            aggregate_id,
-            event_data,
-            created_at,
-        });
+        rows.push(row(&mut r).map_err(|short| r.truncated(short))?);
     }
     if r.pos != raw.len() {
         return Err(Error::corrupt(
@@ -302,7 +321,24 @@ mod tests {
         }];
         let raw = encode_events(&rows);
         assert_eq!(decode_events("e", &raw).unwrap(), rows);
-        assert!(decode_events("e", &raw[..raw.len() - 2]).is_err());
+        // created_at (26 bytes) is the last field: its length prefix ends 26
+        // bytes before the end of the object.
+        let at = raw.len() - 26;
+        let err = decode_events("e", &raw[..raw.len() - 2])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!("backup object e: truncated: needs 26 more bytes at offset {at}")
+        );
+        let err = decode_events("e", &raw[..at - 1]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "backup object e: truncated: needs 4 more bytes at offset {}",
+                at - 4
+            )
+        );
     }
 
     proptest::proptest! {
