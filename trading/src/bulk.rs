@@ -42,6 +42,7 @@ use std::ffi::{c_int, CStr};
 use rayon::slice::ParallelSliceMut;
 use rusqlite::{ffi, Connection, OptionalExtension};
 
+use crate::effects::SqlVal;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::stmt::insert_chunks;
@@ -89,24 +90,39 @@ const EXPECTED_COLUMNS: [(&str, &str, i64); 6] = [
 /// # Errors
 /// [`Error::Sqlite`] when the schema cannot be read.
 pub(crate) fn event_trees(conn: &Connection) -> Result<Option<EventTrees>> {
-    inspect(conn).map_err(Error::sqlite("reading the events table's schema"))
+    let found = inspect(conn, "events", &EXPECTED_COLUMNS, &["event_id"])
+        .map_err(Error::sqlite("reading the events table's schema"))?;
+    Ok(found.map(|(table_root, roots)| EventTrees {
+        table_root,
+        index_root: roots[0],
+    }))
 }
 
-fn inspect(conn: &Connection) -> rusqlite::Result<Option<EventTrees>> {
-    let table: Option<(String, i64, i64)> = conn
+/// The root pages of `table` and of its unique indexes, one per column of
+/// `unique` (in that order), when the table is a rowid table with exactly
+/// the `columns` (name, declared type, part of the primary key), whose only
+/// indexes are those (single-column, BINARY, not partial), with no trigger and
+/// no foreign key, and no table is named like an imposter; else `None`.
+fn inspect(
+    conn: &Connection,
+    table: &str,
+    columns: &[(&str, &str, i64)],
+    unique: &[&str],
+) -> rusqlite::Result<Option<(c_int, Vec<c_int>)>> {
+    let kind: Option<(String, i64, i64)> = conn
         .query_row(
-            "SELECT type, wr, strict FROM pragma_table_list WHERE schema = 'main' AND name = 'events'",
-            [],
+            "SELECT type, wr, strict FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+            [table],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
-    if table != Some(("table".to_string(), 0, 0)) {
+    if kind != Some(("table".to_string(), 0, 0)) {
         return Ok(None);
     }
-    let mut stmt = conn
-        .prepare("SELECT name, type, pk, hidden FROM pragma_table_xinfo('events') ORDER BY cid")?;
-    let columns = stmt
-        .query_map([], |r| {
+    let mut stmt =
+        conn.prepare("SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid")?;
+    let found = stmt
+        .query_map([table], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -115,78 +131,85 @@ fn inspect(conn: &Connection) -> rusqlite::Result<Option<EventTrees>> {
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let same_columns = columns.len() == EXPECTED_COLUMNS.len()
-        && columns
+    let same_columns = found.len() == columns.len()
+        && found
             .iter()
-            .zip(EXPECTED_COLUMNS)
+            .zip(columns)
             .all(|((name, ty, pk, hidden), (n, t, p))| {
-                name == n && ty.eq_ignore_ascii_case(t) && *pk == p && *hidden == 0
+                name == n && ty.eq_ignore_ascii_case(t) && pk == p && *hidden == 0
             });
     if !same_columns {
         return Ok(None);
     }
-    let mut stmt =
-        conn.prepare("SELECT name, \"unique\", origin, partial FROM pragma_index_list('events')")?;
+    let mut stmt = conn.prepare("SELECT name, \"unique\", partial FROM pragma_index_list(?1)")?;
     let indexes = stmt
-        .query_map([], |r| {
+        .query_map([table], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(2)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let [(index, 1, origin, 0)] = indexes.as_slice() else {
-        return Ok(None);
-    };
-    if origin != "pk" {
+    if indexes.len() != unique.len() {
         return Ok(None);
     }
-    let mut stmt = conn.prepare(
+    let mut roots = vec![0; unique.len()];
+    let mut parts = conn.prepare(
         "SELECT cid, name, \"desc\", coll, key FROM pragma_index_xinfo(?1) ORDER BY seqno",
     )?;
-    let parts = stmt
-        .query_map([index], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, Option<String>>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, i64>(4)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let key_is_event_id = matches!(
-        parts.as_slice(),
-        [(0, Some(name), 0, Some(coll), 1), (-1, None, 0, _, 0)]
-            if name == "event_id" && coll.eq_ignore_ascii_case("BINARY")
-    );
+    for (index, is_unique, partial) in &indexes {
+        if *is_unique != 1 || *partial != 0 {
+            return Ok(None);
+        }
+        let parts = parts
+            .query_map([index], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let column = match parts.as_slice() {
+            [(c, Some(name), 0, Some(coll), 1), (-1, None, 0, _, 0)]
+                if *c >= 0 && coll.eq_ignore_ascii_case("BINARY") =>
+            {
+                name
+            }
+            _ => return Ok(None),
+        };
+        let Some(slot) = unique.iter().position(|u| u == column) else {
+            return Ok(None);
+        };
+        match root(conn, "index", index)? {
+            Some(r) if roots[slot] == 0 => roots[slot] = r,
+            _ => return Ok(None),
+        }
+    }
     let others: i64 = conn.query_row(
-        "SELECT (SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = 'events' COLLATE NOCASE)
-              + (SELECT count(*) FROM pragma_foreign_key_list('events'))
-              + (SELECT count(*) FROM sqlite_schema WHERE name IN (?1, ?2) COLLATE NOCASE)",
-        [TABLE_IMPOSTER, INDEX_IMPOSTER],
+        "SELECT (SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1 COLLATE NOCASE)
+              + (SELECT count(*) FROM pragma_foreign_key_list(?1))
+              + (SELECT count(*) FROM sqlite_schema WHERE name LIKE 'genesis\\_bulk\\_%' ESCAPE '\\')",
+        [table],
         |r| r.get(0),
     )?;
-    if !key_is_event_id || others != 0 {
+    if others != 0 {
         return Ok(None);
     }
-    let root = |ty: &str, name: &str| -> rusqlite::Result<Option<c_int>> {
-        let page: i64 = conn.query_row(
-            "SELECT rootpage FROM sqlite_schema WHERE type = ?1 AND name = ?2",
-            [ty, name],
-            |r| r.get(0),
-        )?;
-        Ok(c_int::try_from(page).ok().filter(|p| *p > 1))
-    };
-    Ok(match (root("table", "events")?, root("index", index)?) {
-        (Some(table_root), Some(index_root)) => Some(EventTrees {
-            table_root,
-            index_root,
-        }),
-        _ => None,
-    })
+    Ok(root(conn, "table", table)?.map(|t| (t, roots)))
+}
+
+/// The root page of a table or index, when it is a b-tree page past the first.
+fn root(conn: &Connection, ty: &str, name: &str) -> rusqlite::Result<Option<c_int>> {
+    let page: i64 = conn.query_row(
+        "SELECT rootpage FROM sqlite_schema WHERE type = ?1 AND name = ?2",
+        [ty, name],
+        |r| r.get(0),
+    )?;
+    Ok(c_int::try_from(page).ok().filter(|p| *p > 1))
 }
 
 /// The imposter tables over the `events` b-trees, for as long as the guard
@@ -202,25 +225,49 @@ impl<'c> Imposters<'c> {
     /// [`Error::Staging`] when SQLite does not create them as imposters (a
     /// build of SQLite without test controls).
     pub(crate) fn create(conn: &'c Connection, trees: EventTrees) -> Result<Imposters<'c>> {
+        Imposters::declare(
+            conn,
+            &[
+                (
+                    trees.table_root,
+                    format!("CREATE TABLE {TABLE_IMPOSTER}(event_id TEXT, event_type TEXT, aggregate_id TEXT, event_data TEXT, sequence_number INTEGER, created_at TEXT)"),
+                ),
+                (trees.index_root, key_imposter(INDEX_IMPOSTER)),
+            ],
+        )
+    }
+
+    /// Declares the imposters of `orders` (see [`insert_orders`]).
+    ///
+    /// # Errors
+    /// As [`Imposters::create`].
+    pub(crate) fn create_orders(conn: &'c Connection, trees: OrderTrees) -> Result<Imposters<'c>> {
+        let columns: Vec<String> = ORDER_TABLE_COLUMNS
+            .iter()
+            .map(|(name, ty, _)| format!("{name} {ty}"))
+            .collect();
+        Imposters::declare(
+            conn,
+            &[
+                (
+                    trees.table,
+                    format!("CREATE TABLE {ORDERS_IMPOSTER}({})", columns.join(", ")),
+                ),
+                (trees.order_id, key_imposter(ORDER_ID_IMPOSTER)),
+                (trees.client_order_id, key_imposter(CLIENT_ID_IMPOSTER)),
+            ],
+        )
+    }
+
+    fn declare(conn: &'c Connection, tables: &[(c_int, String)]) -> Result<Imposters<'c>> {
         let guard = Imposters { conn };
-        imposter(
-            conn,
-            trees.table_root,
-            &format!(
-                "CREATE TABLE {TABLE_IMPOSTER}(event_id TEXT, event_type TEXT, aggregate_id TEXT, event_data TEXT, sequence_number INTEGER, created_at TEXT)"
-            ),
-        )?;
-        imposter(
-            conn,
-            trees.index_root,
-            &format!(
-                "CREATE TABLE {INDEX_IMPOSTER}(k TEXT, r INTEGER, PRIMARY KEY (k)) WITHOUT ROWID"
-            ),
-        )?;
+        for (root, sql) in tables {
+            imposter(conn, *root, sql)?;
+        }
         let written: i64 = conn
             .query_row(
-                "SELECT count(*) FROM sqlite_schema WHERE name IN (?1, ?2)",
-                [TABLE_IMPOSTER, INDEX_IMPOSTER],
+                "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'genesis\\_bulk\\_%' ESCAPE '\\'",
+                [],
                 |r| r.get(0),
             )
             .map_err(Error::sqlite("checking the imposter tables"))?;
@@ -231,6 +278,12 @@ impl<'c> Imposters<'c> {
         }
         Ok(guard)
     }
+}
+
+/// The imposter of a unique single-column index of a rowid table: the key
+/// alone is the primary key, so SQLite enforces its uniqueness.
+fn key_imposter(name: &str) -> String {
+    format!("CREATE TABLE {name}(k TEXT, r INTEGER, PRIMARY KEY (k)) WITHOUT ROWID")
 }
 
 impl Drop for Imposters<'_> {
@@ -383,9 +436,18 @@ pub(crate) fn insert_rows(conn: &Connection, events: &[Event], base: i64) -> Res
 }
 
 fn insert_keys(conn: &Connection, keys: &[(&str, i64)]) -> rusqlite::Result<()> {
+    insert_key_entries(conn, INDEX_IMPOSTER, keys)
+}
+
+/// Inserts index entries `(key, rowid)` through an index imposter.
+fn insert_key_entries(
+    conn: &Connection,
+    imposter: &str,
+    keys: &[(&str, i64)],
+) -> rusqlite::Result<()> {
     let sql = |rows: usize| {
         let values = vec!["(?,?)"; rows].join(",");
-        format!("INSERT INTO {INDEX_IMPOSTER}(k, r) VALUES {values}")
+        format!("INSERT INTO {imposter}(k, r) VALUES {values}")
     };
     insert_chunks(conn, keys, KEYS_PER_INSERT, sql, |stmt, i, (k, r)| {
         stmt.bind_text(2 * i + 1, k)?;
@@ -418,10 +480,236 @@ fn first_duplicate(conn: &Connection, events: &[Event], base: i64) -> Error {
     )
 }
 
+// ---- New orders -------------------------------------------------------
+
+/// DOMAIN.md's `orders` columns: name, declared type, part of the primary key.
+const ORDER_TABLE_COLUMNS: [(&str, &str, i64); 14] = [
+    ("order_id", "TEXT", 1),
+    ("client_order_id", "TEXT", 0),
+    ("symbol", "TEXT", 0),
+    ("side", "TEXT", 0),
+    ("order_type", "TEXT", 0),
+    ("quantity", "REAL", 0),
+    ("price", "REAL", 0),
+    ("status", "TEXT", 0),
+    ("created_at", "TEXT", 0),
+    ("filled_quantity", "REAL", 0),
+    ("executed_price", "REAL", 0),
+    ("filled_at", "TEXT", 0),
+    ("cancelled_at", "TEXT", 0),
+    ("position_id", "TEXT", 0),
+];
+
+const ORDERS_IMPOSTER: &str = "genesis_bulk_orders";
+const ORDER_ID_IMPOSTER: &str = "genesis_bulk_orders_id";
+const CLIENT_ID_IMPOSTER: &str = "genesis_bulk_orders_client";
+
+/// Rows per multi-row insert of orders (fifteen parameters each).
+const ORDERS_PER_INSERT: usize = 32;
+
+/// The b-trees of an `orders` table that can take the fast path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OrderTrees {
+    table: c_int,
+    order_id: c_int,
+    client_order_id: c_int,
+}
+
+/// The `orders` b-trees when the table is exactly DOMAIN.md's (as
+/// [`event_trees`] for `events`), else `None`.
+///
+/// # Errors
+/// [`Error::Sqlite`] when the schema cannot be read.
+pub(crate) fn order_trees(conn: &Connection) -> Result<Option<OrderTrees>> {
+    let found = inspect(
+        conn,
+        "orders",
+        &ORDER_TABLE_COLUMNS,
+        &["order_id", "client_order_id"],
+    )
+    .map_err(Error::sqlite("reading the orders table's schema"))?;
+    Ok(found.map(|(table, roots)| OrderTrees {
+        table,
+        order_id: roots[0],
+        client_order_id: roots[1],
+    }))
+}
+
+/// A new row of `orders`: its key, its other columns in table order (`None`
+/// is NULL), and the index of the event that created it.
+pub(crate) struct NewOrder<'r> {
+    pub key: &'r str,
+    pub cols: &'r [Option<SqlVal<'r>>],
+    pub first: usize,
+}
+
+/// Inserts new orders (given in the order their events created them) as
+/// [`insert_events`] inserts events: the rows appended with the rowids
+/// one-by-one inserts would give, then the entries of each of the two unique
+/// indexes in key order. `Ok(false)`, with nothing written, when an order's
+/// `client_order_id` is not text (NULL cannot be a key of the imposter, and
+/// the order of other types is SQLite's to decide).
+///
+/// # Errors
+/// [`Error::Event`] naming the event of the first order whose id or client
+/// order id is already taken; [`Error::Sqlite`]. The database must then be
+/// discarded (this runs only on staged copies).
+pub(crate) fn insert_orders<'o>(
+    conn: &Connection,
+    trees: OrderTrees,
+    events: &[Event],
+    orders: &'o [NewOrder<'o>],
+) -> Result<bool> {
+    if orders.is_empty() || orders.iter().any(|o| client_id(o).is_none()) {
+        return Ok(false);
+    }
+    let base: i64 = conn
+        .query_row("SELECT coalesce(max(rowid), 0) FROM orders", [], |r| {
+            r.get(0)
+        })
+        .map_err(Error::sqlite("reading the highest rowid of orders"))?;
+    if base.checked_add(orders.len() as i64).is_none() {
+        return Ok(false);
+    }
+    let _imposters = Imposters::create_orders(conn, trees)?;
+    let sort = |key: fn(&'o NewOrder<'o>) -> &'o str| -> Vec<(&'o str, i64)> {
+        let mut keys: Vec<(&str, i64)> = orders
+            .iter()
+            .zip(base + 1..)
+            .map(|(o, rowid)| (key(o), rowid))
+            .collect();
+        keys.par_sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        keys
+    };
+    let (rows, keys) = std::thread::scope(|s| {
+        let sorter = s.spawn(|| (sort(|o| o.key), sort(|o| client_id(o).unwrap_or_default())));
+        (insert_order_rows(conn, events, orders, base), sorter.join())
+    });
+    rows?;
+    let Ok((ids, clients)) = keys else {
+        return Err(Error::Staging(
+            "internal error: sorting the order ids panicked".into(),
+        ));
+    };
+    let taken = |keys: &[(&str, i64)], imposter: &str| -> rusqlite::Result<bool> {
+        if keys.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Ok(true);
+        }
+        match insert_key_entries(conn, imposter, keys) {
+            Ok(()) => Ok(false),
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == ffi::ErrorCode::ConstraintViolation =>
+            {
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    };
+    let clash = taken(&ids, ORDER_ID_IMPOSTER)
+        .and_then(|a| Ok(a || taken(&clients, CLIENT_ID_IMPOSTER)?))
+        .map_err(Error::sqlite("inserting the orders index entries"))?;
+    if clash {
+        return Err(first_taken_order(conn, events, orders, base));
+    }
+    #[cfg(test)]
+    tests::ORDERS_BULK.with(|n| n.set(n.get() + 1));
+    Ok(true)
+}
+
+/// An order's `client_order_id` when it is text.
+fn client_id<'o>(o: &'o NewOrder<'o>) -> Option<&'o str> {
+    match o.cols.first() {
+        Some(Some(SqlVal::Text(t))) => Some(t.as_ref()),
+        _ => None,
+    }
+}
+
+fn insert_order_rows(
+    conn: &Connection,
+    events: &[Event],
+    orders: &[NewOrder<'_>],
+    base: i64,
+) -> Result<()> {
+    let n = ORDER_TABLE_COLUMNS.len() + 1;
+    let sql = |rows: usize| {
+        let marks = format!("({})", vec!["?"; n].join(","));
+        let names: Vec<&str> = ORDER_TABLE_COLUMNS.iter().map(|c| c.0).collect();
+        format!(
+            "INSERT INTO {ORDERS_IMPOSTER}(rowid, {}) VALUES {}",
+            names.join(", "),
+            vec![marks.as_str(); rows].join(",")
+        )
+    };
+    let null = SqlVal::Null;
+    let mut rowid = base;
+    insert_chunks(conn, orders, ORDERS_PER_INSERT, sql, |stmt, i, o| {
+        rowid += 1;
+        let p = i * n;
+        stmt.bind_int(p + 1, rowid)?;
+        stmt.bind_text(p + 2, o.key)?;
+        for (j, v) in o.cols.iter().enumerate() {
+            stmt.bind_val(p + 3 + j, v.as_ref().unwrap_or(&null))?;
+        }
+        Ok(())
+    })
+    .map_err(|(i, e)| {
+        let o = &orders[i];
+        Error::event(
+            &events[o.first],
+            format!("cannot write order {}: {e}", o.key),
+        )
+    })
+}
+
+/// The error for the first new order, in the order of the events that
+/// created them, whose id or client order id repeats an earlier one or one
+/// already in the database (rowid at most `base`), worded as the ordinary
+/// path words it.
+fn first_taken_order<'o>(
+    conn: &Connection,
+    events: &[Event],
+    orders: &'o [NewOrder<'o>],
+    base: i64,
+) -> Error {
+    let existing = |imposter: &str, k: &str| -> bool {
+        conn.query_row(
+            &format!("SELECT 1 FROM {imposter} WHERE k = ?1 AND r <= ?2"),
+            rusqlite::params![k, base],
+            |_| Ok(()),
+        )
+        .is_ok()
+    };
+    let mut ids = HashSet::with_capacity(orders.len());
+    let mut clients = HashSet::with_capacity(orders.len());
+    for o in orders {
+        if !ids.insert(o.key) || existing(ORDER_ID_IMPOSTER, o.key) {
+            return Error::event(&events[o.first], format!("order {} already exists", o.key));
+        }
+        let c = client_id(o).unwrap_or_default();
+        if !clients.insert(c) || existing(CLIENT_ID_IMPOSTER, c) {
+            return Error::event(
+                &events[o.first],
+                format!(
+                    "cannot write order {}: UNIQUE constraint failed: orders.client_order_id",
+                    o.key
+                ),
+            );
+        }
+    }
+    Error::Staging(
+        "a bulk insert of orders failed on a uniqueness constraint no order explains".into(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replay::{replay, ReplayOptions};
+    use crate::replay::{dump, replay, ReplayOptions};
+
+    thread_local! {
+        /// Bulk inserts of new orders on this thread.
+        pub(super) static ORDERS_BULK: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
 
     fn staged(dir: &std::path::Path, extra: &str) -> Connection {
         let conn = Connection::open(dir.join("staged.db")).unwrap();
@@ -549,5 +837,148 @@ mod tests {
                 && err.contains("UNIQUE constraint failed: events.event_id"),
             "{err}"
         );
+    }
+
+    fn direct() -> ReplayOptions {
+        ReplayOptions {
+            staging: true,
+            direct_pages_from: 1,
+            ..ReplayOptions::default()
+        }
+    }
+
+    /// The events with the `field` of the `n`-th ORDER_CREATED's data set to
+    /// `value`.
+    fn with_order_field(
+        mut events: Vec<Event>,
+        n: usize,
+        field: &str,
+        value: serde_json::Value,
+    ) -> (Vec<Event>, usize) {
+        let i = events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.event_type == "ORDER_CREATED")
+            .nth(n)
+            .map(|(i, _)| i)
+            .unwrap();
+        let mut data: serde_json::Value = serde_json::from_str(&events[i].event_data).unwrap();
+        data[field] = value;
+        events[i].event_data = data.to_string();
+        (events, i)
+    }
+
+    fn client_id_of(ev: &Event) -> serde_json::Value {
+        let data: serde_json::Value = serde_json::from_str(&ev.event_data).unwrap();
+        data["client_order_id"].clone()
+    }
+
+    #[test]
+    fn only_domains_orders_table_takes_the_fast_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = staged(dir.path(), "");
+        assert!(order_trees(&conn).unwrap().is_some());
+        for extra in [
+            "CREATE INDEX orders_symbol ON orders(symbol)",
+            "CREATE TRIGGER orders_t AFTER INSERT ON orders BEGIN SELECT 1; END",
+            "ALTER TABLE orders ADD COLUMN note TEXT",
+            "CREATE TABLE genesis_bulk_orders(x)",
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let conn = staged(dir.path(), extra);
+            assert_eq!(order_trees(&conn).unwrap(), None, "{extra}");
+        }
+    }
+
+    #[test]
+    fn new_orders_written_apart_equal_sqlites_own() {
+        let events = crate::simulate::random_events(21, 4000);
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = staged(dir.path(), "");
+        ORDERS_BULK.with(|n| n.set(0));
+        replay(&mut conn, &events[..1500], &direct()).unwrap();
+        replay(&mut conn, &events[1500..], &direct()).unwrap();
+        assert_eq!(ORDERS_BULK.with(std::cell::Cell::get), 2);
+        assert_eq!(integrity(&conn), "ok");
+        let mut expected = Connection::open_in_memory().unwrap();
+        crate::schema::ensure_schema(&expected).unwrap();
+        replay(&mut expected, &events, &ReplayOptions::default()).unwrap();
+        assert_eq!(dump(&conn), dump(&expected));
+        // The unique index on client_order_id holds for the bulk rows.
+        let (_, i) = with_order_field(events.clone(), 3, "client_order_id", 0.into());
+        let taken = client_id_of(&events[i]);
+        let dup = conn.execute(
+            "INSERT INTO orders (order_id, client_order_id) VALUES ('fresh', ?1)",
+            [taken.as_str().unwrap()],
+        );
+        assert!(dup.unwrap_err().to_string().contains("UNIQUE"));
+    }
+
+    #[test]
+    fn a_taken_client_order_id_names_the_event_as_the_ordinary_path_does() {
+        let events = crate::simulate::random_events(22, 3000);
+        let first = events
+            .iter()
+            .find(|e| e.event_type == "ORDER_CREATED")
+            .unwrap();
+        let (events, i) =
+            with_order_field(events.clone(), 40, "client_order_id", client_id_of(first));
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = staged(dir.path(), "");
+        let fast = replay(&mut conn, &events, &direct())
+            .unwrap_err()
+            .to_string();
+        let mut plain = Connection::open_in_memory().unwrap();
+        crate::schema::ensure_schema(&plain).unwrap();
+        let slow = replay(&mut plain, &events, &ReplayOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(fast, slow);
+        assert!(
+            fast.starts_with(&format!("event #{} (", events[i].sequence_number))
+                && fast.contains("UNIQUE constraint failed: orders.client_order_id"),
+            "{fast}"
+        );
+        // An order id already in the database.
+        let events = crate::simulate::random_events(23, 3000);
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = staged(dir.path(), "");
+        replay(&mut conn, &events[..1000], &direct()).unwrap();
+        let mut rest = events[1000..].to_vec();
+        let j = rest
+            .iter()
+            .position(|e| e.event_type == "ORDER_CREATED")
+            .unwrap();
+        let old = events[..1000]
+            .iter()
+            .find(|e| e.event_type == "ORDER_CREATED")
+            .unwrap();
+        rest[j].aggregate_id = old.aggregate_id.clone();
+        let err = replay(&mut conn, &rest, &direct()).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("event #{} (", rest[j].sequence_number))
+                && err.contains(&format!("order {} already exists", old.aggregate_id)),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_order_without_client_id_sends_the_orders_the_ordinary_way() {
+        let (events, _) = with_order_field(
+            crate::simulate::random_events(24, 3000),
+            5,
+            "client_order_id",
+            serde_json::Value::Null,
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = staged(dir.path(), "");
+        ORDERS_BULK.with(|n| n.set(0));
+        replay(&mut conn, &events, &direct()).unwrap();
+        assert_eq!(ORDERS_BULK.with(std::cell::Cell::get), 0);
+        assert_eq!(integrity(&conn), "ok");
+        let mut expected = Connection::open_in_memory().unwrap();
+        crate::schema::ensure_schema(&expected).unwrap();
+        replay(&mut expected, &events, &ReplayOptions::default()).unwrap();
+        assert_eq!(dump(&conn), dump(&expected));
     }
 }

@@ -324,6 +324,7 @@ fn replay_direct(
         None
     };
     let rebuild = old.is_some();
+    let orders = bulk::order_trees(conn)?;
     // Rows (and the index entries, unless already inserted) through SQLite.
     let through_sqlite = |tx: &Transaction<'_>, reason: &str| -> Result<()> {
         tracing::debug!("event rows through SQLite: {reason}");
@@ -348,7 +349,7 @@ fn replay_direct(
             bulk::Imposters::create(&tx, trees)
                 .and_then(|_imposters| bulk::insert_index(&tx, events, base))
         };
-        let written = write_folded(&tx, events, index, folded);
+        let written = write_folded(&tx, events, index, folded, orders);
         (builder.join(), written)
     });
     let built = built.map_err(|_| {
@@ -853,7 +854,7 @@ fn replay_segment(tx: &Transaction<'_>, events: &[Event], rows: EventRows) -> Re
         EventRows::Batched => insert_event_rows_batched(tx, events),
         EventRows::Bulk(_) => bulk::insert_events(tx, events),
     })?;
-    write_folded(tx, events, rows_result, folded)
+    write_folded(tx, events, rows_result, folded, None)
 }
 
 /// Folds `events` on another thread while `work` runs on this one.
@@ -884,6 +885,7 @@ fn write_folded(
     events: &[Event],
     rows_result: Result<()>,
     folded: Folded<'_>,
+    orders: Option<bulk::OrderTrees>,
 ) -> Result<()> {
     let t0 = std::time::Instant::now();
     let mut first_error: Option<(usize, Error)> = None;
@@ -902,7 +904,7 @@ fn write_folded(
     for (i, e) in folded.errors {
         note(i, e);
     }
-    write_rows(tx, events, &folded.rows, &mut note)?;
+    write_rows(tx, events, &folded.rows, &mut note, orders)?;
     tracing::debug!(
         "{} projection rows done in {:?}",
         folded.rows.len(),
@@ -942,10 +944,46 @@ fn write_rows<'r>(
     events: &[Event],
     rows: &'r [RowState<'_>],
     note: &mut impl FnMut(usize, Error),
+    orders: Option<bulk::OrderTrees>,
 ) -> Result<()> {
     const NULL: SqlVal<'static> = SqlVal::Null;
+    // New orders, on a large staged replay: rows and index entries apart (see
+    // crate::bulk), before any statement below is prepared (the imposters
+    // reload the schema).
+    let is_new_order =
+        |r: &RowState<'_>| r.table == Table::Orders && matches!(r.mode, Mode::Created(_));
+    let mut new_orders_written = false;
+    if let Some(trees) = orders {
+        let new: Vec<bulk::NewOrder<'_>> = rows
+            .iter()
+            .filter(|r| is_new_order(r))
+            .map(|r| bulk::NewOrder {
+                key: r.key.as_ref(),
+                cols: &r.cols,
+                first: r.first,
+            })
+            .collect();
+        if !new.is_empty() {
+            match bulk::insert_orders(tx, trees, events, &new) {
+                Ok(written) => new_orders_written = written,
+                Err(e) => match e
+                    .sequence()
+                    .and_then(|s| events.iter().position(|ev| ev.sequence_number == s))
+                {
+                    Some(i) => {
+                        note(i, e);
+                        new_orders_written = true;
+                    }
+                    None => return Err(e),
+                },
+            }
+        }
+    }
     let mut cache = StmtCache::default();
     for row in rows {
+        if new_orders_written && is_new_order(row) {
+            continue;
+        }
         let (kind, mask) = match row.mode {
             Mode::Created(_) => (OpKind::Insert, (1u32 << row.cols.len()) - 1),
             Mode::MustExist(_) => (OpKind::Update, row.mask()),
