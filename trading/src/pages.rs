@@ -5,18 +5,18 @@
 //! costs SQLite a trip through its virtual machine, its b-tree layer and its
 //! page cache, on one thread; on a replay of a million events that is most of
 //! the time. Here the rows and their index entries are written as SQLite's
-//! file format defines them (<https://www.sqlite.org/fileformat2.html>), in
-//! two steps:
+//! file format defines them (<https://www.sqlite.org/fileformat2.html>), while
+//! the replay folds the events' effects, and before SQLite writes them:
 //!
-//! 1. [`build`]: the leaf pages, in memory and in parallel, while SQLite
-//!    writes the projections. Leaf pages hold no page numbers (rows that would
-//!    need overflow pages decline the direct write), so they can be built
-//!    before it is known where they go.
-//! 2. [`write`], after SQLite's commit, with the connection holding no lock:
-//!    the leaves at the end of the file, the interior pages above them, and
-//!    the database header last, with its change counter moved so that SQLite
-//!    discards its page cache when it next reads the file, as it does after
-//!    another process's write.
+//! 1. [`build`] decides which rows (or index entries) go on which leaf page,
+//!    and finds duplicate ids, before anything is written.
+//! 2. [`write`], with the connection holding no lock, builds the leaf pages in
+//!    parallel and writes them at the end of the file, then the interior
+//!    pages above them, then the database header, with its change counter
+//!    moved so that SQLite discards its page cache when it next reads the
+//!    file, as it does after another process's write. The pages' writeback to
+//!    disk is started at once, so it overlaps SQLite's writing of the
+//!    projections and the final fsync finds it mostly done.
 //!
 //! * **Rows** are appended to the table's b-tree: the new leaves follow the
 //!   rightmost leaf, and the interior pages on the rightmost path take the new
@@ -137,30 +137,52 @@ pub(crate) fn index_entries(conn: &Connection) -> Result<OrDeclined<Vec<Entry<'s
     Ok(Ok(out))
 }
 
-/// Leaf pages built in memory, in key order: page `i` is
-/// `buf[i * page_size..]` and holds the items `groups[i]`.
+/// The leaves of a b-tree, in key order: leaf `i` holds the items
+/// `groups[i]`.
 struct Leaves {
-    buf: Vec<u8>,
     groups: Vec<Range<usize>>,
 }
 
-/// The pages of a direct write that do not depend on page numbers, built
+/// The rebuilt index: all its entries, in key order, its leaves, and the
+/// entries between two leaves.
+struct Index<'e> {
+    entries: Vec<Entry<'e>>,
+    leaves: Leaves,
+    dividers: Vec<Entry<'e>>,
+}
+
+/// What a direct write needs that does not depend on page numbers, decided
 /// while SQLite writes the rest of the replay; see [`build`].
 pub(crate) struct Built<'e> {
     page_size: usize,
     base: i64,
+    events: &'e [Event],
     rows: Leaves,
-    /// The rebuilt index: its leaves and the entries between them.
-    index: Option<(Leaves, Vec<Entry<'e>>)>,
+    index: Option<Index<'e>>,
 }
 
-/// Builds the leaf pages of the rows of `events` (rowids from `base + 1`)
-/// and, when `old` (the index's entries) is given, of the rebuilt index.
+/// Decides the leaf pages of the rows of `events` (rowids from `base + 1`)
+/// and, when `old` (the index's entries) is given, of the rebuilt index; the
+/// pages are built as they are written.
 ///
 /// # Errors
 /// [`Error::Event`] naming the first event whose id repeats an earlier one or
 /// one of `old`.
 pub(crate) fn build<'e>(
+    page_size: usize,
+    events: &'e [Event],
+    base: i64,
+    old: Option<Vec<Entry<'static>>>,
+) -> Result<OrDeclined<Built<'e>>> {
+    let built = plan_leaves(page_size, events, base, old);
+    #[cfg(test)]
+    if let Ok(Err(reason)) = &built {
+        tests::WRITTEN.with(|w| w.borrow_mut().push(Outcome::Declined(reason.clone())));
+    }
+    built
+}
+
+fn plan_leaves<'e>(
     page_size: usize,
     events: &'e [Event],
     base: i64,
@@ -228,38 +250,23 @@ pub(crate) fn build<'e>(
                 .map(|g| entries[g.end].clone())
                 .collect();
             tracing::debug!("index split in {:?}", t.elapsed());
-            let buf = build_leaves(u, &groups, |page, g| index_leaf(page, u, &entries[g]));
-            tracing::debug!("index leaves in {:?}", t.elapsed());
-            Some((Leaves { buf, groups }, dividers))
+            Some(Index {
+                entries,
+                leaves: Leaves { groups },
+                dividers,
+            })
         }
         None => None,
     };
     let groups = split_plain(&cells, u - 8);
-    let buf = build_leaves(u, &groups, |page, g| {
-        let first = base + 1 + g.start as i64;
-        table_leaf(page, u, (first..).zip(&events[g]));
-    });
-    tracing::debug!("leaf pages built in {:?}", t.elapsed());
+    tracing::debug!("leaves planned in {:?}", t.elapsed());
     Ok(Ok(Built {
         page_size,
         base,
-        rows: Leaves { buf, groups },
+        events,
+        rows: Leaves { groups },
         index,
     }))
-}
-
-/// One buffer of leaf pages, built in parallel.
-fn build_leaves(
-    page_size: usize,
-    groups: &[Range<usize>],
-    fill: impl Fn(&mut [u8], Range<usize>) + Sync,
-) -> Vec<u8> {
-    let mut buf = vec![0u8; groups.len() * page_size];
-    buf.par_chunks_mut(page_size)
-        .zip(groups.par_iter())
-        .with_min_len(64)
-        .for_each(|(page, g)| fill(page, g.clone()));
-    buf
 }
 
 /// Writes the built pages into the database file at `path`: the row leaves
@@ -403,17 +410,18 @@ impl Db {
     /// Writes the planned pages: leaves in parallel, then the rest, the
     /// header last.
     fn write(&self, plan: &Plan, built: &Built<'_>) -> Result<()> {
-        let mut leaves = vec![(&built.rows, plan.row_leaves.as_slice())];
-        if let Some((index, _)) = &built.index {
-            leaves.push((index, plan.index_leaves.as_slice()));
-        }
-        for (built, numbers) in leaves {
-            numbers
-                .par_chunks(LEAVES_PER_WRITE)
-                .enumerate()
-                .try_for_each(|(c, chunk)| {
-                    self.write_run(&built.buf, c * LEAVES_PER_WRITE, chunk)
-                })?;
+        let u = self.page_size;
+        let rows = &built.rows.groups;
+        self.write_leaves(&plan.row_leaves, |i, page| {
+            let g = rows[i].clone();
+            let first = built.base + 1 + g.start as i64;
+            table_leaf(page, u, (first..).zip(&built.events[g]));
+        })?;
+        if let Some(index) = &built.index {
+            let groups = &index.leaves.groups;
+            self.write_leaves(&plan.index_leaves, |i, page| {
+                index_leaf(page, u, &index.entries[groups[i].clone()]);
+            })?;
         }
         for (no, page) in &plan.pages {
             write_at(&self.file, page, self.offset(*no))
@@ -429,30 +437,60 @@ impl Db {
         self.file
             .set_len(u64::from(plan.pages_after) * self.page_size as u64)
             .map_err(self.io("extend the staged database"))?;
-        write_at(&self.file, &header, 0).map_err(self.io("write the staged database's header"))
+        write_at(&self.file, &header, 0).map_err(self.io("write the staged database's header"))?;
+        start_writeback(&self.file);
+        Ok(())
     }
 
-    /// Writes leaves `first..` of `buf` at the page numbers `numbers`, each
-    /// run of consecutive numbers at once.
-    fn write_run(&self, buf: &[u8], first: usize, numbers: &[u32]) -> Result<()> {
+    /// Builds leaf `i` with `fill(i, page)` and writes it at `numbers[i]`,
+    /// in parallel, each run of consecutive page numbers at once.
+    fn write_leaves(&self, numbers: &[u32], fill: impl Fn(usize, &mut [u8]) + Sync) -> Result<()> {
         let ps = self.page_size;
-        let mut start = 0;
-        while start < numbers.len() {
-            let mut end = start + 1;
-            while end < numbers.len() && numbers[end] == numbers[end - 1] + 1 {
-                end += 1;
-            }
-            let bytes = &buf[(first + start) * ps..(first + end) * ps];
-            write_at(&self.file, bytes, self.offset(numbers[start]))
-                .map_err(self.io("write pages of the staged database"))?;
-            start = end;
-        }
-        Ok(())
+        numbers
+            .par_chunks(LEAVES_PER_WRITE)
+            .enumerate()
+            .try_for_each(|(c, chunk)| {
+                let mut buf = vec![0u8; chunk.len() * ps];
+                for (k, page) in buf.chunks_mut(ps).enumerate() {
+                    fill(c * LEAVES_PER_WRITE + k, page);
+                }
+                let mut start = 0;
+                while start < chunk.len() {
+                    let mut end = start + 1;
+                    while end < chunk.len() && chunk[end] == chunk[end - 1] + 1 {
+                        end += 1;
+                    }
+                    write_at(
+                        &self.file,
+                        &buf[start * ps..end * ps],
+                        self.offset(chunk[start]),
+                    )
+                    .map_err(self.io("write pages of the staged database"))?;
+                    start = end;
+                }
+                Ok(())
+            })
     }
 }
 
-/// Leaf pages per write call (and per parallel task).
+/// Leaf pages built and written per parallel task.
 const LEAVES_PER_WRITE: usize = 256;
+
+/// Starts writing the file's dirty pages to disk without waiting, so that
+/// the fsync that ends the staging replay finds most of them written.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for as long as `file` is borrowed;
+    // sync_file_range only reads its arguments. A failure costs only time
+    // (the fsync does the writing), so it is not checked.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_: &File) {}
 
 #[cfg(unix)]
 fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
@@ -548,10 +586,17 @@ fn plan(db: &Db, roots: Roots, built: &Built<'_>) -> Result<OrDeclined<Plan>> {
     };
     let row_leaves = plan_rows(db, &path, built, &mut alloc, &mut pages);
     let (index_leaves, freelist) = match &built.index {
-        Some((leaves, dividers)) => {
+        Some(index) => {
             // The new tree is written on new pages (its top on the root);
             // the old ones go to the freelist, for SQLite to take again.
-            let numbers = plan_index(db, roots.index, leaves, dividers, &mut alloc, &mut pages);
+            let numbers = plan_index(
+                db,
+                roots.index,
+                &index.leaves,
+                &index.dividers,
+                &mut alloc,
+                &mut pages,
+            );
             let freelist = free_pages(db, &old_index, &mut pages);
             #[cfg(test)]
             tests::FREED.with(|f| f.set(old_index.len()));
@@ -1179,12 +1224,6 @@ fn read_varint(b: &[u8]) -> Option<(u64, usize)> {
     Some(((v << 8) | u64::from(*b.get(8)?), 9))
 }
 
-/// Tests see what the direct writes of their thread did.
-#[cfg(test)]
-pub(crate) fn note(outcome: Outcome) {
-    tests::WRITTEN.with(|w| w.borrow_mut().push(outcome));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1196,7 +1235,7 @@ mod tests {
         /// What the direct writes of this thread did (replay runs them on
         /// the calling thread).
         pub(super) static WRITTEN: RefCell<Vec<Outcome>> = const { RefCell::new(Vec::new()) };
-        /// Makes [`write`] decline (after SQLite's commit of the projections).
+        /// Makes [`write`] decline.
         pub(super) static DECLINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
         /// The old index pages the last rebuild put on the freelist.
         pub(super) static FREED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -1405,7 +1444,7 @@ mod tests {
     }
 
     #[test]
-    fn a_write_declined_after_the_projections_puts_the_rows_in_through_sqlite() {
+    fn a_declined_write_puts_the_rows_in_through_sqlite() {
         let events = crate::simulate::random_events(17, 3000);
         let dir = tempfile::tempdir().unwrap();
         let mut expected = staged(dir.path(), "expected.db", 4096);

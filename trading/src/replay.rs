@@ -289,14 +289,15 @@ pub fn replay_with_extensions(
     result.map(|()| report)
 }
 
-/// A large replay onto a staged file (see [`crate::pages`]): the leaf pages
-/// of the event rows (and of the rebuilt `event_id` index, when it holds no
-/// more entries than the replay adds) are built on other threads while
-/// SQLite writes the projections; after the commit the connection's lock is
-/// released and the pages are written into the file, which SQLite rereads
-/// (its change counter moves) when it next locks it. Whatever the direct
-/// write declines is done through SQLite. `Ok(false)`: declined before
-/// anything was written; the caller replays the ordinary way.
+/// A large replay onto a staged file (see [`crate::pages`]). With the
+/// connection's lock released, the pages of the event rows (and of the
+/// rebuilt `event_id` index, when it holds no more entries than the replay
+/// adds) are written into the file while the events are folded, and their
+/// writeback to disk is started; SQLite, which rereads the file when it next
+/// locks it (the change counter moves), then writes the projections while the
+/// disk takes the pages. Whatever the direct write declines is done through
+/// SQLite. `Ok(false)`: declined before anything was written; the caller
+/// replays the ordinary way.
 fn replay_direct(
     conn: &mut Connection,
     trees: bulk::EventTrees,
@@ -325,58 +326,6 @@ fn replay_direct(
     };
     let rebuild = old.is_some();
     let orders = bulk::order_trees(conn)?;
-    // Rows (and the index entries, unless already inserted) through SQLite.
-    let through_sqlite = |tx: &Transaction<'_>, reason: &str| -> Result<()> {
-        tracing::debug!("event rows through SQLite: {reason}");
-        let _imposters = bulk::Imposters::create(tx, trees)?;
-        if rebuild {
-            bulk::insert_events(tx, events)
-        } else {
-            bulk::insert_rows(tx, events, base)
-        }
-    };
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(Error::sqlite("beginning the replay transaction"))?;
-    let t0 = std::time::Instant::now();
-    let folded = fold(events);
-    tracing::debug!("fold done in {:?}", t0.elapsed());
-    let (built, written) = std::thread::scope(|s| {
-        let builder = s.spawn(|| pages::build(page_size, events, base, old));
-        let index = if rebuild {
-            Ok(())
-        } else {
-            bulk::Imposters::create(&tx, trees)
-                .and_then(|_imposters| bulk::insert_index(&tx, events, base))
-        };
-        let written = write_folded(&tx, events, index, folded, orders);
-        (builder.join(), written)
-    });
-    let built = built.map_err(|_| {
-        Error::Schema("internal error: building the pages of the event rows panicked".into())
-    })?;
-    let built = match (built, written) {
-        (Ok(b), Ok(())) => b,
-        (Err(e), Ok(())) | (Ok(_), Err(e)) => return Err(e),
-        // The error of the earlier event: a duplicate id, or a projection's.
-        (Err(a), Err(b)) => {
-            let seq = |e: &Error| e.sequence().unwrap_or(i64::MAX);
-            return Err(if seq(&a) <= seq(&b) { a } else { b });
-        }
-    };
-    let built = match built {
-        Ok(built) => built,
-        Err(reason) => {
-            #[cfg(test)]
-            pages::note(pages::Outcome::Declined(reason.clone()));
-            through_sqlite(&tx, &reason)?;
-            tx.commit()
-                .map_err(Error::sqlite("committing the replay"))?;
-            return Ok(true);
-        }
-    };
-    tx.commit()
-        .map_err(Error::sqlite("committing the replay"))?;
     let pragma = |conn: &Connection, sql: &str| {
         conn.query_row(sql, [], |_| Ok(()))
             .map_err(Error::sqlite(format!("staging replay: {sql}")))
@@ -384,15 +333,51 @@ fn replay_direct(
     pragma(conn, "PRAGMA locking_mode=NORMAL")?;
     // The next access releases the lock.
     pragma(conn, "SELECT count(*) FROM sqlite_schema")?;
-    if let pages::Outcome::Declined(reason) = pages::write(path, trees.roots(), &built)? {
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(Error::sqlite("beginning the replay transaction"))?;
-        through_sqlite(&tx, &reason)?;
-        tx.commit()
-            .map_err(Error::sqlite("committing the replay"))?;
-    }
+    let t0 = std::time::Instant::now();
+    let (written, folded) = std::thread::scope(|s| {
+        let folder = s.spawn(|| {
+            let f = fold(events);
+            tracing::debug!("fold done in {:?}", t0.elapsed());
+            f
+        });
+        let written = pages::build(page_size, events, base, old).and_then(|built| match built {
+            Ok(built) => pages::write(path, trees.roots(), &built),
+            Err(reason) => Ok(pages::Outcome::Declined(reason)),
+        });
+        (written, folder.join())
+    });
     pragma(conn, "PRAGMA locking_mode=EXCLUSIVE")?;
+    let folded = folded
+        .map_err(|_| Error::Schema("internal error: the replay fold panicked".to_string()))?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(Error::sqlite("beginning the replay transaction"))?;
+    let rows = match written {
+        Ok(pages::Outcome::Done) => Ok(()),
+        Ok(pages::Outcome::RowsOnly) => bulk::Imposters::create(&tx, trees)
+            .and_then(|_imposters| bulk::insert_index(&tx, events, base)),
+        Ok(pages::Outcome::Declined(reason)) => {
+            tracing::debug!("event rows through SQLite: {reason}");
+            bulk::Imposters::create(&tx, trees).and_then(|_imposters| {
+                if rebuild {
+                    bulk::insert_events(&tx, events)
+                } else {
+                    bulk::insert_rows(&tx, events, base)
+                        .and_then(|()| bulk::insert_index(&tx, events, base))
+                }
+            })
+        }
+        // An I/O error may have left part of the pages written.
+        Err(e) if e.sequence().is_none() => return Err(e),
+        // A duplicate id, found before anything was written: reported with
+        // the fold's errors, the earliest event's first.
+        Err(e) => Err(e),
+    };
+    write_folded(&tx, events, rows, folded, orders)?;
+    let t = std::time::Instant::now();
+    tx.commit()
+        .map_err(Error::sqlite("committing the replay"))?;
+    tracing::debug!("commit done in {:?}", t.elapsed());
     Ok(true)
 }
 
