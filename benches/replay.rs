@@ -28,6 +28,7 @@ use genesis_trading::{replay, schema, simulate, ReplayOptions};
 use rusqlite::Connection;
 
 fn main() {
+    common::keep_freed_memory();
     let n: usize = std::env::var("GENESIS_BENCH_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -374,6 +374,7 @@ fn remove_db(path: &Path) {
 }
 
 fn main() {
+    common::keep_freed_memory();
     if std::env::args().any(|a| a == "--list") {
         return;
     }
