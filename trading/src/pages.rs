@@ -10,13 +10,16 @@
 //!
 //! 1. [`build`] decides which rows (or index entries) go on which leaf page,
 //!    and finds duplicate ids, before anything is written.
-//! 2. [`write`], with the connection holding no lock, builds the leaf pages in
-//!    parallel and writes them at the end of the file, then the interior
-//!    pages above them, then the database header, with its change counter
-//!    moved so that SQLite discards its page cache when it next reads the
-//!    file, as it does after another process's write. The pages' writeback to
-//!    disk is started at once, so it overlaps SQLite's writing of the
-//!    projections and the final fsync finds it mostly done.
+//! 2. [`prepare`], with the connection holding no lock, writes the interior
+//!    pages that link the new leaves in, then the database header, with its
+//!    change counter moved so that SQLite discards its page cache when it
+//!    next reads the file, as it does after another process's write.
+//! 3. [`Prepared::write_leaves`] builds the leaf pages in parallel and writes
+//!    them while the replay folds the events and SQLite writes the
+//!    projections (which never read them), then starts their writeback to
+//!    disk, so that the fsync ending the replay finds it mostly done. The
+//!    file is closed only after SQLite has released its lock: closing a
+//!    descriptor drops every POSIX lock the process holds on the file.
 //!
 //! * **Rows** are appended to the table's b-tree: the new leaves follow the
 //!   rightmost leaf, and the interior pages on the rightmost path take the new
@@ -213,7 +216,6 @@ fn plan_leaves<'e>(
             events[i].sequence_number
         )));
     }
-    tracing::debug!("cells in {:?}", t.elapsed());
     let index = match old {
         Some(old) => {
             let entries =
@@ -225,7 +227,6 @@ fn plan_leaves<'e>(
                     )),
                     Merge::Unsorted => return Ok(Err("the event_id index is out of order".into())),
                 };
-            tracing::debug!("merged in {:?}", t.elapsed());
             let max = index_max_local(u);
             let sizes: Vec<usize> = entries
                 .par_iter()
@@ -249,7 +250,6 @@ fn plan_leaves<'e>(
                 .iter()
                 .map(|g| entries[g.end].clone())
                 .collect();
-            tracing::debug!("index split in {:?}", t.elapsed());
             Some(Index {
                 entries,
                 leaves: Leaves { groups },
@@ -259,7 +259,7 @@ fn plan_leaves<'e>(
         None => None,
     };
     let groups = split_plain(&cells, u - 8);
-    tracing::debug!("leaves planned in {:?}", t.elapsed());
+    tracing::debug!("leaves decided in {:?}", t.elapsed());
     Ok(Ok(Built {
         page_size,
         base,
@@ -269,19 +269,37 @@ fn plan_leaves<'e>(
     }))
 }
 
-/// Writes the built pages into the database file at `path`: the row leaves
-/// after the table's rightmost leaf, the rebuilt index (if built) over its
-/// old pages, which go to the freelist, the interior pages above them, and
-/// the header last. The connection must hold no lock.
+/// A direct write under way: the file is opened, the interior pages and the
+/// header written; the leaves are written by [`Prepared::write_leaves`].
+pub(crate) struct Prepared<'b, 'e> {
+    db: Db,
+    plan: Plan,
+    built: &'b Built<'e>,
+    pub outcome: Outcome,
+}
+
+/// Starts writing the built pages into the database file at `path`: the
+/// interior pages that link the new row leaves in after the table's
+/// rightmost leaf and those of the rebuilt index (if built), whose old pages
+/// go to the freelist, then the header. The connection must hold no lock;
+/// it may take one once this returns (SQLite then sees the new header, and
+/// never reads the leaves while it writes other tables), but the returned
+/// value, which holds the file open, must be dropped only when it holds none
+/// again: closing a descriptor drops every POSIX lock the process holds on
+/// the file. `Ok(Err(Outcome::Declined))` when nothing was written.
 ///
 /// # Errors
 /// [`Error::Io`] when the file cannot be read or written; the database must
 /// then be discarded.
-pub(crate) fn write(path: &Path, roots: Roots, built: &Built<'_>) -> Result<Outcome> {
+pub(crate) fn prepare<'b, 'e>(
+    path: &Path,
+    roots: Roots,
+    built: &'b Built<'e>,
+) -> Result<std::result::Result<Prepared<'b, 'e>, Outcome>> {
     let declined = |reason: String| {
         #[cfg(test)]
         tests::WRITTEN.with(|w| w.borrow_mut().push(Outcome::Declined(reason.clone())));
-        Ok(Outcome::Declined(reason))
+        Ok(Err(Outcome::Declined(reason)))
     };
     let t = std::time::Instant::now();
     #[cfg(test)]
@@ -297,9 +315,8 @@ pub(crate) fn write(path: &Path, roots: Roots, built: &Built<'_>) -> Result<Outc
         Ok(plan) => plan,
         Err(reason) => return declined(reason),
     };
-    tracing::debug!("pages planned in {:?}", t.elapsed());
-    db.write(&plan, built)?;
-    tracing::debug!("pages written in {:?}", t.elapsed());
+    db.write_structure(&plan)?;
+    tracing::debug!("pages planned and linked in {:?}", t.elapsed());
     let outcome = if built.index.is_some() {
         Outcome::Done
     } else {
@@ -307,7 +324,40 @@ pub(crate) fn write(path: &Path, roots: Roots, built: &Built<'_>) -> Result<Outc
     };
     #[cfg(test)]
     tests::WRITTEN.with(|w| w.borrow_mut().push(outcome.clone()));
-    Ok(outcome)
+    Ok(Ok(Prepared {
+        db,
+        plan,
+        built,
+        outcome,
+    }))
+}
+
+impl Prepared<'_, '_> {
+    /// Builds the leaf pages and writes them, in parallel, then starts their
+    /// writeback to disk.
+    ///
+    /// # Errors
+    /// [`Error::Io`]; the database must then be discarded.
+    pub(crate) fn write_leaves(&self) -> Result<()> {
+        let t = std::time::Instant::now();
+        let (db, plan, built) = (&self.db, &self.plan, self.built);
+        let u = db.page_size;
+        let rows = &built.rows.groups;
+        db.write_leaves(&plan.row_leaves, |i, page| {
+            let g = rows[i].clone();
+            let first = built.base + 1 + g.start as i64;
+            table_leaf(page, u, (first..).zip(&built.events[g]));
+        })?;
+        if let Some(index) = &built.index {
+            let groups = &index.leaves.groups;
+            db.write_leaves(&plan.index_leaves, |i, page| {
+                index_leaf(page, u, &index.entries[groups[i].clone()]);
+            })?;
+        }
+        start_writeback(&db.file);
+        tracing::debug!("leaf pages written in {:?}", t.elapsed());
+        Ok(())
+    }
 }
 
 /// The database file, as the header describes it.
@@ -410,20 +460,12 @@ impl Db {
 
     /// Writes the planned pages: leaves in parallel, then the rest, the
     /// header last.
-    fn write(&self, plan: &Plan, built: &Built<'_>) -> Result<()> {
-        let u = self.page_size;
-        let rows = &built.rows.groups;
-        self.write_leaves(&plan.row_leaves, |i, page| {
-            let g = rows[i].clone();
-            let first = built.base + 1 + g.start as i64;
-            table_leaf(page, u, (first..).zip(&built.events[g]));
-        })?;
-        if let Some(index) = &built.index {
-            let groups = &index.leaves.groups;
-            self.write_leaves(&plan.index_leaves, |i, page| {
-                index_leaf(page, u, &index.entries[groups[i].clone()]);
-            })?;
-        }
+    /// Writes the interior, moved and freelist pages, then the header (the
+    /// file first extended to the new page count).
+    fn write_structure(&self, plan: &Plan) -> Result<()> {
+        self.file
+            .set_len(u64::from(plan.pages_after) * self.page_size as u64)
+            .map_err(self.io("extend the staged database"))?;
         for (no, page) in &plan.pages {
             write_at(&self.file, page, self.offset(*no))
                 .map_err(self.io("write a page of the staged database"))?;
@@ -435,14 +477,7 @@ impl Db {
         header[28..32].copy_from_slice(&plan.pages_after.to_be_bytes());
         header[32..36].copy_from_slice(&plan.freelist.0.to_be_bytes());
         header[36..40].copy_from_slice(&plan.freelist.1.to_be_bytes());
-        self.file
-            .set_len(u64::from(plan.pages_after) * self.page_size as u64)
-            .map_err(self.io("extend the staged database"))?;
-        write_at(&self.file, &header, 0).map_err(self.io("write the staged database's header"))?;
-        let t = std::time::Instant::now();
-        start_writeback(&self.file);
-        tracing::debug!("writeback started in {:?}", t.elapsed());
-        Ok(())
+        write_at(&self.file, &header, 0).map_err(self.io("write the staged database's header"))
     }
 
     /// Builds leaf `i` with `fill(i, page)` and writes it at `numbers[i]`,

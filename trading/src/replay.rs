@@ -20,10 +20,10 @@
 //! fails (a restore's staged copy): the replay then runs under an exclusive
 //! lock with no rollback journal and no syncs, puts the journal mode back (WAL
 //! stays WAL) and fsyncs the file once. The event rows and their `event_id`
-//! index entries are written apart, each in its b-tree's order
-//! ([`crate::bulk`]); on a large replay their pages are built in parallel
-//! while SQLite writes the projections, and written into the file after
-//! SQLite's commit ([`crate::pages`], [`ReplayOptions::direct_pages_from`]).
+//! index entries are written apart, each in its b-tree's order (module
+//! `bulk`); on a large replay their pages are written directly into the file
+//! while the events are folded and SQLite writes the projections (module
+//! `pages`, [`ReplayOptions::direct_pages_from`]).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -87,7 +87,7 @@ pub struct ReplayOptions {
     pub staging: bool,
     /// With [`ReplayOptions::staging`] on a database file: replays of at least
     /// this many events write the pages of the `events` b-trees directly
-    /// (see [`crate::pages`]) instead of through SQLite (default 16,384;
+    /// (see the module `pages`) instead of through SQLite (default 16,384;
     /// `usize::MAX` never).
     pub direct_pages_from: usize,
 }
@@ -330,54 +330,88 @@ fn replay_direct(
         conn.query_row(sql, [], |_| Ok(()))
             .map_err(Error::sqlite(format!("staging replay: {sql}")))
     };
-    pragma(conn, "PRAGMA locking_mode=NORMAL")?;
-    // The next access releases the lock.
-    pragma(conn, "SELECT count(*) FROM sqlite_schema")?;
-    let t0 = std::time::Instant::now();
-    let (written, folded) = std::thread::scope(|s| {
-        let folder = s.spawn(|| {
-            let f = fold(events);
-            tracing::debug!("fold done in {:?}", t0.elapsed());
-            f
-        });
-        let written = pages::build(page_size, events, base, old).and_then(|built| match built {
-            Ok(built) => pages::write(path, trees.roots(), &built),
-            Err(reason) => Ok(pages::Outcome::Declined(reason)),
-        });
-        (written, folder.join())
-    });
-    pragma(conn, "PRAGMA locking_mode=EXCLUSIVE")?;
-    let folded = folded
-        .map_err(|_| Error::Schema("internal error: the replay fold panicked".to_string()))?;
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(Error::sqlite("beginning the replay transaction"))?;
-    let rows = match written {
-        Ok(pages::Outcome::Done) => Ok(()),
-        Ok(pages::Outcome::RowsOnly) => bulk::Imposters::create(&tx, trees)
-            .and_then(|_imposters| bulk::insert_index(&tx, events, base)),
-        Ok(pages::Outcome::Declined(reason)) => {
-            tracing::debug!("event rows through SQLite: {reason}");
-            bulk::Imposters::create(&tx, trees).and_then(|_imposters| {
-                if rebuild {
-                    bulk::insert_events(&tx, events)
-                } else {
-                    bulk::insert_rows(&tx, events, base)
-                        .and_then(|()| bulk::insert_index(&tx, events, base))
-                }
-            })
-        }
-        // An I/O error may have left part of the pages written.
-        Err(e) if e.sequence().is_none() => return Err(e),
-        // A duplicate id, found before anything was written: reported with
-        // the fold's errors, the earliest event's first.
-        Err(e) => Err(e),
+    let release = |conn: &Connection| {
+        pragma(conn, "PRAGMA locking_mode=NORMAL")?;
+        // The next access releases the lock.
+        pragma(conn, "SELECT count(*) FROM sqlite_schema")
     };
-    write_folded(&tx, events, rows, folded, orders)?;
-    let t = std::time::Instant::now();
-    tx.commit()
-        .map_err(Error::sqlite("committing the replay"))?;
-    tracing::debug!("commit done in {:?}", t.elapsed());
+    release(conn)?;
+    let t0 = std::time::Instant::now();
+    // Which rows go on which leaf, and duplicate ids, before any write.
+    let mut duplicate = None;
+    let built = pages::build(page_size, events, base, old).unwrap_or_else(|e| {
+        duplicate = Some(e);
+        Err("a duplicate id".into())
+    });
+    let prepared = match &built {
+        Ok(built) => pages::prepare(path, trees.roots(), built)?,
+        Err(reason) => Err(pages::Outcome::Declined(reason.clone())),
+    };
+    let written = match (duplicate, &prepared) {
+        (Some(e), _) => Err(e),
+        (None, Ok(p)) => Ok(p.outcome.clone()),
+        (None, Err(outcome)) => Ok(outcome.clone()),
+    };
+    tracing::debug!("pages prepared in {:?}", t0.elapsed());
+    // The leaves are written while the events are folded and SQLite writes
+    // the projections (it never reads them); the file, which `prepared` holds
+    // open, is closed only once SQLite holds no lock.
+    std::thread::scope(|s| -> Result<()> {
+        let writer = prepared.ok().map(|p| {
+            s.spawn(move || {
+                let r = p.write_leaves();
+                (p, r)
+            })
+        });
+        let folded = fold(events);
+        tracing::debug!("fold done in {:?}", t0.elapsed());
+        pragma(conn, "PRAGMA locking_mode=EXCLUSIVE")?;
+        let committed = (|| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(Error::sqlite("beginning the replay transaction"))?;
+            let rows = match written {
+                Ok(pages::Outcome::Done) => Ok(()),
+                Ok(pages::Outcome::RowsOnly) => bulk::Imposters::create(&tx, trees)
+                    .and_then(|_imposters| bulk::insert_index(&tx, events, base)),
+                Ok(pages::Outcome::Declined(reason)) => {
+                    tracing::debug!("event rows through SQLite: {reason}");
+                    bulk::Imposters::create(&tx, trees).and_then(|_imposters| {
+                        if rebuild {
+                            bulk::insert_events(&tx, events)
+                        } else {
+                            bulk::insert_rows(&tx, events, base)
+                                .and_then(|()| bulk::insert_index(&tx, events, base))
+                        }
+                    })
+                }
+                // A duplicate id, found before anything was written: reported
+                // with the fold's errors, the earliest event's first.
+                Err(e) => Err(e),
+            };
+            write_folded(&tx, events, rows, folded, orders)?;
+            let t = std::time::Instant::now();
+            tx.commit()
+                .map_err(Error::sqlite("committing the replay"))?;
+            tracing::debug!("commit done in {:?}", t.elapsed());
+            Ok(())
+        })();
+        let leaves = writer.map(|w| w.join());
+        // SQLite's lock goes before the file's descriptor does.
+        release(conn)?;
+        pragma(conn, "PRAGMA locking_mode=EXCLUSIVE")?;
+        committed?;
+        match leaves {
+            None => Ok(()),
+            Some(Ok((prepared, written))) => {
+                drop(prepared);
+                written
+            }
+            Some(Err(_)) => Err(Error::Schema(
+                "internal error: writing the pages of the event rows panicked".into(),
+            )),
+        }
+    })?;
     Ok(true)
 }
 
