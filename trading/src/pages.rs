@@ -95,6 +95,9 @@ pub(crate) fn page_size(conn: &Connection) -> Result<OrDeclined<usize>> {
             .map_err(Error::sqlite(format!("reading {sql}")))
     };
     use rusqlite::types::Value;
+    if cfg!(not(unix)) {
+        return Ok(Err("positioned file writes need a Unix system".into()));
+    }
     if read("PRAGMA auto_vacuum")? != Value::Integer(0) {
         return Ok(Err("auto-vacuum (pointer map pages)".into()));
     }
