@@ -456,19 +456,23 @@ fn insert_key_entries(
     .map_err(|(_, e)| e)
 }
 
+/// Whether the index imposter holds `key` for a row already in the table
+/// before the bulk insert (rowid at most `base`).
+fn indexed_before(conn: &Connection, imposter: &str, key: &str, base: i64) -> bool {
+    conn.query_row(
+        &format!("SELECT 1 FROM {imposter} WHERE k = ?1 AND r <= ?2"),
+        rusqlite::params![key, base],
+        |_| Ok(()),
+    )
+    .is_ok()
+}
+
 /// The error for the first event, in sequence order, whose id repeats an
 /// earlier event's of the replay or one already in the database (rowid at
 /// most `base`).
 fn first_duplicate(conn: &Connection, events: &[Event], base: i64) -> Error {
     let reason = "cannot insert the event row: UNIQUE constraint failed: events.event_id";
-    let existing = |id: &str| -> bool {
-        conn.query_row(
-            &format!("SELECT 1 FROM {INDEX_IMPOSTER} WHERE k = ?1 AND r <= ?2"),
-            rusqlite::params![id, base],
-            |_| Ok(()),
-        )
-        .is_ok()
-    };
+    let existing = |id: &str| indexed_before(conn, INDEX_IMPOSTER, id, base);
     let mut seen = HashSet::with_capacity(events.len());
     for ev in events {
         if !seen.insert(ev.event_id.as_str()) || existing(&ev.event_id) {
@@ -671,14 +675,7 @@ fn first_taken_order<'o>(
     orders: &'o [NewOrder<'o>],
     base: i64,
 ) -> Error {
-    let existing = |imposter: &str, k: &str| -> bool {
-        conn.query_row(
-            &format!("SELECT 1 FROM {imposter} WHERE k = ?1 AND r <= ?2"),
-            rusqlite::params![k, base],
-            |_| Ok(()),
-        )
-        .is_ok()
-    };
+    let existing = |imposter: &str, k: &str| indexed_before(conn, imposter, k, base);
     let mut ids = HashSet::with_capacity(orders.len());
     let mut clients = HashSet::with_capacity(orders.len());
     for o in orders {
