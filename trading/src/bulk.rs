@@ -390,7 +390,7 @@ fn insert_sorted_keys(
     if keys.windows(2).any(|w| w[0].0 == w[1].0) {
         return Err(first_duplicate(conn, events, base));
     }
-    insert_keys(conn, keys).map_err(|e| match e {
+    insert_key_entries(conn, INDEX_IMPOSTER, keys).map_err(|e| match e {
         rusqlite::Error::SqliteFailure(f, _) if f.code == ffi::ErrorCode::ConstraintViolation => {
             first_duplicate(conn, events, base)
         }
@@ -433,10 +433,6 @@ pub(crate) fn insert_rows(conn: &Connection, events: &[Event], base: i64) -> Res
             ),
         )
     })
-}
-
-fn insert_keys(conn: &Connection, keys: &[(&str, i64)]) -> rusqlite::Result<()> {
-    insert_key_entries(conn, INDEX_IMPOSTER, keys)
 }
 
 /// Inserts index entries `(key, rowid)` through an index imposter.
