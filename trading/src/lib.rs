@@ -9,6 +9,7 @@ mod bulk;
 pub mod effects;
 pub mod error;
 pub mod event;
+mod json;
 mod pages;
 pub mod positions;
 pub mod reconcile;
