@@ -12,6 +12,7 @@
 //! Each round also measures the whole path from the archive, as a restore
 //! runs it: the events stored as zstd-compressed event objects are
 //! decompressed and decoded, selected, then replayed.
+//! `GENESIS_BENCH_LOG=debug` prints where the time goes.
 
 mod common;
 
@@ -29,6 +30,7 @@ use rusqlite::Connection;
 
 fn main() {
     common::keep_freed_memory();
+    common::log_from_env();
     let n: usize = std::env::var("GENESIS_BENCH_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -24,6 +24,18 @@ pub fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(15, -1) }
 }
 
+/// `GENESIS_BENCH_LOG=debug` (any tracing filter) prints the library's
+/// timings to stderr, with the time since the start of each line's span.
+pub fn log_from_env() {
+    if let Ok(filter) = std::env::var("GENESIS_BENCH_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .with_timer(tracing_subscriber::fmt::time::uptime())
+            .try_init();
+    }
+}
+
 /// A numeric environment knob with its default.
 pub fn env_num(name: &str, default: f64) -> f64 {
     std::env::var(name)
