@@ -39,12 +39,13 @@
 use std::collections::HashSet;
 use std::ffi::{c_int, CStr};
 
-use rayon::slice::ParallelSliceMut;
+use rayon::prelude::*;
 use rusqlite::{ffi, Connection, OptionalExtension};
 
 use crate::effects::SqlVal;
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::pages::{Entry, Stored};
 use crate::stmt::insert_chunks;
 
 /// The names of the two imposter tables; a database that has a table of
@@ -612,8 +613,190 @@ pub(crate) fn insert_orders<'o>(
         return Err(first_taken_order(conn, events, orders, base));
     }
     #[cfg(test)]
-    tests::ORDERS_BULK.with(|n| n.set(n.get() + 1));
+    tests::ORDER_PATHS.with(|p| p.borrow_mut().push("apart"));
     Ok(true)
+}
+
+/// Appends new orders (given in the order their events created them)
+/// straight into the file of a staged database (see
+/// [`crate::pages::append_table`]): the rows with the rowids one-by-one
+/// inserts would give, and both unique indexes rebuilt from their entries
+/// and the new ones. For large replays, when the indexes hold no more
+/// entries than the replay adds. The connection must hold no lock.
+/// `Ok(false)` when nothing was written, for the caller to insert the orders
+/// through SQLite: an index larger than that, a NULL or non-text
+/// `client_order_id` (old or new), a value whose storage under the column's
+/// affinity is not plain (a number for a text column, text for a real one),
+/// a taken id (SQLite's path then names the event), anything
+/// [`crate::pages::append_table`] declines.
+///
+/// # Errors
+/// [`Error::Sqlite`] when the table cannot be read; [`Error::Io`] when the
+/// file cannot be written (the database must then be discarded).
+pub(crate) fn append_orders(
+    conn: &Connection,
+    path: &std::path::Path,
+    page_size: usize,
+    trees: OrderTrees,
+    orders: &[NewOrder<'_>],
+) -> Result<bool> {
+    let declined = |reason: &str| {
+        tracing::debug!("new orders through SQLite: {reason}");
+        Ok(false)
+    };
+    if orders.is_empty() {
+        return Ok(false);
+    }
+    let (count, with_client, base): (i64, i64, i64) = conn
+        .query_row(
+            "SELECT count(*), count(client_order_id), coalesce(max(rowid), 0) FROM orders",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .map_err(Error::sqlite("counting the orders"))?;
+    if count > orders.len() as i64 {
+        return declined("the orders indexes hold more entries than the replay adds");
+    }
+    if with_client != count {
+        return declined("an order has a NULL client_order_id");
+    }
+    if base.checked_add(orders.len() as i64).is_none() {
+        return declined("the highest rowid of orders");
+    }
+    let t = std::time::Instant::now();
+    // The rows' records, under their columns' affinities. On this thread:
+    // the pool is still writing the events' pages.
+    let records: Option<Vec<Vec<u8>>> = orders
+        .iter()
+        .map(|o| {
+            let mut values = Vec::with_capacity(ORDER_TABLE_COLUMNS.len());
+            values.push(Stored::Text(o.key.as_bytes()));
+            for ((_, ty, _), v) in ORDER_TABLE_COLUMNS[1..].iter().zip(o.cols) {
+                values.push(stored(ty, v.as_ref())?);
+            }
+            Some(crate::pages::record(&values))
+        })
+        .collect();
+    let Some(records) = records else {
+        return declined("a value that its column's affinity would convert");
+    };
+    let Some(clients) = orders.iter().map(client_id).collect::<Option<Vec<&str>>>() else {
+        return declined("a new order's client_order_id is not text");
+    };
+    let mut indexes = Vec::with_capacity(2);
+    for (root, column, keys) in [
+        (
+            trees.order_id,
+            "order_id",
+            orders.iter().map(|o| o.key).collect(),
+        ),
+        (trees.client_order_id, "client_order_id", clients),
+    ] {
+        let Some(old) = index_entries(conn, column)? else {
+            return declined("an indexed key of orders is not text");
+        };
+        let mut new: Vec<Entry<'_>> = keys
+            .into_iter()
+            .zip(base + 1..)
+            .map(|(k, rowid)| Entry {
+                key: std::borrow::Cow::Borrowed(k.as_bytes()),
+                rowid,
+            })
+            .collect();
+        new.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        let Some(entries) = merge_unique(old, new) else {
+            return declined("a taken order id or client order id");
+        };
+        indexes.push((u32::try_from(root).unwrap_or(0), entries));
+    }
+    tracing::debug!("order records and index entries in {:?}", t.elapsed());
+    let append = crate::pages::TableAppend {
+        table: u32::try_from(trees.table).unwrap_or(0),
+        base,
+        records,
+        indexes,
+    };
+    match crate::pages::append_table(path, page_size, &append)? {
+        Ok(()) => {
+            #[cfg(test)]
+            tests::ORDER_PATHS.with(|p| p.borrow_mut().push("appended"));
+            Ok(true)
+        }
+        Err(reason) => declined(&reason),
+    }
+}
+
+/// How SQLite stores a value in a column of declared type `ty` (TEXT or
+/// REAL), when that is plain: NULL, text in a text column, a number in a
+/// real one; `None` for a conversion (a number to text, text to a number).
+/// Under REAL affinity an integer, or a real without fraction that an i64
+/// holds, is stored as an integer when it fits six bytes ("small floating
+/// point values with no fractional component ... are written to disk as
+/// integers", SQLite's datatype documentation), else as a real.
+fn stored<'a>(ty: &str, v: Option<&'a SqlVal<'a>>) -> Option<Stored<'a>> {
+    let real_int = |i: i64| {
+        let u = if i < 0 { !i as u64 } else { i as u64 };
+        if u <= 0x7fff_ffff_ffff {
+            Stored::Int(i)
+        } else {
+            Stored::Real(i as f64)
+        }
+    };
+    match (ty, v) {
+        (_, None | Some(SqlVal::Null)) => Some(Stored::Null),
+        ("TEXT", Some(SqlVal::Text(t))) => Some(Stored::Text(t.as_bytes())),
+        ("REAL", Some(SqlVal::Int(i))) => Some(real_int(*i)),
+        ("REAL", Some(SqlVal::Real(f))) if f.is_finite() => {
+            let i = *f as i64;
+            Some(if i as f64 == *f && i > i64::MIN && i < i64::MAX {
+                real_int(i)
+            } else {
+                Stored::Real(*f)
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The entries of the index on `orders.column`, in key order; `None` when
+/// a key is not text.
+fn index_entries(conn: &Connection, column: &str) -> Result<Option<Vec<Entry<'static>>>> {
+    let what = format!("reading the index on orders.{column}");
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT {column}, rowid FROM orders ORDER BY {column}"
+        ))
+        .map_err(Error::sqlite(what.clone()))?;
+    let mut rows = stmt.query([]).map_err(Error::sqlite(what.clone()))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(Error::sqlite(what.clone()))? {
+        let rowid: i64 = row.get(1).map_err(Error::sqlite(what.clone()))?;
+        match row.get_ref(0) {
+            Ok(rusqlite::types::ValueRef::Text(key)) => out.push(Entry {
+                key: std::borrow::Cow::Owned(key.to_vec()),
+                rowid,
+            }),
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Two lists of entries in key order merged, `None` when a key repeats.
+fn merge_unique<'a>(old: Vec<Entry<'a>>, new: Vec<Entry<'a>>) -> Option<Vec<Entry<'a>>> {
+    let mut out = Vec::with_capacity(old.len() + new.len());
+    let mut old = old.into_iter().peekable();
+    for e in new {
+        while let Some(o) = old.next_if(|o| o.key < e.key) {
+            out.push(o);
+        }
+        if old.peek().is_some_and(|o| o.key == e.key) {
+            return None;
+        }
+        out.push(e);
+    }
+    out.extend(old);
+    out.windows(2).all(|w| w[0].key < w[1].key).then_some(out)
 }
 
 /// An order's `client_order_id` when it is text.
@@ -700,8 +883,11 @@ mod tests {
     use crate::replay::{dump, replay, ReplayOptions};
 
     thread_local! {
-        /// Bulk inserts of new orders on this thread.
-        pub(super) static ORDERS_BULK: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        /// How the new orders of each replay on this thread were written
+        /// ("apart": through SQLite, rows and index entries apart;
+        /// "appended": straight into the file).
+        pub(super) static ORDER_PATHS: std::cell::RefCell<Vec<&'static str>> =
+            const { std::cell::RefCell::new(Vec::new()) };
     }
 
     fn staged(dir: &std::path::Path, extra: &str) -> Connection {
@@ -883,28 +1069,140 @@ mod tests {
         }
     }
 
+    fn paths() -> Vec<&'static str> {
+        ORDER_PATHS.with(|p| p.take())
+    }
+
     #[test]
-    fn new_orders_written_apart_equal_sqlites_own() {
-        let events = crate::simulate::random_events(21, 4000);
+    fn new_orders_appended_or_written_apart_equal_sqlites_own() {
+        let events = crate::simulate::random_events(21, 6000);
+        let mut expected = Connection::open_in_memory().unwrap();
+        crate::schema::ensure_schema(&expected).unwrap();
+        replay(&mut expected, &events, &ReplayOptions::default()).unwrap();
+        // Into an empty table; fewer new orders than old ones (the indexes
+        // are not rebuilt); more.
+        let parts = [0..1500, 1500..1700, 1700..6000];
+        for (decline, want) in [
+            (false, ["appended", "apart", "appended"]),
+            (true, ["apart", "apart", "apart"]),
+        ] {
+            crate::pages::tests::DECLINE.with(|d| d.set(decline));
+            paths();
+            let dir = tempfile::tempdir().unwrap();
+            let mut conn = staged(dir.path(), "");
+            for part in parts.clone() {
+                replay(&mut conn, &events[part], &direct()).unwrap();
+            }
+            crate::pages::tests::DECLINE.with(|d| d.set(false));
+            assert_eq!(paths(), want);
+            assert_eq!(integrity(&conn), "ok");
+            assert_eq!(dump(&conn), dump(&expected));
+            // Both unique indexes hold for the new rows.
+            let (_, i) = with_order_field(events.clone(), 3, "client_order_id", 0.into());
+            let taken = client_id_of(&events[i]);
+            let dup = conn.execute(
+                "INSERT INTO orders (order_id, client_order_id) VALUES ('fresh', ?1)",
+                [taken.as_str().unwrap()],
+            );
+            assert!(dup.unwrap_err().to_string().contains("UNIQUE"));
+            let dup = conn.execute(
+                "INSERT INTO orders (order_id, client_order_id) VALUES (?1, 'fresh')",
+                [&events[i].aggregate_id],
+            );
+            assert!(dup.unwrap_err().to_string().contains("UNIQUE"));
+            // Lookups go through the indexes.
+            let found: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM orders WHERE client_order_id = ?1 AND order_id = ?2",
+                    rusqlite::params![taken.as_str().unwrap(), events[i].aggregate_id],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(found, 1);
+        }
+    }
+
+    #[test]
+    fn values_are_stored_as_sqlite_stores_them_under_the_columns_affinity() {
+        // Every numeric form in the REAL columns, text in the TEXT ones,
+        // written directly and by SQLite, read back the same.
+        let numbers = [
+            "0",
+            "1",
+            "-1",
+            "0.0",
+            "-0.0",
+            "2.5",
+            "250000.0",
+            "140737488355327",
+            "140737488355328",
+            "-140737488355328",
+            "9007199254740993",
+            "1e300",
+            "-9223372036854775808",
+            "9223372036854775807",
+            "12345678901234567890",
+        ];
+        let events: Vec<Event> = numbers
+            .iter()
+            .enumerate()
+            .map(|(k, n)| Event {
+                event_id: format!("e{k}"),
+                event_type: "ORDER_CREATED".into(),
+                aggregate_id: format!("o{k}"),
+                event_data: format!(
+                    r#"{{"client_order_id":"c{k}","symbol":"BTC/USDT","side":"buy","order_type":"limit","quantity":{n},"price":{n}}}"#
+                ),
+                sequence_number: k as i64 + 1,
+                created_at: "2025-01-15T00:00:00".into(),
+            })
+            .collect();
         let dir = tempfile::tempdir().unwrap();
         let mut conn = staged(dir.path(), "");
-        ORDERS_BULK.with(|n| n.set(0));
-        replay(&mut conn, &events[..1500], &direct()).unwrap();
-        replay(&mut conn, &events[1500..], &direct()).unwrap();
-        assert_eq!(ORDERS_BULK.with(std::cell::Cell::get), 2);
+        paths();
+        replay(&mut conn, &events, &direct()).unwrap();
+        assert_eq!(paths(), ["appended"]);
         assert_eq!(integrity(&conn), "ok");
         let mut expected = Connection::open_in_memory().unwrap();
         crate::schema::ensure_schema(&expected).unwrap();
         replay(&mut expected, &events, &ReplayOptions::default()).unwrap();
+        let typed = |c: &Connection| -> Vec<String> {
+            c.prepare("SELECT typeof(quantity), quote(quantity), typeof(price), quote(price), typeof(symbol) FROM orders ORDER BY rowid")
+                .unwrap()
+                .query_map([], |r| {
+                    Ok(format!(
+                        "{} {} {} {} {}",
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?
+                    ))
+                })
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap()
+        };
+        assert_eq!(typed(&conn), typed(&expected));
         assert_eq!(dump(&conn), dump(&expected));
-        // The unique index on client_order_id holds for the bulk rows.
-        let (_, i) = with_order_field(events.clone(), 3, "client_order_id", 0.into());
-        let taken = client_id_of(&events[i]);
-        let dup = conn.execute(
-            "INSERT INTO orders (order_id, client_order_id) VALUES ('fresh', ?1)",
-            [taken.as_str().unwrap()],
-        );
-        assert!(dup.unwrap_err().to_string().contains("UNIQUE"));
+        // A conversion (text into a REAL column, a number into a TEXT one) is
+        // left to SQLite.
+        for (field, value) in [("quantity", r#""1.5""#), ("symbol", "7")] {
+            let mut evs = events.clone();
+            for e in &mut evs {
+                let mut d: serde_json::Value = serde_json::from_str(&e.event_data).unwrap();
+                d[field] = serde_json::from_str(value).unwrap();
+                e.event_data = d.to_string();
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let mut conn = staged(dir.path(), "");
+            replay(&mut conn, &evs, &direct()).unwrap();
+            assert_eq!(paths(), ["apart"], "{field}");
+            let mut expected = Connection::open_in_memory().unwrap();
+            crate::schema::ensure_schema(&expected).unwrap();
+            replay(&mut expected, &evs, &ReplayOptions::default()).unwrap();
+            assert_eq!(typed(&conn), typed(&expected), "{field}");
+        }
     }
 
     #[test]
@@ -965,9 +1263,9 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         let mut conn = staged(dir.path(), "");
-        ORDERS_BULK.with(|n| n.set(0));
+        paths();
         replay(&mut conn, &events, &direct()).unwrap();
-        assert_eq!(ORDERS_BULK.with(std::cell::Cell::get), 0);
+        assert_eq!(paths(), Vec::<&str>::new());
         assert_eq!(integrity(&conn), "ok");
         let mut expected = Connection::open_in_memory().unwrap();
         crate::schema::ensure_schema(&expected).unwrap();

@@ -349,7 +349,13 @@ impl Prepared<'_, '_> {
         db.write_leaves(&plan.row_leaves, |i, page| {
             let g = rows[i].clone();
             let first = built.base + 1 + g.start as i64;
-            table_leaf(page, u, (first..).zip(&built.events[g]));
+            table_leaf(
+                page,
+                u,
+                (first..).zip(&built.events[g]),
+                |ev| row_payload_len(ev),
+                |out, ev| encode_row(out, ev),
+            );
         })?;
         if let Some(index) = &built.index {
             let groups = &index.leaves.groups;
@@ -568,11 +574,11 @@ struct Plan {
     freelist: (u32, u32),
 }
 
-/// An index entry: the event id and its rowid.
+/// An index entry: a text key (an event id) and its rowid.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry<'e> {
-    key: Cow<'e, [u8]>,
-    rowid: i64,
+    pub key: Cow<'e, [u8]>,
+    pub rowid: i64,
 }
 
 /// Hands out new page numbers at the end of the file, never the lock-byte
@@ -608,7 +614,7 @@ fn plan(db: &Db, roots: Roots, built: &Built<'_>) -> Result<OrDeclined<Plan>> {
     let last_rowid = match table_leaf_max(leaf) {
         Some(r) => r,
         None if path.len() == 1 => 0,
-        None => return Ok(Err("the rightmost leaf of events is empty".into())),
+        None => return Ok(Err("the rightmost leaf of the table is empty".into())),
     };
     if last_rowid != built.base {
         return Ok(Err(format!(
@@ -625,7 +631,14 @@ fn plan(db: &Db, roots: Roots, built: &Built<'_>) -> Result<OrDeclined<Plan>> {
         next: db.pages + 1,
         pending: db.pending,
     };
-    let row_leaves = plan_rows(db, &path, built, &mut alloc, &mut pages);
+    let row_leaves = plan_rows(
+        db,
+        &path,
+        built.base,
+        &built.rows.groups,
+        &mut alloc,
+        &mut pages,
+    );
     let (index_leaves, freelist) = match &built.index {
         Some(index) => {
             // The new tree is written on new pages (its top on the root);
@@ -692,7 +705,7 @@ fn rightmost_path(db: &Db, root: u32) -> Result<OrDeclined<Pages>> {
         match kind {
             0x0D => return Ok(Ok(path)),
             0x05 if path.len() < 32 => no = right,
-            t => return Ok(Err(format!("page {no} of events has type {t}"))),
+            t => return Ok(Err(format!("page {no} of a table has type {t}"))),
         }
     }
 }
@@ -702,13 +715,12 @@ fn rightmost_path(db: &Db, root: u32) -> Result<OrDeclined<Pages>> {
 fn plan_rows(
     db: &Db,
     path: &[(u32, Vec<u8>)],
-    built: &Built<'_>,
+    base: i64,
+    groups: &[Range<usize>],
     alloc: &mut Alloc,
     pages: &mut Pages,
 ) -> Vec<u32> {
     let u = db.page_size;
-    let base = built.base;
-    let groups = &built.rows.groups;
     let (root, root_page) = &path[0];
     if path.len() == 1 && be16(root_page, 3) == 0 && groups.len() == 1 {
         // An empty table and one new leaf: the leaf is the root.
@@ -859,6 +871,193 @@ fn free_pages(db: &Db, left: &[u32], pages: &mut Pages) -> (u32, u32) {
         first = trunk;
     }
     (first, count)
+}
+
+// ---- Another table, written whole -------------------------------------
+
+/// A value as a record stores it (the column's affinity already applied).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Stored<'a> {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(&'a [u8]),
+}
+
+/// The record of `values`, in column order.
+pub(crate) fn record(values: &[Stored<'_>]) -> Vec<u8> {
+    let serial = |v: &Stored<'_>| match v {
+        Stored::Null => (0, 0),
+        Stored::Int(i) => int_serial(*i),
+        Stored::Real(_) => (7, 8),
+        Stored::Text(t) => (text_serial(t), t.len()),
+    };
+    let types: usize = values.iter().map(|v| varint_len(serial(v).0)).sum();
+    let body: usize = values.iter().map(|v| serial(v).1).sum();
+    let mut out = Vec::with_capacity(header_len(types) + body);
+    push_varint(&mut out, header_len(types) as u64);
+    for v in values {
+        push_varint(&mut out, serial(v).0);
+    }
+    for v in values {
+        match v {
+            Stored::Null => {}
+            Stored::Int(i) => {
+                let len = serial(v).1;
+                out.extend_from_slice(&i.to_be_bytes()[8 - len..]);
+            }
+            Stored::Real(f) => out.extend_from_slice(&f.to_bits().to_be_bytes()),
+            Stored::Text(t) => out.extend_from_slice(t),
+        }
+    }
+    out
+}
+
+/// Rows appended to a table, with rowids from `base + 1`, as records; and
+/// every entry of each of its indexes (text keys, in key order, the old ones
+/// with the new), for the indexes to be rebuilt.
+pub(crate) struct TableAppend<'a> {
+    pub table: u32,
+    pub base: i64,
+    pub records: Vec<Vec<u8>>,
+    pub indexes: Vec<(u32, Vec<Entry<'a>>)>,
+}
+
+/// Writes `append` into the database file at `path` as [`prepare`] and
+/// [`Prepared::write_leaves`] write the events (the rows after the table's
+/// rightmost leaf; each index rebuilt on new pages, its top on its root, the
+/// old pages to the freelist), all of it before returning: SQLite may read
+/// these pages once it next locks the file. The connection must hold no
+/// lock. `Ok(Err(reason))` when nothing was written.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be read or written; the database must
+/// then be discarded.
+pub(crate) fn append_table(
+    path: &Path,
+    page_size: usize,
+    append: &TableAppend<'_>,
+) -> Result<OrDeclined<()>> {
+    let t = std::time::Instant::now();
+    #[cfg(test)]
+    if tests::DECLINE.with(std::cell::Cell::get) {
+        return Ok(Err("declined by the test".into()));
+    }
+    let db = check!(Db::open(path));
+    let u = db.page_size;
+    if u != page_size {
+        return Ok(Err(format!("the file's page size is {u}")));
+    }
+    if append.base < 0
+        || append
+            .base
+            .checked_add(append.records.len() as i64)
+            .is_none()
+    {
+        return Ok(Err(format!("rowids after {}", append.base)));
+    }
+    let mut cells = Vec::with_capacity(append.records.len());
+    for (rowid, r) in (append.base + 1..).zip(&append.records) {
+        if r.len() > u - 35 {
+            return Ok(Err(format!(
+                "the row of rowid {rowid} needs overflow pages"
+            )));
+        }
+        cells.push(varint_len(r.len() as u64) + varint_len(rowid as u64) + r.len() + 2);
+    }
+    let row_groups = split_plain(&cells, u - 8);
+    let path_pages = check!(rightmost_path(&db, append.table));
+    let leaf = &path_pages[path_pages.len() - 1].1;
+    let last_rowid = match table_leaf_max(leaf) {
+        Some(r) => r,
+        None if path_pages.len() == 1 => 0,
+        None => return Ok(Err("the rightmost leaf of the table is empty".into())),
+    };
+    if last_rowid != append.base {
+        return Ok(Err(format!(
+            "the file's highest rowid is {last_rowid}, SQLite's {}",
+            append.base
+        )));
+    }
+    let max = index_max_local(u);
+    let mut index_groups = Vec::with_capacity(append.indexes.len());
+    let mut old = Vec::new();
+    for (root, entries) in &append.indexes {
+        let mut sizes = Vec::with_capacity(entries.len());
+        for e in entries {
+            let p = index_payload_len(e);
+            if p > max {
+                return Ok(Err(format!(
+                    "the index entry of rowid {} needs overflow pages",
+                    e.rowid
+                )));
+            }
+            sizes.push(varint_len(p as u64) + p + 2);
+        }
+        index_groups.push(split_promoting(&sizes, u - 8));
+        old.extend(check!(tree_pages(&db, *root)));
+    }
+    let mut pages = Vec::new();
+    let mut alloc = Alloc {
+        next: db.pages + 1,
+        pending: db.pending,
+    };
+    let row_leaves = plan_rows(
+        &db,
+        &path_pages,
+        append.base,
+        &row_groups,
+        &mut alloc,
+        &mut pages,
+    );
+    let mut index_leaves = Vec::with_capacity(append.indexes.len());
+    for ((root, entries), groups) in append.indexes.iter().zip(&index_groups) {
+        let dividers: Vec<Entry<'_>> = groups[..groups.len() - 1]
+            .iter()
+            .map(|g| entries[g.end].clone())
+            .collect();
+        let leaves = Leaves {
+            groups: groups.clone(),
+        };
+        index_leaves.push(plan_index(
+            &db, *root, &leaves, &dividers, &mut alloc, &mut pages,
+        ));
+    }
+    let freelist = free_pages(&db, &old, &mut pages);
+    let plan = Plan {
+        row_leaves,
+        index_leaves: Vec::new(),
+        pages,
+        pages_after: alloc.next - 1,
+        freelist,
+    };
+    db.write_structure(&plan)?;
+    db.write_leaves(&plan.row_leaves, |i, page| {
+        let g = row_groups[i].clone();
+        let first = append.base + 1 + g.start as i64;
+        table_leaf(
+            page,
+            u,
+            (first..).zip(&append.records[g]),
+            |r| r.len(),
+            |out, r| out.copy_from_slice(r),
+        );
+    })?;
+    for (((_, entries), groups), numbers) in
+        append.indexes.iter().zip(&index_groups).zip(&index_leaves)
+    {
+        db.write_leaves(numbers, |i, page| {
+            index_leaf(page, u, &entries[groups[i].clone()]);
+        })?;
+    }
+    start_writeback(&db.file);
+    tracing::debug!(
+        "{} rows and {} indexes written in {:?}",
+        append.records.len(),
+        append.indexes.len(),
+        t.elapsed()
+    );
+    Ok(Ok(()))
 }
 
 // ---- Splitting a level into pages -------------------------------------
@@ -1052,19 +1251,27 @@ fn put_cells(page: &mut [u8], usable: usize, kind: u8, header: usize, cells: &[&
     page[7] = 0;
 }
 
-fn table_leaf<'e>(page: &mut [u8], usable: usize, rows: impl Iterator<Item = (i64, &'e Event)>) {
+/// A table leaf of `rows` (rowid, item), each item's record `len` bytes long
+/// and written by `encode`.
+fn table_leaf<T>(
+    page: &mut [u8],
+    usable: usize,
+    rows: impl Iterator<Item = (i64, T)>,
+    len: impl Fn(&T) -> usize,
+    encode: impl Fn(&mut [u8], &T),
+) {
     page[0] = 0x0D;
     page[1..3].fill(0);
     page[7] = 0;
     let mut top = usable;
     let mut n = 0usize;
-    for (rowid, ev) in rows {
-        let payload = row_payload_len(ev);
+    for (rowid, item) in rows {
+        let payload = len(&item);
         top -= varint_len(payload as u64) + varint_len(rowid as u64) + payload;
         let mut at = top;
         at += put_varint(&mut page[at..], payload as u64);
         at += put_varint(&mut page[at..], rowid as u64);
-        encode_row(&mut page[at..at + payload], ev);
+        encode(&mut page[at..at + payload], &item);
         page[8 + 2 * n..10 + 2 * n].copy_from_slice(&(top as u16).to_be_bytes());
         n += 1;
     }
@@ -1279,7 +1486,7 @@ fn read_varint(b: &[u8]) -> Option<(u64, usize)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::replay::{dump, replay, ReplayOptions};
     use rusqlite::Connection;
@@ -1289,8 +1496,8 @@ mod tests {
         /// What the direct writes of this thread did (replay runs them on
         /// the calling thread).
         pub(super) static WRITTEN: RefCell<Vec<Outcome>> = const { RefCell::new(Vec::new()) };
-        /// Makes [`write`] decline.
-        pub(super) static DECLINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        /// Makes [`prepare`] and [`append_table`] decline.
+        pub(crate) static DECLINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
         /// The old index pages the last rebuild put on the freelist.
         pub(super) static FREED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }

@@ -365,6 +365,20 @@ fn replay_direct(
         });
         let folded = fold(events);
         tracing::debug!("fold done in {:?}", t0.elapsed());
+        // New orders go into the file too, before SQLite locks it again
+        // (it reads their indexes to update older orders).
+        let orders = match orders {
+            Some(trees) if written.is_ok() && folded.errors.is_empty() => {
+                let new = new_orders(&folded.rows);
+                if bulk::append_orders(conn, path, page_size, trees, &new)? {
+                    NewOrders::Written
+                } else {
+                    NewOrders::Apart(trees)
+                }
+            }
+            Some(trees) => NewOrders::Apart(trees),
+            None => NewOrders::Sqlite,
+        };
         pragma(conn, "PRAGMA locking_mode=EXCLUSIVE")?;
         let committed = (|| {
             let tx = conn
@@ -757,8 +771,10 @@ fn fold(events: &[Event]) -> Folded<'_> {
         .par_chunks(PARSE_CHUNK)
         .enumerate()
         .map(|(c, chunk)| {
+            // About one operation per event, spread evenly.
+            let room = chunk.len() / parts + chunk.len() / 8;
             let mut per_part: Vec<Vec<(usize, RowOp<'_>)>> =
-                (0..parts).map(|_| Vec::new()).collect();
+                (0..parts).map(|_| Vec::with_capacity(room)).collect();
             let mut errors = Vec::new();
             for (i, ev) in (c * PARSE_CHUNK..).zip(chunk) {
                 match effect_of(ev) {
@@ -873,7 +889,7 @@ fn replay_segment(tx: &Transaction<'_>, events: &[Event], rows: EventRows) -> Re
         EventRows::Batched => insert_event_rows_batched(tx, events),
         EventRows::Bulk(_) => bulk::insert_events(tx, events),
     })?;
-    write_folded(tx, events, rows_result, folded, None)
+    write_folded(tx, events, rows_result, folded, NewOrders::Sqlite)
 }
 
 /// Folds `events` on another thread while `work` runs on this one.
@@ -897,6 +913,33 @@ fn fold_beside<'e, R>(events: &'e [Event], work: impl FnOnce() -> R) -> Result<(
     }
 }
 
+/// How the new rows of `orders` are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NewOrders {
+    /// With the other rows, one statement each.
+    Sqlite,
+    /// Rows and index entries apart, through SQLite (see crate::bulk).
+    Apart(bulk::OrderTrees),
+    /// Already in the file (see [`bulk::append_orders`]).
+    Written,
+}
+
+fn is_new_order(r: &RowState<'_>) -> bool {
+    r.table == Table::Orders && matches!(r.mode, Mode::Created(_))
+}
+
+/// The orders the replay creates, in the order of their events.
+fn new_orders<'r>(rows: &'r [RowState<'_>]) -> Vec<bulk::NewOrder<'r>> {
+    rows.iter()
+        .filter(|r| is_new_order(r))
+        .map(|r| bulk::NewOrder {
+            key: r.key.as_ref(),
+            cols: &r.cols,
+            first: r.first,
+        })
+        .collect()
+}
+
 /// Writes the folded projection rows and appends; the error of the event
 /// with the lowest index among `rows_result`'s and the fold's, if any.
 fn write_folded(
@@ -904,7 +947,7 @@ fn write_folded(
     events: &[Event],
     rows_result: Result<()>,
     folded: Folded<'_>,
-    orders: Option<bulk::OrderTrees>,
+    orders: NewOrders,
 ) -> Result<()> {
     let t0 = std::time::Instant::now();
     let mut first_error: Option<(usize, Error)> = None;
@@ -963,27 +1006,24 @@ fn write_rows<'r>(
     events: &[Event],
     rows: &'r [RowState<'_>],
     note: &mut impl FnMut(usize, Error),
-    orders: Option<bulk::OrderTrees>,
+    orders: NewOrders,
 ) -> Result<()> {
     const NULL: SqlVal<'static> = SqlVal::Null;
     // New orders, on a large staged replay: rows and index entries apart (see
     // crate::bulk), before any statement below is prepared (the imposters
     // reload the schema).
-    let is_new_order =
-        |r: &RowState<'_>| r.table == Table::Orders && matches!(r.mode, Mode::Created(_));
-    let mut new_orders_written = false;
-    if let Some(trees) = orders {
-        let new: Vec<bulk::NewOrder<'_>> = rows
-            .iter()
-            .filter(|r| is_new_order(r))
-            .map(|r| bulk::NewOrder {
-                key: r.key.as_ref(),
-                cols: &r.cols,
-                first: r.first,
-            })
-            .collect();
+    let mut new_orders_written = orders == NewOrders::Written;
+    if let NewOrders::Apart(trees) = orders {
+        let new = new_orders(rows);
         if !new.is_empty() {
-            match bulk::insert_orders(tx, trees, events, &new) {
+            let t = std::time::Instant::now();
+            let result = bulk::insert_orders(tx, trees, events, &new);
+            tracing::debug!(
+                "{} new orders written apart in {:?}",
+                new.len(),
+                t.elapsed()
+            );
+            match result {
                 Ok(written) => new_orders_written = written,
                 Err(e) => match e
                     .sequence()
