@@ -417,6 +417,68 @@ fn key_field<'a>(ev: &Event, name: &str, f: Field<'a>) -> Result<Cow<'a, str>> {
 /// [`Error::Event`] naming the event when its data is not a JSON object or lacks
 /// the field that keys its row (`asset`, `limit_type`, `key`).
 pub fn effect_of(ev: &Event) -> Result<Effect<'_>> {
+    let mut vals = Vec::with_capacity(10);
+    let Some((first, second)) = effect_into(ev, &mut vals)? else {
+        return Ok(None);
+    };
+    let second = second.map(|op| {
+        let set = vals.split_off(op.vals.start);
+        RowOp {
+            table: op.table,
+            kind: op.kind,
+            key: op.key,
+            set,
+        }
+    });
+    vals.truncate(first.vals.end);
+    let first = RowOp {
+        table: first.table,
+        kind: first.kind,
+        key: first.key,
+        set: vals,
+    };
+    Ok(Some(match second {
+        Some(op) => vec![first, op],
+        None => vec![first],
+    }))
+}
+
+/// An operation of an effect whose assignments are `vals` of a buffer
+/// (see [`effect_into`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct OpAt<'a> {
+    pub table: Table,
+    pub kind: OpKind,
+    pub key: Cow<'a, str>,
+    pub vals: std::ops::Range<usize>,
+}
+
+/// The operations of one effect: one or two.
+pub(crate) type OpsAt<'a> = (OpAt<'a>, Option<OpAt<'a>>);
+
+/// As [`effect_of`], with the assignments appended to `vals` (a buffer
+/// shared by many events, so that an operation costs no allocation); on an
+/// error `vals` is as it was.
+///
+/// # Errors
+/// As [`effect_of`].
+pub(crate) fn effect_into<'a>(
+    ev: &'a Event,
+    vals: &mut Vec<(u8, SqlVal<'a>)>,
+) -> Result<Option<OpsAt<'a>>> {
+    let start = vals.len();
+    let r = effect_at(ev, vals, start);
+    if r.is_err() {
+        vals.truncate(start);
+    }
+    r
+}
+
+fn effect_at<'a>(
+    ev: &'a Event,
+    set: &mut Vec<(u8, SqlVal<'a>)>,
+    start: usize,
+) -> Result<Option<OpsAt<'a>>> {
     use OpKind::*;
     use Table::*;
     let ty = ev.event_type.as_str();
@@ -431,63 +493,61 @@ pub fn effect_of(ev: &Event) -> Result<Effect<'_>> {
     })?;
     let t = || text(&ev.created_at);
     let id = || Cow::Borrowed(ev.aggregate_id.as_str());
-    // The most any effect assigns (ORDER_CREATED: 10 of orders' columns).
-    let mut set = Vec::with_capacity(10);
     let op = match ty {
         "BALANCE_UPDATED" => {
             let key = key_field(ev, "asset", d.asset)?;
-            push(&mut set, 0, d.free_balance);
-            push(&mut set, 1, d.locked_balance);
-            push(&mut set, 2, d.total_balance);
+            push(set, 0, d.free_balance);
+            push(set, 1, d.locked_balance);
+            push(set, 2, d.total_balance);
             set.push((3, t()));
-            RowOp {
+            OpAt {
                 table: Balances,
                 kind: Upsert,
                 key,
-                set,
+                vals: start..set.len(),
             }
         }
         "ORDER_CREATED" => {
-            push(&mut set, 0, d.client_order_id);
-            push(&mut set, 1, d.symbol);
-            push(&mut set, 2, d.side);
-            push(&mut set, 3, d.order_type);
-            push(&mut set, 4, d.quantity);
-            push(&mut set, 5, d.price);
+            push(set, 0, d.client_order_id);
+            push(set, 1, d.symbol);
+            push(set, 2, d.side);
+            push(set, 3, d.order_type);
+            push(set, 4, d.quantity);
+            push(set, 5, d.price);
             set.push((6, st("new")));
             set.push((7, t()));
             set.push((8, SqlVal::Int(0)));
-            push(&mut set, 12, d.position_id);
-            RowOp {
+            push(set, 12, d.position_id);
+            OpAt {
                 table: Orders,
                 kind: Insert,
                 key: id(),
-                set,
+                vals: start..set.len(),
             }
         }
         "ORDER_PARTIALLY_FILLED" | "ORDER_FILLED" => {
             let filled = ty == "ORDER_FILLED";
             set.push((6, st(if filled { "filled" } else { "partially_filled" })));
-            push(&mut set, 8, d.filled_quantity);
-            push(&mut set, 9, d.executed_price);
+            push(set, 8, d.filled_quantity);
+            push(set, 9, d.executed_price);
             if filled {
                 set.push((10, t()));
             }
-            RowOp {
+            OpAt {
                 table: Orders,
                 kind: Update,
                 key: id(),
-                set,
+                vals: start..set.len(),
             }
         }
         "ORDER_CANCELLED" => {
             set.push((6, st("cancelled")));
             set.push((11, t()));
-            RowOp {
+            OpAt {
                 table: Orders,
                 kind: Update,
                 key: id(),
-                set,
+                vals: start..set.len(),
             }
         }
         "ORDER_REJECTED" | "ORDER_EXPIRED" => {
@@ -499,53 +559,53 @@ pub fn effect_of(ev: &Event) -> Result<Effect<'_>> {
                     "expired"
                 }),
             ));
-            RowOp {
+            OpAt {
                 table: Orders,
                 kind: Update,
                 key: id(),
-                set,
+                vals: start..set.len(),
             }
         }
         "POSITION_OPENED" => {
-            push(&mut set, 0, d.symbol);
-            push(&mut set, 1, d.side);
-            push(&mut set, 2, d.entry_price);
-            push(&mut set, 3, d.quantity);
+            push(set, 0, d.symbol);
+            push(set, 1, d.side);
+            push(set, 2, d.entry_price);
+            push(set, 3, d.quantity);
             set.push((4, st("open")));
             set.push((5, t()));
-            push(&mut set, 6, d.strategy_id);
+            push(set, 6, d.strategy_id);
             set.push((7, SqlVal::Int(0)));
             set.push((8, SqlVal::Int(0)));
-            RowOp {
+            OpAt {
                 table: Positions,
                 kind: Insert,
                 key: id(),
-                set,
+                vals: start..set.len(),
             }
         }
         "POSITION_UPDATED" => {
-            push(&mut set, 2, d.entry_price);
-            push(&mut set, 3, d.quantity);
-            push(&mut set, 7, d.unrealized_pnl);
-            push(&mut set, 9, d.current_price);
-            RowOp {
+            push(set, 2, d.entry_price);
+            push(set, 3, d.quantity);
+            push(set, 7, d.unrealized_pnl);
+            push(set, 9, d.current_price);
+            OpAt {
                 table: Positions,
                 kind: Update,
                 key: id(),
-                set,
+                vals: start..set.len(),
             }
         }
         "POSITION_CLOSED" => {
             set.push((4, st("closed")));
             set.push((7, SqlVal::Int(0)));
-            push(&mut set, 8, d.realized_pnl);
-            push(&mut set, 10, d.exit_price);
+            push(set, 8, d.realized_pnl);
+            push(set, 10, d.exit_price);
             set.push((11, t()));
-            RowOp {
+            OpAt {
                 table: Positions,
                 kind: Update,
                 key: id(),
-                set,
+                vals: start..set.len(),
             }
         }
         "TIER_CHANGED" => {
@@ -553,60 +613,63 @@ pub fn effect_of(ev: &Event) -> Result<Effect<'_>> {
                 Field::Present(v) => v.clone(),
                 Field::Missing => SqlVal::Null,
             };
-            push(&mut set, 0, d.old_tier);
-            push(&mut set, 1, d.new_tier);
-            push(&mut set, 2, d.reason);
+            push(set, 0, d.old_tier);
+            push(set, 1, d.new_tier);
+            push(set, 2, d.reason);
             set.push((3, t()));
-            let append = RowOp {
+            let append = OpAt {
                 table: TierHistory,
                 kind: Append,
                 key: Cow::Borrowed(""),
-                set,
+                vals: start..set.len(),
             };
-            let state = RowOp {
+            let mid = set.len();
+            set.push((0, state_value));
+            set.push((1, t()));
+            let state = OpAt {
                 table: SystemState,
                 kind: Upsert,
                 key: Cow::Borrowed("current_tier"),
-                set: vec![(0, state_value), (1, t())],
+                vals: mid..set.len(),
             };
-            return Ok(Some(vec![append, state]));
+            return Ok(Some((append, Some(state))));
         }
         "RISK_LIMIT_SET" => {
             let key = key_field(ev, "limit_type", d.limit_type)?;
-            push(&mut set, 0, d.limit_value);
-            push(&mut set, 1, d.tier);
+            push(set, 0, d.limit_value);
+            push(set, 1, d.tier);
             set.push((2, t()));
-            RowOp {
+            OpAt {
                 table: RiskLimits,
                 kind: Upsert,
                 key,
-                set,
+                vals: start..set.len(),
             }
         }
         "SYSTEM_STATE_SET" => {
             let key = key_field(ev, "key", d.key)?;
-            push(&mut set, 0, d.value);
+            push(set, 0, d.value);
             set.push((1, t()));
-            RowOp {
+            OpAt {
                 table: SystemState,
                 kind: Upsert,
                 key,
-                set,
+                vals: start..set.len(),
             }
         }
         _ => {
             // CHECKPOINT
-            push(&mut set, 0, d.state_hash);
+            push(set, 0, d.state_hash);
             set.push((1, t()));
-            RowOp {
+            OpAt {
                 table: Checkpoints,
                 kind: Insert,
                 key: id(),
-                set,
+                vals: start..set.len(),
             }
         }
     };
-    Ok(Some(vec![op]))
+    Ok(Some((op, None)))
 }
 
 /// SQL text for the writers: statements by table, kind and the set of assigned
