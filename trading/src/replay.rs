@@ -768,6 +768,10 @@ struct Parsed<'a> {
     errors: Vec<(usize, Error)>,
 }
 
+/// A parsing task's operations of one partition, with the task's buffer of
+/// assignments.
+type PartOps<'p, 'a> = (&'p [(u8, SqlVal<'a>)], &'p [(usize, OpAt<'a>)]);
+
 fn fold(events: &[Event]) -> Folded<'_> {
     let parts = rayon::current_num_threads().clamp(1, 8);
     // Parse in parallel; each task sorts its operations by partition. The
@@ -803,8 +807,7 @@ fn fold(events: &[Event]) -> Folded<'_> {
             out
         })
         .collect();
-    let mut by_part: Vec<Vec<(&[(u8, SqlVal<'_>)], &[(usize, OpAt<'_>)])>> =
-        (0..parts).map(|_| Vec::new()).collect();
+    let mut by_part: Vec<Vec<PartOps<'_, '_>>> = (0..parts).map(|_| Vec::new()).collect();
     for chunk in &parsed {
         for (p, ops) in chunk.per_part.iter().enumerate() {
             by_part[p].push((&chunk.vals, ops));
