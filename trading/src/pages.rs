@@ -230,25 +230,10 @@ fn plan_leaves<'e>(
                     )),
                     Merge::Unsorted => return Ok(Err("the event_id index is out of order".into())),
                 };
-            let max = index_max_local(u);
-            let sizes: Vec<usize> = entries
-                .par_iter()
-                .map(|e| {
-                    let p = index_payload_len(e);
-                    if p > max {
-                        usize::MAX
-                    } else {
-                        varint_len(p as u64) + p + 2
-                    }
-                })
-                .collect();
-            if let Some(i) = sizes.iter().position(|c| *c == usize::MAX) {
-                return Ok(Err(format!(
-                    "the index entry of rowid {} needs overflow pages",
-                    entries[i].rowid
-                )));
-            }
-            let groups = split_promoting(&sizes, u - 8);
+            let groups = match index_leaf_groups(&entries, u) {
+                Ok(groups) => groups,
+                Err(reason) => return Ok(Err(reason)),
+            };
             let dividers: Vec<Entry<'e>> = groups[..groups.len() - 1]
                 .iter()
                 .map(|g| entries[g.end].clone())
@@ -609,19 +594,7 @@ macro_rules! check {
 }
 
 fn plan(db: &Db, roots: Roots, built: &Built<'_>) -> Result<OrDeclined<Plan>> {
-    let path = check!(rightmost_path(db, roots.table));
-    let leaf = &path[path.len() - 1].1;
-    let last_rowid = match table_leaf_max(leaf) {
-        Some(r) => r,
-        None if path.len() == 1 => 0,
-        None => return Ok(Err("the rightmost leaf of the table is empty".into())),
-    };
-    if last_rowid != built.base {
-        return Ok(Err(format!(
-            "the file's highest rowid is {last_rowid}, SQLite's {}",
-            built.base
-        )));
-    }
+    let path = check!(rightmost_path_after(db, roots.table, built.base));
     let old_index = match &built.index {
         Some(_) => check!(tree_pages(db, roots.index)),
         None => Vec::new(),
@@ -708,6 +681,23 @@ fn rightmost_path(db: &Db, root: u32) -> Result<OrDeclined<Pages>> {
             t => return Ok(Err(format!("page {no} of a table has type {t}"))),
         }
     }
+}
+
+/// [`rightmost_path`], when the rightmost leaf's highest rowid is `base`
+/// (SQLite's highest rowid of the table).
+fn rightmost_path_after(db: &Db, root: u32, base: i64) -> Result<OrDeclined<Pages>> {
+    let path = check!(rightmost_path(db, root));
+    let last_rowid = match table_leaf_max(&path[path.len() - 1].1) {
+        Some(r) => r,
+        None if path.len() == 1 => 0,
+        None => return Ok(Err("the rightmost leaf of the table is empty".into())),
+    };
+    if last_rowid != base {
+        return Ok(Err(format!(
+            "the file's highest rowid is {last_rowid}, SQLite's {base}"
+        )));
+    }
+    Ok(Ok(path))
 }
 
 /// The page numbers of the new table leaves (returned), and the interior
@@ -966,35 +956,14 @@ pub(crate) fn append_table(
         cells.push(varint_len(r.len() as u64) + varint_len(rowid as u64) + r.len() + 2);
     }
     let row_groups = split_plain(&cells, u - 8);
-    let path_pages = check!(rightmost_path(&db, append.table));
-    let leaf = &path_pages[path_pages.len() - 1].1;
-    let last_rowid = match table_leaf_max(leaf) {
-        Some(r) => r,
-        None if path_pages.len() == 1 => 0,
-        None => return Ok(Err("the rightmost leaf of the table is empty".into())),
-    };
-    if last_rowid != append.base {
-        return Ok(Err(format!(
-            "the file's highest rowid is {last_rowid}, SQLite's {}",
-            append.base
-        )));
-    }
-    let max = index_max_local(u);
+    let path_pages = check!(rightmost_path_after(&db, append.table, append.base));
     let mut index_groups = Vec::with_capacity(append.indexes.len());
     let mut old = Vec::new();
     for (root, entries) in &append.indexes {
-        let mut sizes = Vec::with_capacity(entries.len());
-        for e in entries {
-            let p = index_payload_len(e);
-            if p > max {
-                return Ok(Err(format!(
-                    "the index entry of rowid {} needs overflow pages",
-                    e.rowid
-                )));
-            }
-            sizes.push(varint_len(p as u64) + p + 2);
+        match index_leaf_groups(entries, u) {
+            Ok(groups) => index_groups.push(groups),
+            Err(reason) => return Ok(Err(reason)),
         }
-        index_groups.push(split_promoting(&sizes, u - 8));
         old.extend(check!(tree_pages(&db, *root)));
     }
     let mut pages = Vec::new();
@@ -1058,6 +1027,31 @@ pub(crate) fn append_table(
         t.elapsed()
     );
     Ok(Ok(()))
+}
+
+/// Which of an index's entries (in key order) go on which leaf of a page
+/// size `u`, one entry promoted between each two leaves; declined when an
+/// entry would need overflow pages.
+fn index_leaf_groups(entries: &[Entry<'_>], u: usize) -> OrDeclined<Vec<Range<usize>>> {
+    let max = index_max_local(u);
+    let sizes: Vec<usize> = entries
+        .par_iter()
+        .map(|e| {
+            let p = index_payload_len(e);
+            if p > max {
+                usize::MAX
+            } else {
+                varint_len(p as u64) + p + 2
+            }
+        })
+        .collect();
+    if let Some(i) = sizes.iter().position(|c| *c == usize::MAX) {
+        return Err(format!(
+            "the index entry of rowid {} needs overflow pages",
+            entries[i].rowid
+        ));
+    }
+    Ok(split_promoting(&sizes, u - 8))
 }
 
 // ---- Splitting a level into pages -------------------------------------
