@@ -692,8 +692,9 @@ pub(crate) fn append_orders(
         ),
         (trees.client_order_id, "client_order_id", clients),
     ] {
-        let Some(old) = index_entries(conn, column)? else {
-            return declined("an indexed key of orders is not text");
+        let old = match crate::pages::index_entries(conn, "orders", column)? {
+            Ok(old) => old,
+            Err(reason) => return declined(&reason),
         };
         let mut new: Vec<Entry<'_>> = keys
             .into_iter()
@@ -756,30 +757,6 @@ fn stored<'a>(ty: &str, v: Option<&'a SqlVal<'a>>) -> Option<Stored<'a>> {
         }
         _ => None,
     }
-}
-
-/// The entries of the index on `orders.column`, in key order; `None` when
-/// a key is not text.
-fn index_entries(conn: &Connection, column: &str) -> Result<Option<Vec<Entry<'static>>>> {
-    let what = format!("reading the index on orders.{column}");
-    let mut stmt = conn
-        .prepare(&format!(
-            "SELECT {column}, rowid FROM orders ORDER BY {column}"
-        ))
-        .map_err(Error::sqlite(what.clone()))?;
-    let mut rows = stmt.query([]).map_err(Error::sqlite(what.clone()))?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next().map_err(Error::sqlite(what.clone()))? {
-        let rowid: i64 = row.get(1).map_err(Error::sqlite(what.clone()))?;
-        match row.get_ref(0) {
-            Ok(rusqlite::types::ValueRef::Text(key)) => out.push(Entry {
-                key: std::borrow::Cow::Owned(key.to_vec()),
-                rowid,
-            }),
-            _ => return Ok(None),
-        }
-    }
-    Ok(Some(out))
 }
 
 /// Two lists of entries in key order merged, `None` when a key repeats.

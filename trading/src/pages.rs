@@ -112,32 +112,37 @@ pub(crate) fn page_size(conn: &Connection) -> Result<OrDeclined<usize>> {
     })
 }
 
-/// The entries of the `event_id` index in key order, read through SQLite
-/// (before a rebuild of the index).
+/// The entries of the index on `table.column` (a text key) in key order,
+/// read through SQLite (before a rebuild of the index); declined when a key
+/// is not text.
 ///
 /// # Errors
 /// [`Error::Sqlite`].
-pub(crate) fn index_entries(conn: &Connection) -> Result<OrDeclined<Vec<Entry<'static>>>> {
+pub(crate) fn index_entries(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+) -> Result<OrDeclined<Vec<Entry<'static>>>> {
+    let what = format!("reading the index on {table}.{column}");
     let mut stmt = conn
-        .prepare("SELECT event_id, rowid FROM events ORDER BY event_id")
-        .map_err(Error::sqlite("reading the event_id index"))?;
-    let mut rows = stmt
-        .query([])
-        .map_err(Error::sqlite("reading the event_id index"))?;
+        .prepare(&format!(
+            "SELECT {column}, rowid FROM {table} ORDER BY {column}"
+        ))
+        .map_err(Error::sqlite(what.clone()))?;
+    let mut rows = stmt.query([]).map_err(Error::sqlite(what.clone()))?;
     let mut out = Vec::new();
-    while let Some(row) = rows
-        .next()
-        .map_err(Error::sqlite("reading the event_id index"))?
-    {
-        let rowid: i64 = row
-            .get(1)
-            .map_err(Error::sqlite("reading the event_id index"))?;
+    while let Some(row) = rows.next().map_err(Error::sqlite(what.clone()))? {
+        let rowid: i64 = row.get(1).map_err(Error::sqlite(what.clone()))?;
         match row.get_ref(0) {
             Ok(rusqlite::types::ValueRef::Text(key)) => out.push(Entry {
                 key: Cow::Owned(key.to_vec()),
                 rowid,
             }),
-            _ => return Ok(Err(format!("the event id of rowid {rowid} is not text"))),
+            _ => {
+                return Ok(Err(format!(
+                    "the {column} of rowid {rowid} in {table} is not text"
+                )))
+            }
         }
     }
     Ok(Ok(out))

@@ -314,7 +314,7 @@ fn replay_direct(
     let base = bulk::max_rowid(conn)?;
     // Rowids start at 1: the index holds at most `base` entries.
     let old = if base <= events.len() as i64 {
-        match pages::index_entries(conn)? {
+        match pages::index_entries(conn, "events", "event_id")? {
             Ok(old) => Some(old),
             Err(reason) => {
                 tracing::debug!("event rows through SQLite: {reason}");
