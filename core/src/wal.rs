@@ -422,7 +422,8 @@ mod tests {
             assert_eq!(r.header.page_size, ps);
             assert_eq!(r.txns.len(), 2, "page size {ps}: two commits");
             assert!(header_unchanged(&wal_path(&db), &r.header).expect("check"));
-            c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").expect("truncate");
+            c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+                .expect("truncate");
             assert!(
                 !header_unchanged(&wal_path(&db), &r.header).expect("check"),
                 "a truncated WAL no longer has its header"

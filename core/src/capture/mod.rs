@@ -17,9 +17,12 @@
 //! that position was read: the checkpointer can then only write pages that
 //! the overlay replaces, so the image is exactly the database at that txid.
 
+mod check;
 mod events;
+pub mod metrics;
 mod run;
 mod ship;
+mod shm;
 mod snapshot;
 pub mod source;
 mod state;
@@ -46,6 +49,7 @@ use crate::repo::{
 };
 use crate::wal::{self, WalRead, WalState};
 
+pub use metrics::CaptureMetrics;
 pub use run::{
     backup_full, backup_sync, replicate, FullBackupResult, ReplicateOptions, ReplicateSummary,
 };
@@ -96,6 +100,9 @@ pub struct StepReport {
     pub event_objects: Vec<String>,
     /// Snapshot written, if any.
     pub snapshot: Option<String>,
+    /// A snapshot was due but one of this txid exists (nothing was committed
+    /// since): its id.
+    pub snapshot_existing: Option<String>,
     /// A new generation started, and why.
     pub new_generation: Option<String>,
     /// Whether the capturer checkpointed the WAL.
@@ -113,6 +120,7 @@ impl StepReport {
         self.events += other.events;
         self.event_objects.extend(other.event_objects);
         self.snapshot = other.snapshot.or(self.snapshot.take());
+        self.snapshot_existing = other.snapshot_existing.or(self.snapshot_existing.take());
         self.new_generation = other.new_generation.or(self.new_generation.take());
         self.checkpointed |= other.checkpointed;
     }
@@ -128,13 +136,23 @@ struct GenState {
     last_time: DateTime<Utc>,
     hashes: PageHashes,
     wal: WalPosition,
+    /// The pages the current WAL holds up to `wal`, each at the offset of its
+    /// newest frame: what the database is made of besides its file, for the
+    /// sampled check of the chain against the source.
+    wal_pages: HashMap<u32, u64>,
     /// Largest event sequence number archived (or present in the base snapshot).
     last_seq: i64,
     /// Rowid of the last `events` row read: the archive reads forward in
     /// rowid order (the table has no index on sequence_number, and events are
     /// appended in sequence order), so each step costs O(new rows).
     last_event_rowid: i64,
+    /// Digest of the row at `last_event_rowid` as it was read: checked
+    /// against the live table at every step.
+    last_event_digest: Option<[u8; 32]>,
     last_snapshot_at: DateTime<Utc>,
+    /// The generation's newest snapshot: when the repository loses it, the
+    /// chain has no base.
+    base_snapshot: String,
 }
 
 /// A running capturer holding the database's capture lock.
@@ -148,14 +166,25 @@ pub struct Capturer {
     checkpointer: Connection,
     identity: (u64, u64),
     gen: GenState,
-    /// True while a read transaction has been held without interruption since
-    /// `gen.wal` was recorded: only then is a WAL restart provably lossless.
+    /// True when no committed frame after `gen.wal` can have been lost to a
+    /// WAL restart: a read transaction has been held since before `gen.wal`
+    /// was last advanced to the WAL's end. (A held read transaction alone is
+    /// not enough: a reader on read mark 0 does not block a restart, so frames
+    /// committed before it began and not yet copied are not protected. This
+    /// is why a resumed generation is not continuous until its first copy.)
     continuous: bool,
     has_events: bool,
     /// Report of what `open` did (a new generation, a snapshot).
     opened: StepReport,
     /// Set when a new generation's snapshot failed: the next step starts again.
     poisoned: Option<String>,
+    metrics: Arc<CaptureMetrics>,
+    /// Steps taken, for choosing sampled pages.
+    steps: u64,
+    /// Sees the application's checkpointer in the `-shm` file's locks. Kept
+    /// open like `db_file`, for the same reason (closing a descriptor of the
+    /// `-shm` file would drop SQLite's read-mark locks of this process).
+    shm: shm::ShmProbe,
     /// The database file, opened once and kept for the capturer's lifetime:
     /// closing any descriptor of it would drop SQLite's locks of this
     /// process (POSIX lock semantics), letting the application's last close
@@ -255,6 +284,7 @@ impl Capturer {
         let identity = source::file_identity(&opts.db)?;
         begin_read(&readers[0], &opts.db)?;
         let has_events = has_events_table(&readers[0], &opts.db)?;
+        let shm = shm::ShmProbe::open(&opts.db);
         let placeholder = GenState {
             id: String::new(),
             page_size: header.page_size,
@@ -262,9 +292,12 @@ impl Capturer {
             last_time: Utc::now(),
             hashes: PageHashes::new(header.page_size as usize),
             wal: WalPosition::default(),
+            wal_pages: HashMap::new(),
             last_seq: 0,
             last_event_rowid: 0,
+            last_event_digest: None,
             last_snapshot_at: Utc::now(),
+            base_snapshot: String::new(),
         };
         let mut cap = Capturer {
             opts,
@@ -280,13 +313,17 @@ impl Capturer {
             has_events,
             opened: StepReport::default(),
             poisoned: None,
+            metrics: CaptureMetrics::new(),
+            steps: 0,
+            shm,
             db_file,
         };
         match cap.try_resume()? {
-            Some(g) => {
+            Some((g, proven)) => {
                 info!(generation = %g.id, txid = g.last_txid, "resuming capture");
+                cap.metrics.committed(g.last_txid, g.last_time);
                 cap.gen = g;
-                cap.continuous = true;
+                cap.continuous = proven;
             }
             None => {
                 let report = cap.new_generation(
@@ -313,6 +350,11 @@ impl Capturer {
         self.gen.last_txid
     }
 
+    /// The capturer's metrics (shared: serve them from another thread).
+    pub fn metrics(&self) -> Arc<CaptureMetrics> {
+        self.metrics.clone()
+    }
+
     /// The current database checksum (hex).
     pub fn checksum(&self) -> String {
         checksum_hex(self.gen.hashes.checksum())
@@ -322,7 +364,11 @@ impl Capturer {
         &self.opts.db
     }
 
-    fn try_resume(&mut self) -> Result<Option<GenState>> {
+    /// The saved generation, when the database is provably the one it left
+    /// (same file, same WAL or none), and whether continuity is already
+    /// proven: only with no WAL at all; otherwise the frames after the saved
+    /// position still have to be copied before a restart is lossless.
+    fn try_resume(&mut self) -> Result<Option<(GenState, bool)>> {
         let saved = match SavedState::load(&self.repo)? {
             Some(s) => s,
             None => return Ok(None),
@@ -353,8 +399,22 @@ impl Capturer {
         if catalog.max_txid() != saved.last_txid {
             return why_not("the repository holds newer txids than the saved state");
         }
-        match wal::read_wal(&wal::wal_path(self.db()), Some(&saved.wal))? {
-            WalState::Continues(_) => {}
+        let mut wal_pages = HashMap::new();
+        let proven = match wal::read_wal(&wal::wal_path(self.db()), Some(&saved.wal))? {
+            WalState::Continues(_) => {
+                if saved.wal.frame > 0 {
+                    if let WalState::Continues(r) =
+                        wal::read_wal_upto(&wal::wal_path(self.db()), saved.wal.frame)?
+                    {
+                        for t in &r.txns {
+                            for (p, off) in &t.pages {
+                                wal_pages.insert(*p, *off);
+                            }
+                        }
+                    }
+                }
+                false
+            }
             WalState::Empty => {
                 // The WAL was checkpointed and removed; the database file must
                 // then hold exactly the saved state.
@@ -365,11 +425,33 @@ impl Capturer {
                         "the WAL is gone and the database differs from the saved state",
                     );
                 }
+                true
             }
             WalState::Restarted(_) => {
                 return why_not("the WAL was restarted while no capturer held it")
             }
+        };
+        let mut last_event_digest = None;
+        if self.has_events && saved.last_event_rowid > 0 {
+            let live = self.live_event_at(saved.last_event_rowid)?;
+            let archived = self.archived_tail(&catalog)?;
+            match (&live, archived) {
+                (Some(e), Some((seq, digest)))
+                    if e.sequence_number == seq && events::event_digest(e) != digest =>
+                {
+                    return why_not("the last archived event was rewritten in the live table");
+                }
+                (None, _) => {
+                    return why_not("the last archived event was deleted from the live table")
+                }
+                _ => {}
+            }
+            last_event_digest = live.as_ref().map(events::event_digest);
         }
+        let base_snapshot = catalog
+            .generation(&saved.generation)
+            .and_then(|g| g.snapshots.last().map(|s| s.id.clone()))
+            .unwrap_or_default();
         let last_time = catalog
             .generation(&saved.generation)
             .and_then(|g| g.restore_points().last().map(|p| p.time))
@@ -378,17 +460,23 @@ impl Capturer {
             .generation(&saved.generation)
             .and_then(|g| g.snapshots.last().map(|s| s.created_at))
             .unwrap_or_else(Utc::now);
-        Ok(Some(GenState {
-            id: saved.generation.clone(),
-            page_size: saved.page_size,
-            last_txid: saved.last_txid,
-            last_time,
-            hashes: saved.hashes(),
-            wal: saved.wal,
-            last_seq: saved.last_seq,
-            last_event_rowid: saved.last_event_rowid,
-            last_snapshot_at,
-        }))
+        Ok(Some((
+            GenState {
+                id: saved.generation.clone(),
+                page_size: saved.page_size,
+                last_txid: saved.last_txid,
+                last_time,
+                hashes: saved.hashes(),
+                wal: saved.wal,
+                wal_pages,
+                last_seq: saved.last_seq,
+                last_event_rowid: saved.last_event_rowid,
+                last_event_digest,
+                last_snapshot_at,
+                base_snapshot,
+            },
+            proven,
+        )))
     }
 
     /// Reads the WAL after the capture position and ships what is committed.
@@ -415,7 +503,11 @@ impl Capturer {
                 if r.header.page_size != self.gen.page_size {
                     return Ok(Err(self.restart_generation("the page size changed")?));
                 }
-                Ok(Ok(self.ship(&r)?))
+                let report = self.ship(&r)?;
+                // Everything up to the WAL's end is copied, under a read
+                // transaction begun before the copy.
+                self.continuous = true;
+                Ok(Ok(report))
             }
             WalState::Restarted(r) => {
                 if !self.continuous {
@@ -431,16 +523,33 @@ impl Capturer {
         }
     }
 
+    /// Sets the WAL size gauge.
+    fn note_wal_size(&self) {
+        let len = std::fs::metadata(wal::wal_path(self.db()))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        self.metrics.wal_size(len);
+    }
+
     fn restart_generation(&mut self, why: &str) -> Result<StepReport> {
-        // Reopen everything against the current file and re-hold a read transaction.
+        // Reopen everything against the current file and re-hold a read
+        // transaction. Every connection to the database is closed before the
+        // old file handles are: closing a descriptor drops all of this
+        // process's POSIX locks on the file, the new connections' included,
+        // so the handles are replaced while no connection is open.
         let _ = end_read(&self.readers[self.active], &self.opts.db);
+        let closed =
+            || Connection::open_in_memory().map_err(|e| Error::sqlite("open", ":memory:", e));
+        self.readers = [closed()?, closed()?];
+        self.writer = closed()?;
+        self.checkpointer = closed()?;
+        self.db_file = source::open_db_file(&self.opts.db)?;
+        self.shm = shm::ShmProbe::open(&self.opts.db);
+        self.identity = source::file_identity(&self.opts.db)?;
         self.readers = [open_conn(&self.opts.db)?, open_conn(&self.opts.db)?];
         self.writer = open_conn(&self.opts.db)?;
         self.checkpointer = open_conn(&self.opts.db)?;
         self.active = 0;
-        self.identity = source::file_identity(&self.opts.db)?;
-        // The old connections are closed; the handle may follow the new file.
-        self.db_file = source::open_db_file(&self.opts.db)?;
         begin_read(&self.readers[0], &self.opts.db)?;
         self.has_events = has_events_table(&self.readers[0], &self.opts.db)?;
         self.new_generation(why)
@@ -516,15 +625,20 @@ impl Capturer {
     /// Repository or database failures; the capture position advances only
     /// past what is durable.
     pub fn step(&mut self, force_snapshot: bool) -> Result<StepReport> {
+        self.steps += 1;
+        self.note_wal_size();
         if let Some(why) = self.poisoned.clone() {
-            let mut r = self.restart_generation(&why)?;
-            r.absorb(self.archive_events()?);
-            return Ok(r);
+            return self.restart_and_archive(&why);
         }
         if self.readers[self.active].is_autocommit() {
             // A failed step left no read transaction held: continuity is not proven.
             self.continuous = false;
             begin_read(&self.readers[self.active], &self.opts.db)?;
+        }
+        if let Some(why) = self.base_lost()? {
+            self.metrics.repository_lost();
+            tracing::error!("{why}; starting a new generation with a snapshot");
+            return self.restart_and_archive(&why);
         }
         let mut report = match self.copy_new_frames()? {
             Ok(r) => r,
@@ -535,19 +649,33 @@ impl Capturer {
                 return Ok(r);
             }
         };
-        let request = snapshot_request_path(self.db());
-        let requested = request.exists();
+        if let Some(why) = self.check_sample()? {
+            self.metrics.check_failed();
+            tracing::error!("capture check failed: {why}; starting a new generation");
+            let mut r = self.restart_and_archive(&why)?;
+            r.absorb(report);
+            return Ok(r);
+        }
+        if let Err(why) = self.check_archive()? {
+            self.metrics.archive_error();
+            tracing::error!("event archive: {why}; starting a new generation");
+            let mut r = self.restart_and_archive(&why)?;
+            r.absorb(report);
+            return Ok(r);
+        }
+        let request = run::SnapshotRequest::take(self.db());
         let interval_due = self.opts.snapshot_interval.is_some_and(|iv| {
             (Utc::now() - self.gen.last_snapshot_at)
                 .to_std()
                 .unwrap_or_default()
                 >= iv
         });
-        if force_snapshot || requested || interval_due {
-            report.absorb(self.snapshot_now()?);
-            if requested {
-                let _ = std::fs::remove_file(&request);
+        if force_snapshot || request.is_some() || interval_due {
+            let taken = self.snapshot_now();
+            if let Some(req) = &request {
+                req.answer(self.db(), &taken);
             }
+            report.absorb(taken?);
         }
         if self.gen.wal.frame >= self.opts.checkpoint_frames {
             report.absorb(self.checkpoint()?);
@@ -556,6 +684,37 @@ impl Capturer {
         }
         report.absorb(self.archive_events()?);
         Ok(report)
+    }
+
+    /// Starts a new generation and archives the events after it.
+    fn restart_and_archive(&mut self, why: &str) -> Result<StepReport> {
+        let mut r = self.restart_generation(why)?;
+        r.absorb(self.archive_events()?);
+        Ok(r)
+    }
+
+    /// Whether the oldest object the chain needs, its snapshot, is gone from
+    /// the repository (a repository deleted or pruned under the capturer).
+    fn base_lost(&self) -> Result<Option<String>> {
+        if self.gen.base_snapshot.is_empty() {
+            return Ok(None);
+        }
+        let key = Manifest::manifest_key(&self.gen.base_snapshot);
+        Ok((!self.repo.backend().exists(&key)?).then(|| {
+            format!(
+                "the snapshot {} of generation {} is gone from the repository {} \
+                 (deleted or pruned under the running capturer): the chain has no base",
+                self.gen.base_snapshot,
+                self.gen.id,
+                self.repo.backend().describe()
+            )
+        }))
+    }
+
+    /// Whether a checkpointer of another process is at work on the database
+    /// (it may be waiting for this capturer's read transaction).
+    pub fn checkpointer_active(&self) -> bool {
+        self.shm.checkpointer_active()
     }
 
     /// Saves the capture state so that a later run can resume the generation.

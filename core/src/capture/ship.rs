@@ -1,4 +1,7 @@
-//! Shipping committed WAL frames as segments.
+//! Shipping committed WAL frames as segments. The frames are read, then the
+//! WAL header is read again: only when it is unchanged were the frames read
+//! intact (a restart rewrites the header before any frame), and only then is
+//! the segment written.
 
 use super::*;
 
@@ -10,6 +13,9 @@ impl Capturer {
             return Err(Error::Failed("page size changed".into()));
         }
         if read.txns.is_empty() {
+            if read.end.salt1 != self.gen.wal.salt1 || read.end.salt2 != self.gen.wal.salt2 {
+                self.gen.wal_pages.clear();
+            }
             self.gen.wal = read.end;
             return Ok(report);
         }
@@ -51,6 +57,13 @@ impl Capturer {
                 pages,
             });
         }
+        if !wal::header_unchanged(&wal_path, &read.header)? {
+            return Err(Error::Failed(format!(
+                "the WAL of {} was restarted while its frames were being read; \
+                 nothing was shipped, the step is retried",
+                self.db().display()
+            )));
+        }
         let raw = formats::encode_segment(self.gen.page_size, &txns);
         let compressed = formats::compress(&raw)?;
         let first = self.gen.last_txid + 1;
@@ -82,6 +95,16 @@ impl Capturer {
         };
         self.repo.write_object(&manifest, &compressed)?;
         // Only once the segment is durable does the capture position advance.
+        self.metrics.shipped(compressed.len() as u64);
+        self.metrics.committed(txid, now);
+        if read.end.salt1 != self.gen.wal.salt1 || read.end.salt2 != self.gen.wal.salt2 {
+            self.gen.wal_pages.clear();
+        }
+        for t in &read.txns {
+            for (p, off) in &t.pages {
+                self.gen.wal_pages.insert(*p, *off);
+            }
+        }
         self.gen.hashes = hashes;
         self.gen.last_txid = txid;
         self.gen.last_time = now;

@@ -7,9 +7,10 @@ use super::*;
 
 impl Capturer {
     /// Starts a new generation: a snapshot of the database at the current WAL
-    /// end, read under the held read transaction.
+    /// end, read under the held read transaction. A snapshot whose WAL was
+    /// restarted or truncated while it was being read (possible while the
+    /// capturer holds read mark 0) is torn and taken again.
     pub(super) fn new_generation(&mut self, why: &str) -> Result<StepReport> {
-        let header = source::header_of(&self.db_file, self.db())?;
         let catalog = self.repo.catalog()?;
         let txid = catalog.max_txid() + 1;
         let id = new_generation_id();
@@ -18,54 +19,62 @@ impl Capturer {
         } else {
             warn!(generation = %id, "starting a new generation: {why}");
         }
-        let read = match wal::read_wal(&wal::wal_path(self.db()), None)? {
-            WalState::Empty => None,
-            WalState::Continues(r) | WalState::Restarted(r) => Some(r),
-        };
-        let (overlay, db_pages, position, page_size) = match &read {
-            Some(r) if !r.txns.is_empty() => {
-                let mut overlay = HashMap::new();
-                for t in &r.txns {
-                    for (p, off) in &t.pages {
-                        overlay.insert(*p, *off);
+        self.metrics.generation_started();
+        for _ in 0..TORN_READ_TRIES {
+            let header = source::header_of(&self.db_file, self.db())?;
+            let read = match wal::read_wal(&wal::wal_path(self.db()), None)? {
+                WalState::Empty => None,
+                WalState::Continues(r) | WalState::Restarted(r) => Some(r),
+            };
+            let mut overlay = HashMap::new();
+            let (db_pages, position, page_size) = match &read {
+                Some(r) if !r.txns.is_empty() => {
+                    for t in &r.txns {
+                        for (p, off) in &t.pages {
+                            overlay.insert(*p, *off);
+                        }
                     }
+                    let pages = r
+                        .txns
+                        .last()
+                        .map(|t| u64::from(t.db_pages))
+                        .unwrap_or(header.pages);
+                    (pages, r.end, r.header.page_size)
                 }
-                let pages = r
-                    .txns
-                    .last()
-                    .map(|t| u64::from(t.db_pages))
-                    .unwrap_or(header.pages);
-                (overlay, pages, r.end, r.header.page_size)
-            }
-            Some(r) => (HashMap::new(), header.pages, r.end, header.page_size),
-            None => (
-                HashMap::new(),
-                header.pages,
-                WalPosition::default(),
-                header.page_size,
-            ),
-        };
-        self.gen.page_size = page_size;
-        let (last_event_rowid, last_seq) = if self.has_events {
-            last_event_position(&self.readers[self.active], self.db())?
-        } else {
-            (0, 0)
-        };
-        let now = Utc::now();
-        self.gen = GenState {
-            id,
-            page_size,
-            last_txid: txid,
-            last_time: now,
-            hashes: PageHashes::new(page_size as usize),
-            wal: position,
-            last_seq,
-            last_event_rowid,
-            last_snapshot_at: now,
-        };
-        let (manifest, hashes) =
-            match self.snapshot_at(txid, now, &overlay, db_pages, Some(last_seq)) {
-                Ok(x) => x,
+                Some(r) => (header.pages, r.end, header.page_size),
+                None => (header.pages, WalPosition::default(), header.page_size),
+            };
+            let events = self.events_from(&catalog)?;
+            let now = Utc::now();
+            self.gen = GenState {
+                id: id.clone(),
+                page_size,
+                last_txid: txid,
+                last_time: now,
+                hashes: PageHashes::new(page_size as usize),
+                wal: position,
+                wal_pages: overlay.clone(),
+                last_seq: events.archived_seq,
+                last_event_rowid: events.archived_rowid,
+                last_event_digest: events.archived_digest,
+                last_snapshot_at: now,
+                base_snapshot: String::new(),
+            };
+            let wal_header = read.as_ref().map(|r| r.header);
+            let taken = self.snapshot_at(
+                txid,
+                now,
+                &overlay,
+                db_pages,
+                Some(events.live_seq),
+                wal_header.as_ref(),
+            );
+            let (manifest, hashes) = match taken {
+                Ok(Some(x)) => x,
+                Ok(None) => {
+                    warn!("the WAL was restarted while the snapshot read it; taking it again");
+                    continue;
+                }
                 Err(e) => {
                     // The generation has no base: the next step must start again.
                     self.poisoned = Some(format!(
@@ -75,15 +84,25 @@ impl Capturer {
                     return Err(e);
                 }
             };
-        self.poisoned = None;
-        self.gen.hashes = hashes;
-        self.continuous = true;
-        self.save_state()?;
-        Ok(StepReport {
-            snapshot: Some(manifest.id),
-            new_generation: Some(why.to_string()),
-            ..Default::default()
-        })
+            self.poisoned = None;
+            self.gen.hashes = hashes;
+            self.gen.base_snapshot = manifest.id.clone();
+            self.continuous = true;
+            self.save_state()?;
+            return Ok(StepReport {
+                snapshot: Some(manifest.id),
+                new_generation: Some(why.to_string()),
+                ..Default::default()
+            });
+        }
+        self.poisoned = Some(format!(
+            "the snapshot of generation {id} was torn by WAL restarts {TORN_READ_TRIES} times"
+        ));
+        Err(Error::Failed(format!(
+            "could not read a consistent snapshot of {}: the application restarted its WAL \
+             during each of {TORN_READ_TRIES} attempts; the capturer tries again at its next step",
+            self.db().display()
+        )))
     }
 
     /// Reads the database image (file overlaid with WAL pages) in frames of
@@ -142,7 +161,10 @@ impl Capturer {
         Ok((PageHashes::from_hashes(ps, hashes), ()))
     }
 
-    /// Writes a snapshot of the image at `txid` and returns its manifest and page hashes.
+    /// Writes a snapshot of the image at `txid` and returns its manifest and
+    /// page hashes; `None`, with nothing written, when `wal_header` (the WAL
+    /// the overlay was read from) changed during the read: the image may be
+    /// torn.
     pub(super) fn snapshot_at(
         &self,
         txid: u64,
@@ -150,7 +172,8 @@ impl Capturer {
         overlay: &HashMap<u32, u64>,
         db_pages: u64,
         seq_max: Option<i64>,
-    ) -> Result<(Manifest, PageHashes)> {
+        wal_header: Option<&wal::WalHeader>,
+    ) -> Result<Option<(Manifest, PageHashes)>> {
         let mut compressed: Vec<u8> = Vec::new();
         let mut frames: Vec<FrameEntry> = Vec::new();
         let mut raw_hasher = blake3::Hasher::new();
@@ -188,11 +211,16 @@ impl Capturer {
             self.scan_pages(overlay, db_pages, Some(&mut sink))?
         };
         flush(&mut pending, &mut compressed, &mut frames)?;
+        if let Some(h) = wal_header {
+            if !wal::header_unchanged(&wal::wal_path(self.db()), h)? {
+                return Ok(None);
+            }
+        }
         let raw_size = db_pages * u64::from(self.gen.page_size);
         let checksum = checksum_hex(hashes.checksum());
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
-            id: format!("full_{}_{:012}", self.gen.id, txid),
+            id: snapshot_id(&self.gen.id, txid),
             kind: ObjectKind::Snapshot,
             generation: self.gen.id.clone(),
             created_at: Utc::now(),
@@ -223,65 +251,109 @@ impl Capturer {
             source_db: Some(self.db().display().to_string()),
         };
         self.repo.write_object(&manifest, &compressed)?;
+        self.metrics.shipped(compressed.len() as u64);
         info!(id = %manifest.id, pages = db_pages, bytes = compressed.len(), "snapshot written");
-        Ok((manifest, hashes))
+        Ok(Some((manifest, hashes)))
     }
 
     /// Snapshot of the current capture position (under the read transaction
-    /// opened before the position was read).
+    /// opened before the position was read), compared with the chain: this is
+    /// the check of the capture against the source. When a snapshot of this
+    /// txid exists already (nothing was committed since), it is not taken
+    /// again.
     pub(super) fn snapshot_now(&mut self) -> Result<StepReport> {
-        let mut overlay = HashMap::new();
-        if self.gen.wal.frame > 0 {
-            if let WalState::Continues(r) | WalState::Restarted(r) =
-                wal::read_wal_upto(&wal::wal_path(self.db()), self.gen.wal.frame)?
-            {
-                if r.end != self.gen.wal {
-                    return Err(Error::Failed(
-                        "the WAL no longer matches the capture position".into(),
-                    ));
-                }
-                for t in &r.txns {
-                    for (p, off) in &t.pages {
-                        overlay.insert(*p, *off);
+        let id = snapshot_id(&self.gen.id, self.gen.last_txid);
+        if self.repo.backend().exists(&Manifest::manifest_key(&id))? {
+            self.gen.last_snapshot_at = Utc::now();
+            info!(id = %id, "nothing committed since the last snapshot: not taken again");
+            return Ok(StepReport {
+                snapshot_existing: Some(id),
+                ..Default::default()
+            });
+        }
+        for _ in 0..TORN_READ_TRIES {
+            let mut header = None;
+            let mut overlay = HashMap::new();
+            if self.gen.wal.frame > 0 {
+                if let WalState::Continues(r) | WalState::Restarted(r) =
+                    wal::read_wal_upto(&wal::wal_path(self.db()), self.gen.wal.frame)?
+                {
+                    if r.end != self.gen.wal {
+                        return Err(Error::Failed(
+                            "the WAL no longer matches the capture position".into(),
+                        ));
+                    }
+                    header = Some(r.header);
+                    for t in &r.txns {
+                        for (p, off) in &t.pages {
+                            overlay.insert(*p, *off);
+                        }
                     }
                 }
             }
-        }
-        let seq = if self.has_events {
-            Some(self.gen.last_seq)
-        } else {
-            None
-        };
-        let (manifest, hashes) = self.snapshot_at(
-            self.gen.last_txid,
-            self.gen.last_time,
-            &overlay,
-            self.gen.hashes.pages(),
-            seq,
-        )?;
-        self.gen.last_snapshot_at = Utc::now();
-        if hashes.checksum() != self.gen.hashes.checksum() {
-            // The database changed in a way the WAL did not show: never guess.
-            let why = format!(
-                "the snapshot at txid {} has checksum {} but the captured chain says {}",
+            let seq = if self.has_events {
+                Some(self.live_last_seq()?)
+            } else {
+                None
+            };
+            let taken = self.snapshot_at(
                 self.gen.last_txid,
-                checksum_hex(hashes.checksum()),
-                checksum_hex(self.gen.hashes.checksum())
-            );
-            let _ = self
-                .repo
-                .backend()
-                .delete(&Manifest::manifest_key(&manifest.id));
-            return self.restart_generation(&why);
+                self.gen.last_time,
+                &overlay,
+                self.gen.hashes.pages(),
+                seq,
+                header.as_ref(),
+            )?;
+            let Some((manifest, hashes)) = taken else {
+                warn!("the WAL was restarted while the snapshot read it; taking it again");
+                continue;
+            };
+            self.gen.last_snapshot_at = Utc::now();
+            if hashes.checksum() != self.gen.hashes.checksum() {
+                // The database differs from what the chain says: never guess.
+                let why = format!(
+                    "the snapshot at txid {} has checksum {} but the captured chain says {}",
+                    self.gen.last_txid,
+                    checksum_hex(hashes.checksum()),
+                    checksum_hex(self.gen.hashes.checksum())
+                );
+                self.metrics.check_failed();
+                tracing::error!("capture check failed: {why}");
+                let _ = self
+                    .repo
+                    .backend()
+                    .delete(&Manifest::manifest_key(&manifest.id));
+                return self.restart_generation(&why);
+            }
+            self.gen.base_snapshot = manifest.id.clone();
+            return Ok(StepReport {
+                snapshot: Some(manifest.id),
+                ..Default::default()
+            });
         }
-        Ok(StepReport {
-            snapshot: Some(manifest.id),
-            ..Default::default()
-        })
+        Err(Error::Failed(format!(
+            "the snapshot at txid {} was torn by WAL restarts {TORN_READ_TRIES} times; \
+             it is taken again at the next step",
+            self.gen.last_txid
+        )))
     }
 }
 
-fn read_page_or_zero(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
+/// The id of a generation's snapshot at a txid.
+pub(super) fn snapshot_id(generation: &str, txid: u64) -> String {
+    format!("full_{generation}_{txid:012}")
+}
+
+/// How often a snapshot torn by a concurrent WAL restart is taken again
+/// before the step fails (and is retried at the next one).
+const TORN_READ_TRIES: usize = 5;
+
+pub(super) fn read_page_or_zero(
+    file: &File,
+    path: &Path,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<()> {
     let mut done = 0;
     while done < buf.len() {
         match file.read_at(&mut buf[done..], offset + done as u64) {
