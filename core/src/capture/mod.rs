@@ -155,6 +155,17 @@ struct GenState {
     base_snapshot: String,
 }
 
+impl GenState {
+    /// The txid of the generation's newest snapshot (0 when unknown).
+    fn base_txid(&self) -> u64 {
+        self.base_snapshot
+            .rsplit('_')
+            .next()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
 /// A running capturer holding the database's capture lock.
 pub struct Capturer {
     opts: CaptureOptions,
@@ -181,6 +192,8 @@ pub struct Capturer {
     metrics: Arc<CaptureMetrics>,
     /// Steps taken, for choosing sampled pages.
     steps: u64,
+    /// The last txid at which the sampled check of the chain passed.
+    last_good_check: u64,
     /// Sees the application's checkpointer in the `-shm` file's locks. Kept
     /// open like `db_file`, for the same reason (closing a descriptor of the
     /// `-shm` file would drop SQLite's read-mark locks of this process).
@@ -315,6 +328,7 @@ impl Capturer {
             poisoned: None,
             metrics: CaptureMetrics::new(),
             steps: 0,
+            last_good_check: 0,
             shm,
             db_file,
         };
@@ -651,11 +665,19 @@ impl Capturer {
         };
         if let Some(why) = self.check_sample()? {
             self.metrics.check_failed();
-            tracing::error!("capture check failed: {why}; starting a new generation");
+            tracing::error!(
+                "capture check failed: {why}; the restore points of generation {} after txid {} \
+                 (the last that passed) up to txid {} may not reproduce the database; starting a \
+                 new generation",
+                self.gen.id,
+                self.last_good_check.max(self.gen.base_txid()),
+                self.gen.last_txid
+            );
             let mut r = self.restart_and_archive(&why)?;
             r.absorb(report);
             return Ok(r);
         }
+        self.last_good_check = self.gen.last_txid;
         if let Err(why) = self.check_archive()? {
             self.metrics.archive_error();
             tracing::error!("event archive: {why}; starting a new generation");
