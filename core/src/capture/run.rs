@@ -367,6 +367,7 @@ pub fn replicate(
         }
     }
     sum.generation = cap.generation().to_string();
+    sum.last_txid = sum.last_txid.max(cap.last_txid());
     let last = cap.finish()?;
     add(&mut sum, &last);
     on_step(&last);
