@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use genesis_core::time::format_rfc3339;
+use genesis_core::time::format_exact;
 
 use crate::common::{file_hash, files_starting, integrity, signal, state_hash, stderr_text, Env};
 
@@ -80,8 +80,8 @@ fn targets_outside_the_repository_name_what_it_holds() {
         assert_eq!(o.status.code(), Some(2), "{t}: {e}");
         assert!(
             e.contains("before the first backup")
-                && e.contains(&format_rfc3339(first.time))
-                && e.contains(&format_rfc3339(last.time)),
+                && e.contains(&format_exact(first.time))
+                && e.contains(&format_exact(last.time)),
             "{t}: the error does not name the range that exists: {e}"
         );
         assert_untouched(&env, &before, t);
@@ -94,7 +94,7 @@ fn targets_outside_the_repository_name_what_it_holds() {
         assert!(
             e.contains("future")
                 && e.contains(&format!("txid {}", last.txid))
-                && e.contains(&format_rfc3339(last.time)),
+                && e.contains(&format_exact(last.time)),
             "{t}: the error does not name the latest restore point: {e}"
         );
         assert_untouched(&env, &before, t);
