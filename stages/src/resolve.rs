@@ -261,6 +261,25 @@ pub fn resolve_plan(
                     ));
                 }
             }
+            // Txids after the point that no manifest at all accounts for
+            // (object and manifest both gone): their times are unknown too.
+            let next_known = generation
+                .segments
+                .iter()
+                .chain(generation.snapshots.iter())
+                .map(|m| m.txid_min)
+                .filter(|t| *t > req.txid)
+                .min();
+            if let Some(next) = next_known.filter(|n| *n > req.txid + 1) {
+                if gaps.is_empty() {
+                    gaps.push(format!(
+                        "the incremental backups for txids {}..{} of generation {} are missing: their commit times are unknown and may be before the target",
+                        req.txid + 1,
+                        next - 1,
+                        generation.id
+                    ));
+                }
+            }
         }
     }
     for l in lost.unplaced() {
