@@ -28,7 +28,19 @@ fn keep_freed_memory() {
 }
 
 fn main() {
-    let args = cli::args::Cli::parse();
+    let args = match cli::args::Cli::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            // Help and version are not failures; a usage error with --json
+            // still prints its one document.
+            let is_error = e.use_stderr();
+            if is_error && std::env::args().any(|a| a == "--json") {
+                let doc = cli::failure_document("usage", &e.to_string(), cli::EXIT_USAGE);
+                println!("{doc}");
+            }
+            e.exit();
+        }
+    };
     if !matches!(
         args.command,
         cli::args::Command::Backup(cli::args::BackupCommand::Replicate(_))
@@ -36,10 +48,14 @@ fn main() {
         keep_freed_memory();
     }
     cli::logging::init(&args.global);
+    let json = args.global.json;
     let code = match cli::dispatch(args) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {}", cli::describe_error(&err));
+            if json {
+                cli::print_failure(&err);
+            }
             cli::exit_code(&err)
         }
     };

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::repo::catalog::RestorePoint;
+use crate::repo::lost::LostObject;
 use crate::repo::Manifest;
 
 /// What the user asked to restore to.
@@ -38,10 +39,45 @@ pub struct RestorePlan {
     #[serde(skip)]
     pub events: Vec<Arc<Manifest>>,
     pub page_size: u32,
-    /// Set when a gap forced an earlier point than asked for: what happened.
-    pub fallback: Option<String>,
+    /// Set when a gap (a missing, unreadable or damaged object or manifest)
+    /// lies between the chain and the target: what is lost, the point used
+    /// instead, and whether the event archive bridges the gap.
+    pub fallback: Option<Fallback>,
     /// The txid the target asked for, before any fallback.
     pub requested_txid: u64,
+    /// The instant archived events are replayed up to: the target for a time
+    /// target; for a fallback to a txid, a backup or the latest point, the
+    /// newest `created_at` of the events the plan reads (events are then
+    /// bounded by the objects chosen); `None`: no replay.
+    pub replay_until: Option<DateTime<Utc>>,
+    /// Whether the event archive the plan reads reaches the target without a
+    /// gap (checked again against the staged database by event-replay).
+    pub archive_complete: bool,
+    /// The instant the target stands for: the target time, else the
+    /// requested restore point's commit time (for a point whose manifest is
+    /// unreadable, the newest time the repository knows before it: the true
+    /// instant is later).
+    pub requested_time: Option<DateTime<Utc>>,
+}
+
+/// How a restore got around a gap (the `fallback` of a restore result).
+#[derive(Debug, Clone, Serialize)]
+pub struct Fallback {
+    /// What is missing or damaged, each piece named.
+    pub gap: String,
+    /// The objects the restore could not use.
+    pub lost: Vec<LostObject>,
+    /// The point the target asked for, in words.
+    pub requested: String,
+    /// The restore point the database was rebuilt at instead.
+    pub point_used: RestorePoint,
+    /// The full backup the chain starts from.
+    pub full_backup_used: String,
+    /// Whether the event archive covers everything from the point used to
+    /// the target, so that replay makes the trading tables exact.
+    pub archive_reaches_target: bool,
+    /// Events replayed from the point used (filled in after the replay).
+    pub events_replayed: u64,
 }
 
 impl RestorePlan {

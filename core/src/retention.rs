@@ -54,7 +54,8 @@ pub fn list_backups(
         .map(|m| BackupEntry {
             backup_id: m.id.clone(),
             backup_type: m.kind.backup_type().to_string(),
-            timestamp: crate::time::format_rfc3339(m.time_max),
+            // Every digit: given back to `restore --timestamp`, it restores this point.
+            timestamp: crate::time::format_exact(m.time_max),
             size_bytes: m.compressed_size,
             checksum: m.blake3_compressed.clone(),
             generation: m.generation.clone(),
@@ -98,7 +99,10 @@ pub fn prune(
     dry_run: bool,
 ) -> Result<PruneReport> {
     let catalog = repo.catalog()?;
-    let cutoff = Utc::now() - ChronoDuration::days(i64::from(keep_days));
+    // Checked: a retention longer than the calendar keeps everything.
+    let cutoff = Utc::now()
+        .checked_sub_signed(ChronoDuration::days(i64::from(keep_days)))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     let mut chains: Vec<ChainSet> = Vec::new();
     for g in &catalog.generations {
         for (i, s) in g.snapshots.iter().enumerate() {

@@ -65,6 +65,13 @@ pub fn format_rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
+/// Formats an instant as RFC 3339 UTC with every digit it has (up to
+/// nanoseconds; commit times are kept in nanoseconds), for instants a user
+/// may give back as a target: the text parses to the same instant.
+pub fn format_exact(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
 /// Parses a duration such as `500ms`, `30s`, `5m`, `1h`, `7d`, `1h30m`; a bare number is seconds.
 ///
 /// # Errors
@@ -80,10 +87,8 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
         return Err(bad());
     }
     if let Ok(secs) = t.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Ok(Duration::from_secs_f64(secs));
-        }
-        return Err(bad());
+        // try_: a value beyond what a Duration holds is bad input, not a panic.
+        return Duration::try_from_secs_f64(secs).map_err(|_| bad());
     }
     let mut total = Duration::ZERO;
     let mut rest = t;
@@ -110,7 +115,10 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
             "w" => value * 7.0 * 86400.0,
             _ => return Err(bad()),
         };
-        total += Duration::from_secs_f64(secs);
+        total = Duration::try_from_secs_f64(secs)
+            .ok()
+            .and_then(|d| total.checked_add(d))
+            .ok_or_else(bad)?;
     }
     Ok(total)
 }

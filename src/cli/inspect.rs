@@ -11,7 +11,7 @@ pub fn list_backups(ctx: &Ctx, a: ListArgs) -> anyhow::Result<i32> {
     let repo = Repository::open_local(&ctx.repo, false)?;
     let since = a
         .days
-        .map(|d| Utc::now() - ChronoDuration::days(i64::from(d)));
+        .and_then(|d| Utc::now().checked_sub_signed(ChronoDuration::days(i64::from(d))));
     let mut rows = genesis_core::retention::list_backups(&repo, since, a.all)?;
     if let Some(n) = a.limit {
         rows.truncate(n);

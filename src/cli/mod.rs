@@ -2,6 +2,7 @@
 //! command's module. One place maps errors to exit codes.
 
 pub mod args;
+pub mod bounds;
 mod capture;
 mod demo;
 mod inspect;
@@ -17,9 +18,15 @@ use genesis_core::settings::Settings;
 
 use args::{Cli, Command};
 
-/// Exit codes (DESIGN.md §6).
+/// Exit codes (DESIGN.md §6, and 5 for a restore with data loss).
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_VALIDATION: i32 = 3;
+pub const EXIT_RECONCILE: i32 = 4;
+/// A restore built a database, but history before the target is missing
+/// from it (a gap in the backups the event archive could not bridge).
+pub const EXIT_DATA_LOSS: i32 = 5;
 
 /// What every command needs: resolved paths and output flags.
 pub struct Ctx {
@@ -61,6 +68,7 @@ impl Ctx {
 /// # Errors
 /// Whatever the command fails with; [`exit_code`] maps it.
 pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    bounds::check(&cli)?;
     let ctx = Ctx::new(&cli.global)?;
     match cli.command {
         Command::Simulate(a) => capture::simulate(&ctx, a),
@@ -78,23 +86,70 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-/// The exit code of an error: 2 for usage and configuration errors, 1 otherwise.
-pub fn exit_code(err: &anyhow::Error) -> i32 {
+/// The kind of an error (the `error.kind` of a `--json` failure document)
+/// and its exit code: the one place where errors become exit codes.
+pub fn classify(err: &anyhow::Error) -> (&'static str, i32) {
+    use genesis_core::Error as E;
     if let Some(e) = err.downcast_ref::<genesis_core::Error>() {
-        return e.exit_code();
+        // Every kind listed: a new kind must be given its code here.
+        return match e {
+            E::Usage(_) => ("usage", EXIT_USAGE),
+            E::Config(_) => ("config", EXIT_USAGE),
+            E::Io { .. } => ("io", EXIT_FAILED),
+            E::Sqlite { .. } => ("sqlite", EXIT_FAILED),
+            E::Corrupt { .. } => ("corrupt", EXIT_FAILED),
+            E::Locked(_) => ("locked", EXIT_FAILED),
+            E::Cancelled(_) => ("cancelled", EXIT_FAILED),
+            E::Plugin { .. } => ("plugin", EXIT_FAILED),
+            E::Failed(_) => ("failed", EXIT_FAILED),
+        };
     }
+    // ---- trading errors: issue 13 turns genesis_trading::Error into typed
+    // kinds; map each kind here (input errors -> EXIT_USAGE). Until then its
+    // Debug text names the variant. ----
     if let Some(e) = err.downcast_ref::<genesis_trading::Error>() {
-        return if trading_error_is_input(e) { 2 } else { 1 };
+        let s = format!("{e:?}");
+        let input =
+            s.starts_with("ExchangeFile") || s.starts_with("Timestamp") || s.starts_with("Schema");
+        return if input {
+            ("trading_input", EXIT_USAGE)
+        } else {
+            ("trading", EXIT_FAILED)
+        };
     }
+    // ---- end of trading errors ----
     if err.downcast_ref::<clap::Error>().is_some() {
-        return 2;
+        return ("usage", EXIT_USAGE);
     }
-    EXIT_FAILED
+    if err.downcast_ref::<std::io::Error>().is_some() {
+        return ("io", EXIT_FAILED);
+    }
+    ("failed", EXIT_FAILED)
 }
 
-fn trading_error_is_input(e: &genesis_trading::Error) -> bool {
-    let s = format!("{e:?}");
-    s.starts_with("ExchangeFile") || s.starts_with("Timestamp") || s.starts_with("Schema")
+/// The exit code of an error (see [`classify`]).
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    classify(err).1
+}
+
+/// The one JSON document a failed command prints with `--json`.
+pub fn failure_document(kind: &str, message: &str, code: i32) -> serde_json::Value {
+    serde_json::json!({
+        "success": false,
+        "error": { "kind": kind, "message": message },
+        "exit_code": code,
+    })
+}
+
+/// Prints the failure document of `err` on stdout, unless the command has
+/// already printed its own document.
+pub fn print_failure(err: &anyhow::Error) {
+    if output::document_printed() {
+        return;
+    }
+    let (kind, code) = classify(err);
+    let doc = failure_document(kind, &describe_error(err), code);
+    let _ = output::write_stdout(&doc.to_string());
 }
 
 /// The error text shown to the user: the error and its causes.

@@ -1,10 +1,20 @@
 //! Printing results: one JSON document with `--json`, a short human summary otherwise.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
 use super::Ctx;
+
+/// Set once a command has printed its JSON document.
+static DOCUMENT_PRINTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a JSON document was printed already (so that a failure prints
+/// none of its own: `--json` always prints exactly one).
+pub fn document_printed() -> bool {
+    DOCUMENT_PRINTED.load(Ordering::SeqCst)
+}
 
 /// Prints `value` as JSON when asked, else the human text.
 pub fn print<T: Serialize>(
@@ -13,6 +23,7 @@ pub fn print<T: Serialize>(
     human: impl FnOnce() -> String,
 ) -> anyhow::Result<()> {
     let text = if ctx.json {
+        DOCUMENT_PRINTED.store(true, Ordering::SeqCst);
         serde_json::to_string_pretty(value)?
     } else {
         human()
@@ -21,6 +32,12 @@ pub fn print<T: Serialize>(
         write_stdout(&text)?;
     }
     Ok(())
+}
+
+/// Writes a JSON document (already encoded) on stdout, once.
+pub fn write_document(text: &str) -> anyhow::Result<()> {
+    DOCUMENT_PRINTED.store(true, Ordering::SeqCst);
+    write_stdout(text)
 }
 
 /// Writes a line to stdout; a closed pipe (`| head`) ends the output quietly

@@ -11,13 +11,11 @@ use genesis_core::Error;
 use genesis_stages::{DrillOptions, RestoreOptions};
 
 use super::args::{DrillArgs, PipelinesCommand, RestoreArgs, RunArgs};
-use super::output::{print, write_stdout};
+use super::output::{print, write_document, write_stdout};
 use super::{progress, Ctx, EXIT_FAILED, EXIT_OK};
 
-/// Exit code when validation failed.
-pub const EXIT_VALIDATION: i32 = 3;
-/// Exit code when reconciliation found discrepancies.
-pub const EXIT_RECONCILE: i32 = 4;
+use super::EXIT_DATA_LOSS;
+pub use super::{EXIT_RECONCILE, EXIT_VALIDATION};
 
 /// Parses `key=value` overrides.
 pub fn overrides(set: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -30,17 +28,47 @@ pub fn overrides(set: &[String]) -> anyhow::Result<Vec<(String, String)>> {
         .collect()
 }
 
-fn target(a: &RestoreArgs) -> anyhow::Result<Target> {
+/// The typed target flag given, by name and value, if any.
+fn typed_target(a: &RestoreArgs) -> Option<(&'static str, String)> {
+    if let Some(t) = &a.timestamp {
+        return Some(("--timestamp", format!(" {t}")));
+    }
+    if let Some(d) = &a.ago {
+        return Some(("--ago", format!(" {d}")));
+    }
+    if let Some(id) = &a.backup_id {
+        return Some(("--backup-id", format!(" {id}")));
+    }
+    if let Some(t) = a.txid {
+        return Some(("--txid", format!(" {t}")));
+    }
+    a.latest.then(|| ("--latest", String::new()))
+}
+
+/// The one target of a restore: a typed flag or `--set target=...`, never
+/// both (a pipeline parameter silently beating a typed flag would restore
+/// the wrong point).
+fn target(a: &RestoreArgs, overrides: &[(String, String)]) -> anyhow::Result<Target> {
+    let set = overrides.iter().rev().find(|(k, _)| k == "target");
+    if let (Some((flag, value)), Some((_, t))) = (typed_target(a), set) {
+        return Err(Error::Usage(format!(
+            "{flag}{value} and --set target={t} both name what to restore to: give one of them"
+        ))
+        .into());
+    }
+    if let Some((_, t)) = set {
+        return Ok(genesis_stages::parse_target(t)?);
+    }
     if let Some(t) = &a.timestamp {
         return Ok(Target::Time {
             at: parse_timestamp(t)?,
         });
     }
     if let Some(d) = &a.ago {
-        let d = parse_duration(d)?;
-        let d = chrono::Duration::from_std(d)
-            .map_err(|_| Error::Usage(format!("--ago {d:?} is too long")))?;
-        return Ok(Target::Time { at: Utc::now() - d });
+        let too_long = || Error::Usage(format!("--ago {d} is too long"));
+        let d = chrono::Duration::from_std(parse_duration(d)?).map_err(|_| too_long())?;
+        let at = Utc::now().checked_sub_signed(d).ok_or_else(too_long)?;
+        return Ok(Target::Time { at });
     }
     if let Some(id) = &a.backup_id {
         genesis_core::repo::ids::validate_id(id)?;
@@ -60,7 +88,8 @@ fn target(a: &RestoreArgs) -> anyhow::Result<Target> {
 }
 
 pub fn restore(ctx: &Ctx, a: RestoreArgs) -> anyhow::Result<i32> {
-    let mut opts = RestoreOptions::new(&ctx.repo, &ctx.db, target(&a)?);
+    let overrides = overrides(&a.set)?;
+    let mut opts = RestoreOptions::new(&ctx.repo, &ctx.db, target(&a, &overrides)?);
     opts.staging_dir = a.staging_dir.clone().unwrap_or_else(|| ctx.staging.clone());
     opts.dry_run = a.dry_run;
     opts.validate = !a.no_validate;
@@ -68,7 +97,11 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> anyhow::Result<i32> {
     opts.output = a.output.clone();
     opts.strict = a.strict;
     opts.pipeline = a.pipeline.clone();
-    opts.overrides = overrides(&a.set)?;
+    // The target is decided above; the pipeline gets it from `opts.target`.
+    opts.overrides = overrides
+        .into_iter()
+        .filter(|(k, _)| k != "target")
+        .collect();
     if a.reconcile || a.exchange_orders.is_some() {
         opts.reconcile = Some(a.exchange_orders.clone().ok_or_else(|| {
             Error::Usage("--reconcile needs --exchange-orders FILE (the exchange's open orders, Binance or CCXT JSON)".into())
@@ -79,7 +112,18 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> anyhow::Result<i32> {
     print(ctx, &r, || {
         let mut s = String::new();
         if let Some(f) = &r.fallback {
-            s.push_str(&format!("WARNING: {f}\n"));
+            s.push_str(&format!(
+                "WARNING: {}: restored from txid {} instead of {}; {} events replayed from there; {}\n",
+                f.gap,
+                f.point_used.txid,
+                f.requested,
+                f.events_replayed,
+                if r.data_loss {
+                    "the event archive does not reach the target: history is missing (exit code 5)"
+                } else {
+                    "the event archive bridged the gap: the trading tables are exact"
+                }
+            ));
         }
         s.push_str(&format!(
             "{} to txid {} ({}), generation {}\n",
@@ -101,6 +145,10 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> anyhow::Result<i32> {
         s.push_str(&format!(
             "  recovery time: {:.3}s, RPO gap: {:.3}s\n",
             r.recovery_time_seconds, r.rpo_gap_seconds
+        ));
+        s.push_str(&format!(
+            "  tables not rebuilt from events are as of {} (the restore point)\n",
+            r.non_event_tables_at
         ));
         if let Some(v) = &r.validation {
             s.push_str(&format!(
@@ -132,6 +180,8 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> anyhow::Result<i32> {
         EXIT_VALIDATION
     } else if r.reconciled == Some(false) {
         EXIT_RECONCILE
+    } else if r.success && r.data_loss {
+        EXIT_DATA_LOSS
     } else if r.success {
         EXIT_OK
     } else {
@@ -252,11 +302,16 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<i32> {
             })
         }
         Err(f) => {
+            let (stage, stages) = (f.stage.clone(), f.stages.clone());
+            let err: anyhow::Error = Error::from(f).into();
             if ctx.json {
-                let doc = serde_json::json!({ "success": false, "error": f.error.to_string(), "stage": f.stage, "stages": f.stages });
-                write_stdout(&serde_json::to_string_pretty(&doc)?)?;
+                let (kind, code) = super::classify(&err);
+                let mut doc = super::failure_document(kind, &super::describe_error(&err), code);
+                doc["stage"] = serde_json::json!(stage);
+                doc["stages"] = serde_json::json!(stages);
+                write_document(&serde_json::to_string_pretty(&doc)?)?;
             }
-            Err(Error::from(f).into())
+            Err(err)
         }
     }
 }
@@ -275,8 +330,8 @@ pub fn pipelines(ctx: &Ctx, cmd: PipelinesCommand) -> anyhow::Result<i32> {
         }
     }
     if ctx.json {
-        let doc = serde_json::json!({ "ok": all_issues.is_empty(), "pipelines": summaries, "errors": all_issues });
-        write_stdout(&serde_json::to_string_pretty(&doc)?)?;
+        let doc = serde_json::json!({ "ok": all_issues.is_empty(), "success": all_issues.is_empty(), "pipelines": summaries, "errors": all_issues });
+        write_document(&serde_json::to_string_pretty(&doc)?)?;
     } else {
         for s in &summaries {
             write_stdout(&format!(

@@ -324,6 +324,23 @@ pub fn select_events(
     Ok(events)
 }
 
+/// Cuts `events` at the first sequence number that does not follow the one
+/// before it (starting after `after`); returns `(expected, found)` there.
+fn contiguous_prefix(events: &mut Vec<Event>, after: i64) -> Option<(i64, i64)> {
+    let (i, expected, found) = (after + 1..)
+        .zip(events.iter())
+        .enumerate()
+        .find(|(_, (expected, ev))| ev.sequence_number != *expected)
+        .map(|(i, (expected, ev))| (i, expected, ev.sequence_number))?;
+    tracing::warn!(
+        expected,
+        found,
+        "the event archive has a gap: replay stops before it"
+    );
+    events.truncate(i);
+    Some((expected, found))
+}
+
 fn trading_error(path: &Path) -> impl Fn(genesis_trading::Error) -> Error + '_ {
     move |e| Error::Failed(format!("event replay on {}: {e}", path.display()))
 }
@@ -347,7 +364,11 @@ impl EventReplay {
             return Ok(());
         }
         let after = genesis_trading::event::max_sequence(&conn).map_err(trading_error(&path))?;
-        let events = select_events(std::mem::take(&mut staged.events), after, until)?;
+        let mut events = select_events(std::mem::take(&mut staged.events), after, until)?;
+        // Only a run without a hole in its sequence numbers can be replayed:
+        // a lost event object ends the replay there (the restore reports
+        // the gap and the RPO it costs).
+        let archive_gap = contiguous_prefix(&mut events, after);
         let mut extensions: Vec<Box<dyn EventExtension + Send>> = Vec::new();
         for h in self.handlers.drain(..) {
             extensions.push(Box::new(h));
@@ -390,6 +411,12 @@ impl EventReplay {
             .map_err(|e| Error::Failed(format!("encode the replay report: {e}")))?;
         if let Some(map) = value.as_object_mut() {
             map.insert("after_sequence".into(), after.into());
+            if let Some((expected, found)) = archive_gap {
+                map.insert(
+                    "archive_gap".into(),
+                    serde_json::json!({ "expected_sequence": expected, "found_sequence": found }),
+                );
+            }
             map.insert(
                 "target_time".into(),
                 genesis_core::time::format_rfc3339(until).into(),

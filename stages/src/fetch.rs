@@ -29,17 +29,18 @@ use chrono::{DateTime, Utc};
 use rayon::prelude::*;
 use serde::Deserialize;
 
+use genesis_core::objects;
 use genesis_core::pipeline::{
     decode_config, Artifact, ArtifactKind, BuildContext, Emit, FetchedObject, Params, Stage,
     StageContext, StageFactory,
 };
 use genesis_core::plan::{RestorePlan, Target};
-use genesis_core::repo::catalog::RestorePoint;
-use genesis_core::repo::{Catalog, ObjectKind, Repository};
-use genesis_core::time::{format_rfc3339, parse_timestamp};
+use genesis_core::repo::lost::LostSet;
+use genesis_core::repo::{Catalog, Repository};
+use genesis_core::time::parse_timestamp;
 use genesis_core::{Error, Result};
 
-use crate::settings;
+use crate::{resolve, settings};
 
 /// Default repository directory.
 pub const DEFAULT_REPOSITORY: &str = ".genesis/backups";
@@ -91,128 +92,25 @@ pub fn target_text(target: &Target) -> String {
     }
 }
 
-/// Resolves the restore plan of `target` against the catalog (see the module
-/// documentation). `now` decides what "in the future" means.
+/// Resolves the restore plan of `target` against the catalog, with no object
+/// known to be lost beyond the unreadable manifests the catalog lists (see
+/// [`crate::resolve`]). `now` decides what "in the future" means.
 ///
 /// # Errors
-/// `Error::Usage` for a target outside what the repository holds (naming what
-/// it holds); `Error::Failed` for a gap when `strict`; `Error::Corrupt` for
-/// inconsistent manifests.
+/// As [`resolve::resolve_plan`].
 pub fn resolve_plan(
     catalog: &Catalog,
     target: &Target,
     strict: bool,
     now: DateTime<Utc>,
 ) -> Result<RestorePlan> {
-    let describe = |p: &RestorePoint| format!("txid {} at {}", p.txid, format_rfc3339(p.time));
-    let latest = catalog.latest_point();
-    let point = match target {
-        Target::Latest => latest.clone().ok_or_else(|| {
-            Error::Usage("the backup repository holds no restore point yet: run `genesis-recovery backup full` or `backup replicate` first".into())
-        })?,
-        Target::Time { at } => {
-            if *at > now {
-                let hint = latest.as_ref().map_or_else(
-                    || "the repository holds no restore point yet".to_string(),
-                    |p| format!("the latest restore point is {}; to restore it, use `restore --latest` (target `latest` in a pipeline)", describe(p)),
-                );
-                return Err(Error::Usage(format!(
-                    "the target {} is in the future (it is now {}): {hint}",
-                    format_rfc3339(*at),
-                    format_rfc3339(now)
-                )));
-            }
-            catalog.point_at_or_before(*at)?
-        }
-        Target::Txid { txid } => catalog.point_for_txid(*txid)?,
-        Target::BackupId { id } => backup_point(catalog, id)?,
-    };
-    let chain = catalog.chain_to(&point)?;
-    let fallback = match &chain.gap {
-        None => None,
-        Some(gap) if strict => {
-            return Err(Error::Failed(format!(
-                "cannot restore {}: {gap}; the last point reachable before the gap is {} (strict mode refuses to fall back; run without `strict` to restore it)",
-                describe(&point),
-                describe(&chain.point)
-            )))
-        }
-        Some(gap) => {
-            let note = format!(
-                "{gap}: restoring {} instead of {}, the last restore point reachable before the gap",
-                describe(&chain.point),
-                describe(&point)
-            );
-            tracing::warn!("{note}");
-            Some(note)
-        }
-    };
-    let reached = chain.point.clone();
-    let generation = catalog
-        .generation(&reached.generation)
-        .ok_or_else(|| Error::Usage(format!("unknown generation {}", reached.generation)))?;
-    let target_time = match target {
-        Target::Time { at } => Some(*at),
-        _ => Some(reached.time),
-    };
-    let events = match target {
-        // Objects read at or after the point may hold events beyond it;
-        // event-replay keeps only those after the database's own.
-        Target::Time { at } => generation
-            .events
-            .iter()
-            .filter(|e| e.txid_max >= reached.txid && e.time_min <= *at)
-            .cloned()
-            .collect(),
-        _ => Vec::new(),
-    };
-    Ok(RestorePlan {
-        target: target.clone(),
-        target_time,
-        page_size: chain.snapshot.page_size,
-        snapshot: chain.snapshot.clone(),
-        segments: chain
-            .segments
-            .iter()
-            .filter(|s| s.txid_min <= reached.txid)
-            .cloned()
-            .collect(),
-        events,
-        fallback,
-        requested_txid: point.txid,
-        point: reached,
-    })
+    let lost = LostSet::from_bad_manifests(&catalog.bad);
+    resolve::resolve_plan(catalog, target, strict, now, &lost)
 }
 
-/// The restore point a named backup stands for: a snapshot's txid, or a segment's last txid.
-fn backup_point(catalog: &Catalog, id: &str) -> Result<RestorePoint> {
-    let m = catalog.find(id).ok_or_else(|| {
-        Error::Usage(format!(
-            "no backup with id {id:?} in the repository; `genesis-recovery list-backups` shows the ids"
-        ))
-    })?;
-    if m.kind == ObjectKind::Events {
-        return Err(Error::Usage(format!(
-            "{id:?} is an event archive object, not a restore point; name a full or incremental backup"
-        )));
-    }
-    catalog
-        .generation(&m.generation)
-        .and_then(|g| {
-            g.restore_points()
-                .into_iter()
-                .find(|p| p.txid == m.txid_max)
-        })
-        .ok_or_else(|| {
-            Error::corrupt(
-                id,
-                format!(
-                    "the manifest's txid {} is not a restore point of its generation",
-                    m.txid_max
-                ),
-            )
-        })
-}
+/// How many times a plan is resolved again after fetch finds one of its
+/// objects missing or damaged (each round loses at least one more object).
+const MAX_REPLANS: usize = 64;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -267,7 +165,17 @@ struct Fetch {
 }
 
 impl Fetch {
-    fn plan(&self, params: &Params) -> Result<(Repository, RestorePlan)> {
+    /// Resolves the plan and reads its objects. Every object the plan needs is
+    /// checked before anything is emitted: it exists with the manifest's size
+    /// (a stat), and its bytes have the manifest's BLAKE3. One that fails is
+    /// lost: the plan is resolved again without it (a fallback, or an error
+    /// under `strict`), so that nothing is built from a chain that cannot be
+    /// read whole.
+    fn plan_and_read(
+        &self,
+        params: &Params,
+        ctx: &StageContext,
+    ) -> Result<(RestorePlan, Vec<FetchedObject>)> {
         let repo_path = PathBuf::from(
             settings::text(&self.config.repository, params, "repository")
                 .unwrap_or_else(|| DEFAULT_REPOSITORY.to_string()),
@@ -278,12 +186,87 @@ impl Fetch {
         let strict = settings::flag(self.config.strict, params, "strict", false)?;
         let repo = Repository::open_local(&repo_path, false)?;
         let catalog = repo.catalog()?;
+        let mut lost = LostSet::from_bad_manifests(&catalog.bad);
         for bad in &catalog.bad {
-            tracing::warn!(key = %bad.key, problem = %bad.problem, "unreadable manifest ignored");
+            tracing::warn!(key = %bad.key, problem = %bad.problem, "unreadable manifest: a gap in the chain");
         }
-        let plan = resolve_plan(&catalog, &target, strict, Utc::now())?;
-        Ok((repo, plan))
+        let now = Utc::now();
+        for _ in 0..MAX_REPLANS {
+            let plan = resolve::resolve_plan(&catalog, &target, strict, now, &lost)?;
+            let manifests = plan_manifests(&plan);
+            let mut found = false;
+            for m in &manifests {
+                match repo.backend().size(&m.object_key())? {
+                    Some(n) if n == m.compressed_size => {}
+                    Some(n) => {
+                        lost.insert(
+                            m,
+                            format!(
+                                "has {n} bytes where its manifest records {}",
+                                m.compressed_size
+                            ),
+                        );
+                        found = true;
+                    }
+                    None => {
+                        lost.insert(m, format!("is missing from {}", repo.backend().describe()));
+                        found = true;
+                    }
+                }
+            }
+            if found {
+                continue;
+            }
+            let total: u64 = manifests.iter().map(|m| m.compressed_size).sum();
+            ctx.progress.start("fetch", Some(total));
+            let read: Vec<Result<FetchedObject>> = manifests
+                .par_iter()
+                .map(|m| {
+                    if ctx.cancel.is_cancelled() {
+                        return Err(Error::Cancelled("fetch stopped".into()));
+                    }
+                    let bytes = repo.read_object(m)?;
+                    ctx.progress.advance(m.compressed_size);
+                    Ok(FetchedObject {
+                        manifest: m.clone(),
+                        bytes: Arc::new(bytes),
+                    })
+                })
+                .collect();
+            ctx.progress.finish("fetch");
+            let mut fetched = Vec::with_capacity(read.len());
+            for r in read {
+                fetched.push(r?);
+            }
+            let damaged: Vec<(Arc<genesis_core::repo::Manifest>, String)> = fetched
+                .par_iter()
+                .filter_map(|o| {
+                    objects::verify_compressed(&o.manifest, &o.bytes)
+                        .err()
+                        .map(|e| (o.manifest.clone(), e.to_string()))
+                })
+                .collect();
+            if damaged.is_empty() {
+                return Ok((plan, fetched));
+            }
+            for (m, why) in damaged {
+                tracing::warn!(object = %m.id, "damaged object: {why}");
+                lost.insert(&m, format!("is damaged ({why})"));
+            }
+        }
+        Err(Error::Failed(format!(
+            "gave up resolving a restore plan after {MAX_REPLANS} rounds of missing or damaged objects; run `genesis-recovery verify-backups`"
+        )))
     }
+}
+
+/// The manifests a plan reads, in plan order.
+fn plan_manifests(plan: &RestorePlan) -> Vec<Arc<genesis_core::repo::Manifest>> {
+    std::iter::once(&plan.snapshot)
+        .chain(plan.segments.iter())
+        .chain(plan.events.iter())
+        .cloned()
+        .collect()
 }
 
 impl Stage for Fetch {
@@ -292,38 +275,16 @@ impl Stage for Fetch {
             Artifact::Request(params) => params,
             other => return out.emit(other),
         };
-        let (repo, plan) = self.plan(&params)?;
+        let (plan, fetched) = self.plan_and_read(&params, ctx)?;
         tracing::info!(
             txid = plan.point.txid,
             snapshot = %plan.snapshot.id,
             segments = plan.segments.len(),
             event_objects = plan.events.len(),
+            fallback = plan.fallback.is_some(),
             "restore plan"
         );
-        let manifests: Vec<_> = std::iter::once(&plan.snapshot)
-            .chain(plan.segments.iter())
-            .chain(plan.events.iter())
-            .cloned()
-            .collect();
-        let plan = Arc::new(plan);
-        out.emit(Artifact::Plan(plan.clone()))?;
-        let total: u64 = manifests.iter().map(|m| m.compressed_size).sum();
-        ctx.progress.start("fetch", Some(total));
-        let fetched: Vec<FetchedObject> = manifests
-            .par_iter()
-            .map(|m| {
-                if ctx.cancel.is_cancelled() {
-                    return Err(Error::Cancelled("fetch stopped".into()));
-                }
-                let bytes = repo.read_object(m)?;
-                ctx.progress.advance(m.compressed_size);
-                Ok(FetchedObject {
-                    manifest: m.clone(),
-                    bytes: Arc::new(bytes),
-                })
-            })
-            .collect::<Result<_>>()?;
-        ctx.progress.finish("fetch");
+        out.emit(Artifact::Plan(Arc::new(plan)))?;
         for object in fetched {
             out.emit(Artifact::FetchedObject(object))?;
         }

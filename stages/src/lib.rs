@@ -18,6 +18,7 @@ pub mod drill;
 pub mod event_replay;
 pub mod fetch;
 pub mod reconcile;
+mod resolve;
 pub mod restore;
 mod settings;
 pub mod validate;

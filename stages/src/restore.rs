@@ -44,10 +44,10 @@ use genesis_core::pipeline::{
     compile_file, compile_str, CancelToken, PluginLoader, StageReport, StagedDatabase,
     ValidationReport,
 };
-use genesis_core::plan::Target;
+use genesis_core::plan::{Fallback, Target};
 use genesis_core::plugin_host::LibraryLoader;
 use genesis_core::progress::Progress;
-use genesis_core::time::format_rfc3339;
+use genesis_core::time::{format_exact, format_rfc3339};
 use genesis_core::{Error, Result};
 
 use crate::wal_apply::{parse_staged_file_name, remove_if_exists};
@@ -126,17 +126,30 @@ pub struct RestoreResult {
     pub checksum: String,
     pub restore_point_timestamp: String,
     /// Seconds of committed history before the target that the restore could
-    /// not bring back: 0 when the event archive was read after the target (all
-    /// events up to it were replayed), else the target minus the state reached
-    /// (the restore point or the last event replayed); 0 for txid, backup and
-    /// latest targets.
+    /// not bring back: 0 when the event archive reached the target without a
+    /// gap (every event up to it was replayed), else the target (or the
+    /// requested point's commit time) minus the state reached (the restore
+    /// point or the last event replayed). For a txid, backup or latest target
+    /// without a gap, 0: the point itself is restored.
     pub rpo_gap_seconds: f64,
+    /// History before the target is missing from the result: a gap in the
+    /// backups that the event archive could not bridge (the CLI exits with
+    /// code 5, "restored with data loss").
+    pub data_loss: bool,
     pub events_replayed: u64,
     /// `created_at` of the last event replayed.
     pub replayed_until: Option<String>,
+    /// The instant the tables *not* rebuilt from events (anything outside
+    /// the trading projections) reached: the commit time of the restore
+    /// point, the last capture at or before the target. Event replay makes
+    /// the trading tables exact to the event; it does not move these.
+    pub non_event_tables_at: String,
     pub replay: Option<serde_json::Value>,
-    /// Set when a gap in the chain forced an earlier restore point.
-    pub fallback: Option<String>,
+    /// Set when a gap (a missing, unreadable or damaged object or manifest)
+    /// made the restore start from another point than the target's: the gap,
+    /// the point used, whether the event archive bridged it, the events
+    /// replayed from there.
+    pub fallback: Option<Fallback>,
     /// The live database as it was before the restore.
     pub pre_recovery_backup: Option<PathBuf>,
     /// Why the database was not applied, when it was not.
@@ -473,6 +486,145 @@ fn fold_wal(db: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The absolute form of a path whose last component may not exist yet:
+/// its folder canonicalized, its name kept.
+fn resolved(path: &Path) -> Option<PathBuf> {
+    let dir = parent_dir(path)?.canonicalize().ok()?;
+    Some(dir.join(path.file_name()?))
+}
+
+/// Checks `--output` before any work: its folder exists and takes new files,
+/// it is not the live database nor one of its side files, not an existing
+/// file, and not inside the backup repository (a database written there
+/// would be read as part of the repository).
+fn check_output(out: &Path, opts: &RestoreOptions) -> Result<()> {
+    let bad = |why: String| Error::Usage(format!("--output {}: {why}", out.display()));
+    let name = out
+        .file_name()
+        .ok_or_else(|| bad("name a file, not a folder".into()))?;
+    let dir = parent_dir(out).ok_or_else(|| bad("name a file".into()))?;
+    if !dir.is_dir() {
+        return Err(bad(format!(
+            "its folder {} does not exist; create it first",
+            dir.display()
+        )));
+    }
+    let probe = dir.join(format!(".genesis-output-probe-{}.tmp", std::process::id()));
+    match File::create(&probe) {
+        Ok(_) => {
+            let _ = fs::remove_file(&probe);
+        }
+        Err(e) => {
+            return Err(bad(format!(
+                "its folder {} does not take new files ({e}); choose a writable folder",
+                dir.display()
+            )))
+        }
+    }
+    let out_abs = resolved(out).ok_or_else(|| bad("cannot resolve its folder".into()))?;
+    if let Some(db_abs) = resolved(&opts.db) {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut side = db_abs.clone().into_os_string();
+            side.push(suffix);
+            if out_abs.as_os_str() == side {
+                return Err(bad(if suffix.is_empty() {
+                    "it names the live database; leave --output out for a real restore".into()
+                } else {
+                    format!(
+                        "it names the live database's {suffix} file ({}); SQLite would read it as part of the live database",
+                        side.to_string_lossy()
+                    )
+                }));
+            }
+        }
+    }
+    if let Ok(repo_abs) = opts.repo.canonicalize() {
+        if out_abs.starts_with(&repo_abs) {
+            return Err(bad(format!(
+                "it is inside the backup repository {}; write the restored database elsewhere",
+                opts.repo.display()
+            )));
+        }
+    }
+    if out.exists() {
+        return Err(bad(format!(
+            "already exists; choose another --output or remove it first ({})",
+            name.to_string_lossy()
+        )));
+    }
+    Ok(())
+}
+
+/// The folders from `dir` up that do not exist yet (deepest first), so that
+/// a failed restore can remove the ones it created.
+fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut cur = Some(dir.to_path_buf());
+    while let Some(d) = cur {
+        if d.as_os_str().is_empty() || d.exists() {
+            break;
+        }
+        cur = d.parent().map(Path::to_path_buf);
+        out.push(d);
+    }
+    out
+}
+
+/// The RPO gap of a staged restore, whether history was lost, and the
+/// fallback as it ended (with the events replayed, and a hole in the event
+/// archive that event-replay found at the start of its run).
+fn rpo_and_fallback(staged: &StagedDatabase, target: &Target) -> (f64, bool, Option<Fallback>) {
+    let Some(plan) = staged.plan.as_ref() else {
+        return (0.0, false, None);
+    };
+    let archive_gap = staged
+        .replay
+        .as_ref()
+        .and_then(|r| r.get("archive_gap"))
+        .cloned();
+    let mut fallback = plan.fallback.clone();
+    if let Some(gap) = &archive_gap {
+        let f = fallback.get_or_insert_with(|| Fallback {
+            gap: String::new(),
+            lost: Vec::new(),
+            requested: format!("txid {}", plan.requested_txid),
+            point_used: plan.point.clone(),
+            full_backup_used: plan.snapshot.id.clone(),
+            archive_reaches_target: false,
+            events_replayed: 0,
+        });
+        let text = format!(
+            "the event archive has no event {} after the restore point (the next archived one is {}): an event object is lost",
+            gap["expected_sequence"], gap["found_sequence"]
+        );
+        f.gap = if f.gap.is_empty() {
+            text
+        } else {
+            format!("{}; {text}", f.gap)
+        };
+        f.archive_reaches_target = false;
+    }
+    if let Some(f) = fallback.as_mut() {
+        f.events_replayed = staged.events_replayed;
+    }
+    let complete = plan.archive_complete && archive_gap.is_none();
+    let replay_matters = matches!(target, Target::Time { .. }) || fallback.is_some();
+    let rpo = if !replay_matters || complete {
+        0.0
+    } else {
+        let reached = match (staged.replayed_until, staged.point_time) {
+            (Some(r), Some(p)) => Some(r.max(p)),
+            (r, p) => r.or(p),
+        };
+        match (plan.requested_time, reached) {
+            (Some(at), Some(r)) => ((at - r).num_microseconds().unwrap_or(0) as f64 / 1e6).max(0.0),
+            _ => 0.0,
+        }
+    };
+    let data_loss = fallback.is_some() && !complete;
+    (rpo, data_loss, fallback)
+}
+
 /// Restores a database as `opts` says; see the module documentation.
 ///
 /// # Errors
@@ -493,17 +645,7 @@ pub fn restore(opts: &RestoreOptions, progress: Arc<dyn Progress>) -> Result<Res
         )));
     }
     if let Some(out) = &opts.output {
-        if out == &opts.db {
-            return Err(Error::Usage(
-                "--output names the live database; leave --output out for a real restore".into(),
-            ));
-        }
-        if out.exists() {
-            return Err(Error::Usage(format!(
-                "{} already exists; choose another --output or remove it first",
-                out.display()
-            )));
-        }
+        check_output(out, opts)?;
     }
     let _lock = LockFile::try_acquire(
         &restore_lock_path(&opts.db),
@@ -547,6 +689,7 @@ pub fn restore(opts: &RestoreOptions, progress: Arc<dyn Progress>) -> Result<Res
                 .unwrap_or_default(),
         ),
     ];
+    let created = missing_dirs(&opts.staging_dir);
     let run = run_to_staged(
         opts.pipeline.as_deref(),
         "restore",
@@ -554,7 +697,13 @@ pub fn restore(opts: &RestoreOptions, progress: Arc<dyn Progress>) -> Result<Res
         params,
         &opts.overrides,
         progress,
-    )?;
+    )
+    .inspect_err(|_| {
+        // Leave no empty staging folders (`.genesis/recovery`) behind.
+        for d in &created {
+            let _ = fs::remove_dir(d);
+        }
+    })?;
     let staged = run.staged;
     settle(&staged.path)?;
 
@@ -564,29 +713,7 @@ pub fn restore(opts: &RestoreOptions, progress: Arc<dyn Progress>) -> Result<Res
         Target::Time { at } => Some(*at),
         _ => None,
     };
-    let rpo_gap_seconds = match target_time {
-        // The event archive was read after the target: every event created at
-        // or before it was there, and event replay applied them all, so no
-        // committed history up to the target is missing.
-        Some(at)
-            if staged.replay.is_some()
-                && plan
-                    .as_ref()
-                    .is_some_and(|p| p.events.iter().any(|m| m.created_at >= at)) =>
-        {
-            0.0
-        }
-        Some(at) => {
-            let reached = match (staged.replayed_until, point_time) {
-                (Some(r), Some(p)) => Some(r.max(p)),
-                (r, p) => r.or(p),
-            };
-            reached.map_or(0.0, |r| {
-                ((at - r).num_microseconds().unwrap_or(0) as f64 / 1e6).max(0.0)
-            })
-        }
-        None => 0.0,
-    };
+    let (rpo_gap_seconds, data_loss, fallback) = rpo_and_fallback(&staged, &opts.target);
     let valid = staged.validation.as_ref().is_none_or(|v| v.is_consistent);
 
     let mut applied = false;
@@ -615,7 +742,7 @@ pub fn restore(opts: &RestoreOptions, progress: Arc<dyn Progress>) -> Result<Res
         success: valid,
         target_timestamp: target_time
             .or(point_time)
-            .map(format_rfc3339)
+            .map(format_exact)
             .unwrap_or_default(),
         full_backup_used: plan
             .as_ref()
@@ -629,12 +756,14 @@ pub fn restore(opts: &RestoreOptions, progress: Arc<dyn Progress>) -> Result<Res
         restored_txid: staged.txid,
         generation: staged.generation.clone(),
         checksum: staged.checksum.clone(),
-        restore_point_timestamp: point_time.map(format_rfc3339).unwrap_or_default(),
+        restore_point_timestamp: point_time.map(format_exact).unwrap_or_default(),
         rpo_gap_seconds,
         events_replayed: staged.events_replayed,
         replayed_until: staged.replayed_until.map(format_rfc3339),
         replay: staged.replay.clone(),
-        fallback: plan.as_ref().and_then(|p| p.fallback.clone()),
+        fallback,
+        data_loss,
+        non_event_tables_at: point_time.map(format_exact).unwrap_or_default(),
         pre_recovery_backup,
         not_applied_reason,
         pipeline: run.pipeline,

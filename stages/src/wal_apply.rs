@@ -22,7 +22,7 @@ use genesis_core::pipeline::{
     decode_config, Artifact, ArtifactKind, BuildContext, DecompressedObject, Emit, Stage,
     StageContext, StageFactory, StagedDatabase,
 };
-use genesis_core::plan::{RestorePlan, Target};
+use genesis_core::plan::RestorePlan;
 use genesis_core::rebuild::{build_database, RebuildInput};
 use genesis_core::repo::formats::decode_events;
 use genesis_core::repo::ObjectKind;
@@ -201,10 +201,9 @@ impl Stage for WalApply {
             .collect::<Result<Vec<_>>>()?;
         drop(by_id);
         self.objects.clear();
-        let target_time = match plan.target {
-            Target::Time { at } => Some(at),
-            _ => None,
-        };
+        // A time target replays up to it; a fallback to another kind of
+        // target replays the events the plan chose (bounded by its objects).
+        let target_time = plan.replay_until;
         out.emit(Artifact::StagedDatabase(Box::new(StagedDatabase {
             path,
             txid: built.txid,

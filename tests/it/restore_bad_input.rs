@@ -1,6 +1,6 @@
 //! Restore refuses bad input with a clear error and loses nothing: targets
 //! outside what the repository holds name what it holds; a damaged object
-//! stops the restore before anything is applied, naming the object; a backup
+//! under `--strict` stops the restore before anything is applied, naming the object; a backup
 //! id that is a path is refused; a dry run leaves the live database alone and
 //! hands back a valid database; a real restore keeps the live database as the
 //! pre-recovery backup.
@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use genesis_core::time::format_rfc3339;
+use genesis_core::time::format_exact;
 
 use crate::common::{file_hash, files_starting, integrity, signal, state_hash, stderr_text, Env};
 
@@ -80,8 +80,8 @@ fn targets_outside_the_repository_name_what_it_holds() {
         assert_eq!(o.status.code(), Some(2), "{t}: {e}");
         assert!(
             e.contains("before the first backup")
-                && e.contains(&format_rfc3339(first.time))
-                && e.contains(&format_rfc3339(last.time)),
+                && e.contains(&format_exact(first.time))
+                && e.contains(&format_exact(last.time)),
             "{t}: the error does not name the range that exists: {e}"
         );
         assert_untouched(&env, &before, t);
@@ -94,7 +94,7 @@ fn targets_outside_the_repository_name_what_it_holds() {
         assert!(
             e.contains("future")
                 && e.contains(&format!("txid {}", last.txid))
-                && e.contains(&format_rfc3339(last.time)),
+                && e.contains(&format_exact(last.time)),
             "{t}: the error does not name the latest restore point: {e}"
         );
         assert_untouched(&env, &before, t);
@@ -137,7 +137,7 @@ fn a_backup_id_that_is_a_path_is_refused() {
 }
 
 #[test]
-fn a_damaged_segment_stops_the_restore_before_anything_is_applied() {
+fn a_damaged_segment_under_strict_stops_the_restore_before_anything_is_applied() {
     let env = Env::new();
     let o = env.run(&["simulate", "--rate", "0", "--max-commits", "50"]);
     assert!(o.status.success(), "{}", stderr_text(&o));
@@ -181,9 +181,12 @@ fn a_damaged_segment_stops_the_restore_before_anything_is_applied() {
         bytes[pos] ^= 0x40;
         std::fs::write(&victim, &bytes).unwrap();
         for extra in [&[][..], &["--output", out.to_str().unwrap()][..]] {
+            // Without --strict the damaged segment is a gap and the restore
+            // falls back (restore_gaps.rs); --strict refuses.
             let mut args = vec![
                 "restore",
                 "--latest",
+                "--strict",
                 "--staging-dir",
                 staging.to_str().unwrap(),
             ];

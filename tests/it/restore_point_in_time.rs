@@ -11,7 +11,7 @@
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 
 use genesis_core::repo::catalog::RestorePoint;
-use genesis_core::time::format_rfc3339;
+use genesis_core::time::format_exact;
 
 use crate::common::{file_hash, kv_hash, read_record, signal, test_seed, Env, Rng};
 
@@ -174,7 +174,7 @@ fn restores_to_the_last_commit_the_capturer_observed_by_the_target() {
         );
         assert_eq!(
             v["restore_point_timestamp"].as_str(),
-            Some(format_rfc3339(expected.time).as_str()),
+            Some(format_exact(expected.time).as_str()),
             "{what} {text}"
         );
         if let Target::At(t, _) = target {

@@ -64,6 +64,18 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// I/O failures.
     fn exists(&self, key: &str) -> Result<bool>;
+    /// The stored size of an object in bytes, `None` when it does not exist
+    /// (a restore plan checks every object it needs this way before reading).
+    /// The default reads the object; backends override it with a cheap stat.
+    ///
+    /// # Errors
+    /// I/O failures.
+    fn size(&self, key: &str) -> Result<Option<u64>> {
+        if !self.exists(key)? {
+            return Ok(None);
+        }
+        self.get(key).map(|b| Some(b.len() as u64))
+    }
     /// Writes or replaces a small mutable state file atomically.
     ///
     /// # Errors
@@ -267,6 +279,15 @@ impl Backend for LocalBackend {
 
     fn exists(&self, key: &str) -> Result<bool> {
         Ok(self.path(key)?.exists())
+    }
+
+    fn size(&self, key: &str) -> Result<Option<u64>> {
+        let path = self.path(key)?;
+        match fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("stat", &path, e)),
+        }
     }
 
     fn put_state(&self, key: &str, bytes: &[u8]) -> Result<()> {

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::repo::lost::LostSet;
 use crate::repo::{BadManifest, Manifest, ObjectKind};
 
 /// One instant the repository can restore to: a committed transaction.
@@ -100,12 +101,61 @@ impl Generation {
             .filter(|s| s.txid_max <= txid)
             .max_by_key(|s| s.txid_max)
             .cloned()
-            .ok_or_else(|| {
-                Error::Usage(format!(
-                    "generation {} has no snapshot at or before txid {txid}",
-                    self.id
-                ))
-            })?;
+            .ok_or_else(|| self.no_snapshot(txid))?;
+        self.chain_from(&snapshot, txid, &LostSet::default())
+    }
+
+    /// The chain toward `txid` that reaches furthest without any object in
+    /// `lost`: every usable snapshot at or before `txid` is tried (a later
+    /// snapshot after a gap wins when it reaches further; the newest wins a
+    /// tie, as it reads fewer segments).
+    ///
+    /// # Errors
+    /// `Error::Usage` when no snapshot of the generation is at or before
+    /// `txid`; `Error::Failed` when every such snapshot is lost.
+    pub fn best_chain(&self, txid: u64, lost: &LostSet) -> Result<Chain> {
+        let candidates: Vec<&Arc<Manifest>> = self
+            .snapshots
+            .iter()
+            .filter(|s| s.txid_max <= txid)
+            .collect();
+        if candidates.is_empty() {
+            return Err(self.no_snapshot(txid));
+        }
+        let mut best: Option<Chain> = None;
+        for s in candidates.iter().filter(|s| !lost.contains(&s.id)) {
+            let chain = self.chain_from(s, txid, lost)?;
+            if best
+                .as_ref()
+                .is_none_or(|b| chain.point.txid >= b.point.txid)
+            {
+                best = Some(chain);
+            }
+        }
+        best.ok_or_else(|| {
+            Error::Failed(format!(
+                "every full backup of generation {} at or before txid {txid} is unusable: {}",
+                self.id,
+                candidates
+                    .iter()
+                    .filter_map(|s| lost.get(&s.id))
+                    .map(|l| format!("{} ({})", l.id, l.problem))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ))
+        })
+    }
+
+    fn no_snapshot(&self, txid: u64) -> Error {
+        Error::Usage(format!(
+            "generation {} has no snapshot at or before txid {txid}",
+            self.id
+        ))
+    }
+
+    /// The chain from `snapshot` toward `txid`, stopping before the first
+    /// txid no usable segment holds.
+    fn chain_from(&self, snapshot: &Arc<Manifest>, txid: u64, lost: &LostSet) -> Result<Chain> {
         let snap_txn = snapshot.transactions.first().cloned().ok_or_else(|| {
             Error::corrupt(
                 &snapshot.id,
@@ -124,7 +174,11 @@ impl Generation {
         let mut gap = None;
         while next <= txid {
             // Prefer the segment that starts exactly at `next`.
-            match self.segments.iter().find(|s| s.txid_min == next) {
+            match self
+                .segments
+                .iter()
+                .find(|s| s.txid_min == next && !lost.contains(&s.id))
+            {
                 Some(seg) => {
                     segments.push(seg.clone());
                     for t in &seg.transactions {
@@ -141,31 +195,52 @@ impl Generation {
                     next = seg.txid_max + 1;
                 }
                 None => {
-                    let after = self
-                        .segments
-                        .iter()
-                        .filter(|s| s.txid_min > next)
-                        .map(|s| s.txid_min)
-                        .min();
-                    gap = Some(match after {
-                        Some(a) => format!(
-                            "the incremental backups for txids {next}..{} of generation {} are missing",
-                            a - 1,
-                            self.id
-                        ),
-                        None => format!("no incremental backup holds txid {next} of generation {}", self.id),
-                    });
+                    gap = Some(self.describe_gap(next, lost));
                     break;
                 }
             }
         }
         Ok(Chain {
             generation: self.id.clone(),
-            snapshot,
+            snapshot: snapshot.clone(),
             segments,
             point,
             gap,
         })
+    }
+
+    /// What keeps txid `next` out of reach.
+    fn describe_gap(&self, next: u64, lost: &LostSet) -> String {
+        let known: Vec<String> = lost
+            .of(&self.id, ObjectKind::Segment)
+            .filter(|l| {
+                l.parts
+                    .as_ref()
+                    .and_then(|p| p.txids)
+                    .is_some_and(|(a, _)| a == next)
+            })
+            .map(|l| format!("incremental backup {} {}", l.id, l.problem))
+            .collect();
+        if !known.is_empty() {
+            return known.join("; ");
+        }
+        let after = self
+            .segments
+            .iter()
+            .filter(|s| s.txid_min > next)
+            .map(|s| s.txid_min)
+            .min();
+        match after {
+            Some(a) => format!(
+                "the incremental backups for txids {next}..{} of generation {} are missing",
+                a - 1,
+                self.id
+            ),
+            None => format!(
+                "no incremental backup holds txid {next} of generation {}",
+                self.id
+            ),
+        }
     }
 }
 
@@ -263,8 +338,8 @@ impl Catalog {
                 Error::Usage(format!(
                     "{} is before the first backup: restore points exist from {} to {}",
                     crate::time::format_rfc3339(t),
-                    crate::time::format_rfc3339(first.time),
-                    crate::time::format_rfc3339(last.time)
+                    crate::time::format_exact(first.time),
+                    crate::time::format_exact(last.time)
                 ))
             })
     }

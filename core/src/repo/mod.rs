@@ -5,6 +5,7 @@ pub mod backend;
 pub mod catalog;
 pub mod formats;
 pub mod ids;
+pub mod lost;
 pub mod manifest;
 
 use std::path::Path;
