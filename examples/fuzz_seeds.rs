@@ -4,7 +4,8 @@
 //! stays a few KB), captures it with `backup full` and two `backup sync`
 //! steps, and writes each manifest, object, the saved capture state, the WAL
 //! with the position the capture saved, exchange files of the simulated
-//! open orders and the shipped pipelines as seeds.
+//! open orders, the shipped pipelines and the documented settings file as
+//! seeds.
 //!
 //! ```bash
 //! cargo run --example fuzz_seeds -- fuzz/seeds
@@ -30,14 +31,15 @@ fn write(out: &Path, target: &str, name: &str, bytes: &[u8]) -> Result<()> {
     std::fs::write(&path, bytes).with_context(|| format!("write {}", path.display()))
 }
 
-/// The `object` target's layout: kind, raw size, frames, stored bytes.
+/// The `object` target's layout (fuzz/src/lib.rs): kind, raw size, frames, stored bytes.
 fn object_input(m: &Manifest, stored: &[u8]) -> Vec<u8> {
     let kind = match m.kind {
         ObjectKind::Snapshot => 0u8,
         ObjectKind::Segment => 1,
         ObjectKind::Events => 2,
     };
-    let mut out = vec![kind];
+    // Bit 7: the harness lays the raw offsets out contiguously (they are).
+    let mut out = vec![kind | 0x80];
     out.extend_from_slice(&m.raw_size.to_le_bytes());
     out.extend_from_slice(&(m.frames.len() as u16).to_le_bytes());
     for f in &m.frames {
@@ -218,6 +220,23 @@ fn main() -> Result<()> {
             write(&out, "pipeline", &format!("set-{name}"), &with_set)?;
         }
     }
+    // The settings file as the README documents it, and flag values.
+    let settings = "database = \".genesis/data/genesis.db\"\nrepository = \".genesis/backups\"\n\
+        staging_dir = \".genesis/recovery\"\n[capture]\ninterval = \"1s\"\nsnapshot_interval = \"24h\"\n\
+        checkpoint_frames = 1000\n[retention]\nkeep_days = 7\nkeep_full = 2\n";
+    write(&out, "settings", "documented.toml", settings.as_bytes())?;
+    write(
+        &out,
+        "settings",
+        "durations.toml",
+        b"1h30m\n[capture]\ninterval = \"500ms\"\nsnapshot_interval = \"7d\"\n",
+    )?;
+    write(
+        &out,
+        "settings",
+        "timestamp.toml",
+        b"2025-01-15T12:00:00.123456789+02:00\nrepository = \"/srv/backups\"\n",
+    )?;
     println!("seeds written to {}", out.display());
     Ok(())
 }

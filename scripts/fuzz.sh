@@ -17,7 +17,7 @@ secs="${1:-60}"
 case "$secs" in
   '' | *[!0-9]*) echo "usage: scripts/fuzz.sh [SECONDS_PER_TARGET]" >&2; exit 2 ;;
 esac
-all_targets="manifest object segment events wal exchange pipeline capture_state"
+all_targets="manifest object segment events wal exchange pipeline capture_state settings"
 read -r -a targets <<<"${GENESIS_FUZZ_TARGETS:-$all_targets}"
 sanitizer="${GENESIS_FUZZ_SANITIZER:-none}"
 

@@ -7,10 +7,14 @@
 //!
 //! - `manifest`: one or more manifest JSON documents separated by a line
 //!   `---` ([`split_documents`]).
-//! - `object`: [`ObjectInput`]: a little header describing the manifest's
-//!   kind, frames and raw size, then the stored (compressed) bytes.
-//! - `wal`: a 24-byte capture position ([`WalInput`]), a `u32` frame limit,
-//!   then the `-wal` file's bytes.
+//! - `object`: [`ObjectInput`]: `u8` kind (0 snapshot, 1 segment, else
+//!   events; bit 7: contiguous raw offsets), `u64` raw size, `u16` frame
+//!   count (mod 64), per frame four `u64` (raw offset and length, stored
+//!   offset and length), then the stored (compressed) bytes. All integers
+//!   little-endian; missing bytes read as zeros.
+//! - `wal`: a capture position ([`WalInput`]: six `u32`, salt1, salt2,
+//!   checkpoint_seq, frame, cksum1, cksum2), a `u32` frame limit, then the
+//!   `-wal` file's bytes.
 //! - `pipeline`: `--set` overrides (`key=value` lines), a NUL byte, then the
 //!   TOML text; without a NUL byte the whole input is the TOML text.
 //! - `capture_state`: `state/capture.json`, a NUL byte, then
@@ -212,7 +216,8 @@ pub struct FrameInput {
 /// The `object` target's input: the manifest fields that drive reading an
 /// object back (kind, frames, raw size), then the stored bytes.
 pub struct ObjectInput<'a> {
-    /// 0 snapshot, 1 segment, anything else events.
+    /// 0 snapshot, 1 segment, anything else events (bit 7 of the byte
+    /// read: make the frames' raw offsets contiguous).
     pub kind: u8,
     pub raw_size: u64,
     pub frames: Vec<FrameInput>,
@@ -225,7 +230,7 @@ impl<'a> ObjectInput<'a> {
         let kind = c.u8();
         let raw_size = c.u64();
         let n = usize::from(c.u16() % 64);
-        let frames = (0..n)
+        let mut frames: Vec<FrameInput> = (0..n)
             .map(|_| FrameInput {
                 raw_offset: c.u64(),
                 raw_len: c.u64(),
@@ -233,8 +238,18 @@ impl<'a> ObjectInput<'a> {
                 comp_len: c.u64(),
             })
             .collect();
+        // Bit 7 of the kind: raw offsets made contiguous (each where the one
+        // before ends, wrapping), so that mutations of the lengths reach past
+        // the contiguity check.
+        if kind & 0x80 != 0 {
+            let mut at = 0u64;
+            for f in &mut frames {
+                f.raw_offset = at;
+                at = at.wrapping_add(f.raw_len);
+            }
+        }
         ObjectInput {
-            kind,
+            kind: kind & 0x7f,
             raw_size,
             frames,
             stored: c.rest(),
