@@ -153,6 +153,12 @@ pub fn decode_segment<'a>(object: &'a str, raw: &'a [u8]) -> Result<(u32, Vec<Se
         let commit_time = DateTime::<Utc>::from_timestamp_micros(us)
             .ok_or_else(|| Error::corrupt(object, format!("bad commit time {us}")))?;
         let db_pages = r.u64()?;
+        if db_pages > u64::from(u32::MAX) {
+            return Err(Error::corrupt(
+                object,
+                format!("txid {txid}: database size {db_pages} pages is more than SQLite allows"),
+            ));
+        }
         let checksum = r.u64()?;
         let count = r.u32()? as usize;
         let mut pages = Vec::with_capacity(count.min(1 << 20));
@@ -339,6 +345,23 @@ mod tests {
                 at - 4
             )
         );
+    }
+
+    /// Found by review while writing the fuzz targets: a segment whose
+    /// transaction records a database of 2^48 pages or more made the rebuild
+    /// overflow computing the file size (`db_pages * page_size`).
+    #[test]
+    fn a_database_size_beyond_sqlites_is_corrupt() {
+        let t = SegmentTxnOwned {
+            txid: 7,
+            commit_time: DateTime::<Utc>::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+            db_pages: 1 << 48,
+            checksum: 42,
+            pages: vec![(1, vec![1u8; 512])],
+        };
+        let raw = encode_segment(512, std::slice::from_ref(&t));
+        let err = decode_segment("s", &raw).unwrap_err().to_string();
+        assert!(err.contains("more than SQLite allows"), "{err}");
     }
 
     proptest::proptest! {
