@@ -84,17 +84,12 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         return e.exit_code();
     }
     if let Some(e) = err.downcast_ref::<genesis_trading::Error>() {
-        return if trading_error_is_input(e) { 2 } else { 1 };
+        return if e.is_bad_input() { 2 } else { EXIT_FAILED };
     }
     if err.downcast_ref::<clap::Error>().is_some() {
         return 2;
     }
     EXIT_FAILED
-}
-
-fn trading_error_is_input(e: &genesis_trading::Error) -> bool {
-    let s = format!("{e:?}");
-    s.starts_with("ExchangeFile") || s.starts_with("Timestamp") || s.starts_with("Schema")
 }
 
 /// The error text shown to the user: the error and its causes.

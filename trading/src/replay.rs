@@ -305,7 +305,8 @@ impl Staging {
 
     /// Puts the journal mode, locking mode and sync level back and fsyncs the file.
     fn leave(self, conn: &Connection) -> Result<()> {
-        let fail = |what: String| move |e: rusqlite::Error| Error::Staging(format!("{what}: {e}"));
+        let fail =
+            |action: String| move |source: rusqlite::Error| Error::Staging { action, source };
         let lock = format!("PRAGMA locking_mode={}", self.locking_mode);
         conn.query_row(&lock, [], |_| Ok(()))
             .map_err(fail(lock.clone()))?;
@@ -314,9 +315,10 @@ impl Staging {
             .query_row(&journal, [], |r| r.get(0))
             .map_err(fail(journal.clone()))?;
         if !mode.eq_ignore_ascii_case(&self.journal_mode) {
-            return Err(Error::Staging(format!(
-                "{journal} left the database in journal mode {mode}"
-            )));
+            return Err(Error::JournalMode {
+                statement: journal,
+                mode,
+            });
         }
         conn.execute_batch(&format!(
             "PRAGMA synchronous={}; PRAGMA temp_store={};",
@@ -765,9 +767,7 @@ fn fold_beside<'e, R>(events: &'e [Event], work: impl FnOnce() -> R) -> Result<(
     });
     match folded {
         Ok(f) => Ok((done, f)),
-        Err(_) => Err(Error::Schema(
-            "internal error: the replay fold panicked".to_string(),
-        )),
+        Err(payload) => Err(Error::internal("the replay fold", payload.as_ref())),
     }
 }
 
