@@ -7,6 +7,7 @@
 
 mod capture_bad_input;
 mod capture_crash;
+mod capture_crash_exact;
 mod capture_damage;
 mod capture_full;
 mod capture_hostile;
