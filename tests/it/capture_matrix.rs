@@ -64,6 +64,10 @@ pub struct Cell {
     /// The writer already commits while `backup full` runs and until
     /// `replicate` has started (otherwise it starts after `replicate`).
     pub write_during_full: bool,
+    /// The application keeps a connection open between its runs, so that
+    /// its last close does not checkpoint and delete the WAL before the
+    /// capture starts.
+    pub hold_app: bool,
 }
 
 impl Cell {
@@ -83,6 +87,7 @@ impl Cell {
             instants: 12,
             cli_txids: 3,
             write_during_full: false,
+            hold_app: true,
         }
     }
     fn name(&self) -> String {
@@ -190,9 +195,12 @@ pub fn run_cell(cell: &Cell, seed: u64) -> CellReport {
     // The application keeps a connection open, so the WAL is not removed by
     // the writer's last close between the setup and the capture.
     run_kv_writer(&env, &record, &wo);
-    let app = rusqlite::Connection::open(env.db()).expect("open db");
-    app.query_row("SELECT count(*) FROM kv", [], |_| Ok(()))
-        .expect("read kv");
+    let app = cell.hold_app.then(|| {
+        let app = rusqlite::Connection::open(env.db()).expect("open db");
+        app.query_row("SELECT count(*) FROM kv", [], |_| Ok(()))
+            .expect("read kv");
+        app
+    });
     let mut wo = KvOpts::new(cell.page_size, cell.auto_vacuum, cell.commits, seed + 1);
     wo.autocheckpoint = cell.autocheckpoint;
     wo.vacuum_prob = cell.vacuum_prob;
@@ -600,6 +608,7 @@ fn item0_backup_full_then_replicate_4k_auto_vacuum_full_restores_are_sound_at_ev
         cell.pause_ms = [30, 60, 15, 80][run % 4];
         cell.checkpoint_frames = [40, 200, 25, 1000][run % 4];
         cell.write_during_full = run % 2 == 0;
+        cell.hold_app = run % 4 >= 2;
         let r = run_cell(&cell, seed.wrapping_add(run as u64 * 7919));
         if !r.problems.is_empty() {
             failed.push(format!(
@@ -648,4 +657,98 @@ fn item1_page_size_65536_is_captured() {
         );
         r.assert_clean(&cell.name());
     }
+}
+
+/// Issue 11 item 0, the snapshot alone: `backup full` into a fresh
+/// repository (a new generation, so the snapshot is read from the database
+/// file overlaid with the WAL) many times while the writer commits with a
+/// 20-page autocheckpoint and frequent TRUNCATE checkpoints, so that the WAL
+/// is restarted under the reading capturer again and again. Every snapshot
+/// must restore to a commit the writer made, whole. On the code of issue 11
+/// about 2% of such snapshots were corrupt ("file is not a database",
+/// "malformed") while their rebuild reported the checksum proven, and about
+/// 3% of the `backup full` runs failed reading a WAL truncated under them;
+/// 150 runs (`GENESIS_ITEM0_FULLS` to change it) miss both with a
+/// probability well under 1%.
+#[test]
+#[ignore = "issue 11 item 0: fails until the capture fix lands"]
+fn item0_snapshots_taken_while_the_application_restarts_the_wal_are_sound() {
+    let env = Env::new();
+    let seed = test_seed("item0 snapshots");
+    let record = env.path().join("record.txt");
+    let mut wo = KvOpts::new(4096, "full", 10, seed);
+    wo.vacuum_prob = 0.0;
+    run_kv_writer(&env, &record, &wo);
+    let fulls = std::env::var("GENESIS_ITEM0_FULLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if soak() { 600 } else { 150 });
+    let mut wo = KvOpts::new(4096, "full", 100_000, seed + 1);
+    wo.autocheckpoint = 20;
+    wo.truncate_prob = 0.1;
+    wo.vacuum_prob = 0.0;
+    wo.pause_every = 3;
+    wo.pause_ms = 1;
+    let mut w = kv_writer(&env, &record, &wo);
+    let mut repos: Vec<(PathBuf, String)> = Vec::new();
+    let mut failed_fulls: Vec<String> = Vec::new();
+    for i in 0..fulls {
+        let repo = env.path().join(format!("repo-{i}"));
+        let out = env
+            .cmd_with_repo(&repo)
+            .args(["--json", "backup", "full"])
+            .output()
+            .expect("backup full");
+        if !out.status.success() {
+            // The application's checkpoints are its right: a snapshot must
+            // not fail because of them.
+            failed_fulls.push(format!(
+                "backup full #{i} exited {:?}: {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        repos.push((
+            repo,
+            v["backup_id"].as_str().unwrap_or_default().to_string(),
+        ));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    crate::common::signal(&w, "TERM");
+    let _ = w.wait();
+    let rec = read_kv_record(&record);
+    let cell = Cell::new(4096, "full", 0);
+    let mut problems: Vec<String> = failed_fulls;
+    let mut outs: Vec<PathBuf> = Vec::new();
+    let mut which: Vec<usize> = Vec::new();
+    for (i, (repo, id)) in repos.iter().enumerate() {
+        let r = genesis_core::repo::Repository::open_local(repo, false).expect("repo");
+        let catalog = r.catalog().expect("catalog");
+        let snap = catalog.find(id).unwrap_or_else(|| panic!("snapshot {id}"));
+        let out = env.path().join(format!("snap-{i}.db"));
+        match try_rebuild(&r, &catalog, snap.txid_max, &out) {
+            Ok(_) => {
+                outs.push(out);
+                which.push(i);
+            }
+            Err(e) => problems.push(format!("snapshot {id}: rebuild failed: {e}")),
+        }
+    }
+    for (i, d) in which.iter().zip(describe(&outs).iter()) {
+        check_described(
+            &format!("backup full #{i} ({})", repos[*i].1),
+            d,
+            &cell,
+            &rec,
+            &mut problems,
+        );
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problem(s) with {fulls} snapshots taken under a restarting WAL (a failed backup full, or a snapshot that is not a whole state the writer committed):\n  {}",
+        problems.len(),
+        problems.join("\n  ")
+    );
 }

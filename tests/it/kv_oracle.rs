@@ -29,6 +29,8 @@ pub struct KvOpts {
     pub no_vacuum_before: u64,
     pub pause_every: u64,
     pub pause_ms: u64,
+    /// Chance of a TRUNCATE checkpoint after a commit.
+    pub truncate_prob: f64,
 }
 
 impl KvOpts {
@@ -44,6 +46,7 @@ impl KvOpts {
             no_vacuum_before: 0,
             pause_every: 0,
             pause_ms: 0,
+            truncate_prob: 0.01,
         }
     }
 }
@@ -64,6 +67,7 @@ pub fn kv_writer(env: &Env, record: &Path, o: &KvOpts) -> Child {
         .args(["--no-vacuum-before", &o.no_vacuum_before.to_string()])
         .args(["--pause-every", &o.pause_every.to_string()])
         .args(["--pause-ms", &o.pause_ms.to_string()])
+        .args(["--truncate-prob", &o.truncate_prob.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
