@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use crate::capture_matrix::{check_capture, Cell, CellReport};
 use crate::common::{test_seed, Env};
 use crate::kv_oracle::{
-    describe_one, kv_writer, read_kv_record, run_kv_writer, wait_kv_writer, KvOpts, Logged,
+    describe_one, json_try, kv_writer, read_kv_record, run_kv_writer, wait_kv_writer, KvOpts,
+    Logged,
 };
 
 /// A 4 KiB kv database with a few commits, and the application's connection
@@ -125,13 +126,13 @@ fn item2_backup_full_on_an_unchanged_database_succeeds_alone_and_through_replica
     let record = env.path().join("record.txt");
     let _app = kv_database(&env, &record, test_seed("item2 full"));
     for i in 0..2 {
-        let (code, v) = env.json(&["backup", "full"]);
+        let (code, v) = json_try(&env, &["backup", "full"]);
         assert_eq!(code, 0, "backup full #{i} of an unchanged database: {v}");
     }
     let rep = Logged::spawn(&env, &["backup", "replicate", "--interval", "100ms"]);
     wait_for_capturer(&env);
     std::thread::sleep(Duration::from_millis(300));
-    let (code, v) = env.json(&["backup", "full"]);
+    let (code, v) = json_try(&env, &["backup", "full"]);
     // Let the capturer run a few more steps with whatever it was left.
     std::thread::sleep(Duration::from_millis(800));
     let mut rep = rep;
@@ -204,35 +205,51 @@ fn item3_repository_deleted_under_a_running_capturer_is_repaired_with_a_new_gene
     rep.signal("TERM");
     let (st, summary, log) = rep.finish();
     drop(app);
-    assert!(st.success(), "replicate exited {st:?}:\n{log}");
-    assert!(
-        !complaints(&log).is_empty(),
-        "replicate said nothing about its repository disappearing:\n{log}"
-    );
-    let sum: serde_json::Value = serde_json::from_str(&summary)
-        .unwrap_or_else(|e| panic!("replicate --json summary ({e}): {summary}"));
-    assert!(
-        !sum["generations_started"]
-            .as_array()
-            .map(|a| a.is_empty())
-            .unwrap_or(true),
-        "replicate did not start a new generation after its repository was deleted: {sum}\n{log}"
-    );
-    // The repaired repository: a generation that begins with a snapshot,
-    // every txid of it the writer's, and the latest the writer's last commit.
+    let mut report = CellReport::default();
+    let p = &mut report.problems;
+    if !st.success() {
+        p.push(format!("replicate exited {st:?}"));
+    }
+    if complaints(&log).is_empty() {
+        p.push(
+            "replicate said nothing (no warning, no error) about its repository disappearing"
+                .into(),
+        );
+    }
+    match serde_json::from_str::<serde_json::Value>(&summary) {
+        Ok(sum) => {
+            // The first generation is this replicate's own (the repository
+            // was empty); the repair is a second one.
+            if sum["generations_started"]
+                .as_array()
+                .is_none_or(|a| a.len() < 2)
+            {
+                p.push(format!(
+                    "replicate did not start a new generation after its repository was deleted: {sum}"
+                ));
+            }
+        }
+        Err(e) => p.push(format!(
+            "replicate --json printed no summary ({e}): {summary}"
+        )),
+    }
+    // The repaired repository: generations that begin with a snapshot,
+    // every txid the writer's, and the latest the writer's last commit.
     let rec = read_kv_record(&record);
     let repo = genesis_core::repo::Repository::open_local(&env.repo(), false).expect("repo");
     let catalog = repo.catalog().expect("catalog");
     for g in &catalog.generations {
-        let (start, _) = g.span().expect("a generation with points");
-        assert!(
-            g.snapshots.iter().any(|s| s.txid_max == start.txid),
-            "generation {} does not begin with a snapshot (segments shipped with nothing under them)",
-            g.id
-        );
+        let Some((start, _)) = g.span() else { continue };
+        if !g.snapshots.iter().any(|s| s.txid_max == start.txid) {
+            p.push(format!(
+                "generation {} does not begin with a snapshot: {} segment(s) and {} event object(s) shipped with nothing under them",
+                g.id,
+                g.segments.len(),
+                g.events.len()
+            ));
+        }
     }
     let cell = Cell::new(4096, "full", 0);
-    let mut report = CellReport::default();
     check_capture(&env, &cell, &rec, None, seed, &mut report, &summary);
     report.replicate_log = log;
     report.assert_clean("after the repository was deleted");
@@ -337,19 +354,20 @@ fn item4_full_repository_disk_is_waited_out_and_nothing_is_lost() {
     rep.signal("TERM");
     let (st, summary, log) = rep.finish();
     drop(app);
-    assert!(
-        alive_in_outage,
-        "replicate exited while the repository's disk was full ({st:?}):\n{}",
-        log
-    );
-    assert!(
-        st.success(),
-        "replicate exited {st:?} after the outage:\n{log}"
-    );
     let rec = read_kv_record(&record);
     let cell = Cell::new(4096, "full", 0);
     let mut report = CellReport::default();
-    // One generation: the outage must not cost continuity.
+    if !alive_in_outage {
+        report.problems.push(format!(
+            "replicate exited while the repository's disk was full ({st:?})"
+        ));
+    } else if !st.success() {
+        report
+            .problems
+            .push(format!("replicate exited {st:?} after the outage"));
+    }
+    // One generation: the outage must not cost continuity; and every
+    // commit, the outage's included, restores.
     check_capture(&env, &cell, &rec, Some(1), seed, &mut report, &summary);
     report.replicate_log = log;
     report.assert_clean("after a full repository disk");
@@ -432,17 +450,17 @@ fn item5_events_rewritten_in_place_are_archived_or_reported_and_restores_stay_ex
             .as_array()
             .is_some_and(|ps| ps.iter().any(|p| p.to_string().contains("event")));
     let logged = complaints(&log).iter().any(|l| l.contains("event"));
-    assert!(
-        reported || logged,
-        "events rewritten in place went unnoticed: verify-backups exited {vcode} ({v}) and replicate logged no complaint about events:\n{log}"
-    );
-
+    let mut failures: Vec<String> = Vec::new();
+    if !(reported || logged) {
+        failures.push(format!(
+            "events rewritten in place went unnoticed: verify-backups exited {vcode} ({v}) and replicate logged no complaint about events"
+        ));
+    }
     // Restores among the new events: exact to the event.
     let first = states[1].0;
     let last = states.last().unwrap().0;
     let span = (last - first).num_microseconds().unwrap().max(1) as u64;
     let mut x = test_seed("item5") | 1;
-    let mut failures: Vec<String> = Vec::new();
     for i in 0..12 {
         x ^= x << 13;
         x ^= x >> 7;
@@ -473,7 +491,7 @@ fn item5_events_rewritten_in_place_are_archived_or_reported_and_restores_stay_ex
     }
     assert!(
         failures.is_empty(),
-        "{} of 12 restores among the rewritten events failed:\n  {}",
+        "{} problem(s) with events rewritten in place (12 restores among the new events):\n  {}\n--- replicate's log ---\n{log}",
         failures.len(),
         failures.join("\n  ")
     );

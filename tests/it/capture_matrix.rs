@@ -37,8 +37,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::common::{soak, test_seed, Env, Rng};
 use crate::kv_oracle::{
-    auto_vacuum_number, describe, describe_one, kv_writer, ranges, read_kv_record, run_kv_writer,
-    try_rebuild, wait_kv_writer, Described, KvOpts, KvRecord, Logged,
+    auto_vacuum_number, describe, describe_one, json_try, kv_writer, ranges, read_kv_record,
+    run_kv_writer, try_rebuild, wait_kv_writer, Described, KvOpts, KvRecord, Logged,
 };
 
 /// One cell's capture, with the knobs the regression tests turn.
@@ -263,7 +263,10 @@ pub fn check_capture(
 
     // restore --latest through the binary: the writer's final state.
     let latest = env.path().join("latest.db");
-    let (code, v) = env.json(&["restore", "--latest", "--output", latest.to_str().unwrap()]);
+    let (code, v) = json_try(
+        env,
+        &["restore", "--latest", "--output", latest.to_str().unwrap()],
+    );
     if code != 0 {
         report
             .problems
@@ -317,15 +320,17 @@ pub fn check_capture(
     let mut n_of: BTreeMap<u64, i64> = BTreeMap::new();
     let mut bad_integrity: Vec<u64> = Vec::new();
     let mut bad_content: Vec<u64> = Vec::new();
+    let mut unbuildable: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for chunk in txids.chunks(40) {
         let mut paths: Vec<(u64, PathBuf)> = Vec::new();
         for &txid in chunk {
             let out = env.path().join(format!("txid-{txid}.db"));
             match try_rebuild(&repo, &catalog, txid, &out) {
                 Ok(_) => paths.push((txid, out)),
-                Err(e) => report
-                    .problems
-                    .push(format!("txid {txid}: rebuild failed: {e}")),
+                Err(e) => unbuildable
+                    .entry(e.replace(&format!("txid {txid}"), "txid N"))
+                    .or_default()
+                    .push(txid),
             }
         }
         let ds = describe(&paths.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>());
@@ -353,6 +358,17 @@ pub fn check_capture(
             let _ = std::fs::remove_file(path.with_extension("db-wal"));
             let _ = std::fs::remove_file(path.with_extension("db-shm"));
         }
+    }
+    for (why, t) in &unbuildable {
+        report.problems.insert(
+            0,
+            format!(
+                "{} of {} txids cannot be rebuilt ({why}): txids {}",
+                t.len(),
+                txids.len(),
+                ranges(t)
+            ),
+        );
     }
     if !bad_integrity.is_empty() {
         report.problems.insert(
@@ -429,13 +445,16 @@ pub fn check_capture(
             continue;
         }
         let out = env.path().join(format!("cli-{txid}.db"));
-        let (code, v) = env.json(&[
-            "restore",
-            "--txid",
-            &txid.to_string(),
-            "--output",
-            out.to_str().unwrap(),
-        ]);
+        let (code, v) = json_try(
+            env,
+            &[
+                "restore",
+                "--txid",
+                &txid.to_string(),
+                "--output",
+                out.to_str().unwrap(),
+            ],
+        );
         if code != 0 {
             report
                 .problems
@@ -486,13 +505,16 @@ pub fn check_capture(
                 .expect("a point at or before");
             let out = env.path().join("instant.db");
             let _ = std::fs::remove_file(&out);
-            let (code, v) = env.json(&[
-                "restore",
-                "--timestamp",
-                &ts(t),
-                "--output",
-                out.to_str().unwrap(),
-            ]);
+            let (code, v) = json_try(
+                env,
+                &[
+                    "restore",
+                    "--timestamp",
+                    &ts(t),
+                    "--output",
+                    out.to_str().unwrap(),
+                ],
+            );
             let what = format!("restore --timestamp {}", ts(t));
             if code != 0 {
                 report.problems.push(format!("{what} exited {code}: {v}"));

@@ -308,3 +308,21 @@ impl Logged {
         (st, out, err)
     }
 }
+
+/// Runs the binary with `--json`; returns the exit code and the parsed
+/// stdout, or, when stdout is not JSON (an error exit), `{"error": stderr}`.
+/// Unlike `Env::json` it never panics, so that a test can collect every
+/// problem before it fails.
+pub fn json_try(env: &Env, args: &[&str]) -> (i32, serde_json::Value) {
+    let out = env
+        .cmd()
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run genesis-recovery");
+    let code = out.status.code().unwrap_or(-1);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(
+        |_| serde_json::json!({ "error": String::from_utf8_lossy(&out.stderr).trim() }),
+    );
+    (code, v)
+}
