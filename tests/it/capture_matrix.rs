@@ -242,6 +242,34 @@ pub fn run_cell(cell: &Cell, seed: u64) -> CellReport {
         cell.setup_commits + cell.commits,
         "the writer's record is incomplete"
     );
+    // The premise: the run did make every kind of change it is meant to.
+    if cell.commits >= 30 {
+        let stats = rec.runs.last().cloned().unwrap_or_default();
+        let mut want = vec![
+            "create",
+            "drop",
+            "alter",
+            "index",
+            "range_delete",
+            "truncate",
+        ];
+        if cell.vacuum_prob > 0.0 {
+            want.push("vacuum");
+        }
+        if cell.auto_vacuum == "incremental" {
+            want.push("incremental_vacuum");
+        }
+        if cell.auto_vacuum != "none" {
+            want.push("shrink");
+        }
+        for k in want {
+            assert!(
+                stats.get(k).copied().unwrap_or(0) > 0,
+                "{}: the writer's run made no {k} ({stats:?}): the test did not test it",
+                cell.name()
+            );
+        }
+    }
     check_capture(&env, cell, &rec, Some(1), seed, &mut report, &summary);
     report
 }

@@ -115,6 +115,8 @@ pub struct KvRecord {
     /// Commit number -> VACUUMs run right after it (each its own
     /// transaction with the same content).
     pub vacuums: BTreeMap<i64, u32>,
+    /// What each finished writer run did (its `S` line): kind -> count.
+    pub runs: Vec<BTreeMap<String, u64>>,
 }
 
 impl KvRecord {
@@ -142,6 +144,18 @@ pub fn read_kv_record(path: &Path) -> KvRecord {
     let mut r = KvRecord::default();
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
+        if f.first() == Some(&"S") {
+            r.runs.push(
+                f[1..]
+                    .iter()
+                    .filter_map(|kv| {
+                        let (k, v) = kv.split_once('=')?;
+                        Some((k.to_string(), v.parse().ok()?))
+                    })
+                    .collect(),
+            );
+            continue;
+        }
         if f.len() != 5 {
             continue;
         }
