@@ -362,3 +362,77 @@ fn a_restore_whose_read_fails_names_the_object() {
     rebuild(&s.repo, &chain, &point, &out).unwrap();
     assert_eq!(integrity(&out), "ok");
 }
+
+/// The event archive: a failing write of an event object fails the step, and
+/// the retry archives every event, with no gap in the sequence numbers.
+#[test]
+fn a_failing_event_archive_write_fails_the_step_and_the_retry_archives_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db.sqlite");
+    let w = writer(&db);
+    w.execute_batch(
+        "CREATE TABLE events (event_id TEXT PRIMARY KEY, event_type TEXT NOT NULL,
+           aggregate_id TEXT NOT NULL, event_data TEXT NOT NULL,
+           sequence_number INTEGER NOT NULL, created_at TEXT NOT NULL);",
+    )
+    .unwrap();
+    let event = |seq: i64| {
+        w.execute(
+            "INSERT INTO events VALUES (?1, 'HEARTBEAT', 'sys', '{}', ?2, ?3)",
+            rusqlite::params![
+                format!("e{seq}"),
+                seq,
+                format!(
+                    "2026-01-01T00:00:{:02}.{:06}Z",
+                    seq / 1_000_000 % 60,
+                    seq % 1_000_000
+                )
+            ],
+        )
+        .unwrap();
+    };
+    for s in 1..=10 {
+        event(s);
+    }
+    let faulty = FaultyBackend::new(&dir.path().join("repo"));
+    let repo = Repository::new(faulty.clone());
+    let mut cap = Capturer::open(CaptureOptions::new(&db), repo.clone()).unwrap();
+    cap.step(false).unwrap();
+    for s in 11..=30 {
+        event(s);
+    }
+    faulty.fail(Op::Put, "events/", u32::MAX);
+    assert!(
+        cap.step(false).is_err(),
+        "a step whose event archive write fails must fail"
+    );
+    assert!(
+        !faulty.failed().is_empty(),
+        "the injected fault never fired"
+    );
+    faulty.clear();
+    for s in 31..=35 {
+        event(s);
+    }
+    cap.step(false).unwrap();
+    cap.finish().unwrap();
+    let catalog = repo.catalog().unwrap();
+    let mut ranges: Vec<(i64, i64)> = catalog
+        .manifests()
+        .filter(|m| m.kind == genesis_core::repo::ObjectKind::Events)
+        .map(|m| (m.seq_min.unwrap(), m.seq_max.unwrap()))
+        .collect();
+    ranges.sort();
+    // Events up to the opening snapshot's are in the snapshot itself.
+    let base = catalog.generations[0].snapshots[0].seq_max.unwrap_or(0);
+    assert_eq!(base, 10, "the opening snapshot holds events 1..=10");
+    let mut next = base + 1;
+    for (a, b) in &ranges {
+        assert_eq!(
+            *a, next,
+            "the event archive has a gap or an overlap: {ranges:?}"
+        );
+        next = b + 1;
+    }
+    assert_eq!(next, 36, "events are missing from the archive: {ranges:?}");
+}

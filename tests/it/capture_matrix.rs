@@ -646,7 +646,7 @@ fn item0_backup_full_then_replicate_4k_auto_vacuum_full_restores_are_sound_at_ev
     let seed = test_seed("item0");
     let mut failed: Vec<String> = Vec::new();
     for run in 0..runs {
-        let mut cell = Cell::new(4096, "full", if soak() { 600 } else { 200 });
+        let mut cell = Cell::new(4096, "full", if soak() { 600 } else { 150 });
         cell.autocheckpoint = 20;
         cell.no_vacuum_before = cell.setup_commits + cell.commits / 2;
         cell.vacuum_prob = 0.02;
