@@ -254,7 +254,6 @@ fn a_failing_segment_write_fails_the_step_and_the_retry_ships_everything() {
 }
 
 #[test]
-#[ignore = "issue 11 item 2 (an object id reused with other bytes: the retry after a failed manifest write fails forever): fails until the capture fix lands"]
 fn a_failing_manifest_write_fails_the_step_and_the_retry_ships_everything() {
     // The segment object is written, its manifest (the commit point) is not.
     a_failed_write_is_loud_and_the_retry_loses_nothing(Op::Put, "manifests/incr_");

@@ -119,7 +119,14 @@ pub fn classify(err: &anyhow::Error) -> (&'static str, i32) {
             T::Io { .. } => "io",
             T::Internal { .. } => "internal",
         };
-        return (kind, if e.is_bad_input() { EXIT_USAGE } else { EXIT_FAILED });
+        return (
+            kind,
+            if e.is_bad_input() {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILED
+            },
+        );
     }
     if err.downcast_ref::<clap::Error>().is_some() {
         return ("usage", EXIT_USAGE);

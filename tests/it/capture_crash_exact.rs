@@ -41,7 +41,6 @@ fn wait_for_lock(env: &Env) {
 }
 
 #[test]
-#[ignore = "issue 11 item 6: fails until the capture fix lands"]
 fn item6_two_sigkills_of_the_capturer_keep_restores_exact_to_the_event() {
     let env = Env::new();
     let mut rng = Rng(test_seed("item6"));

@@ -66,7 +66,6 @@ fn complaints(log: &str) -> Vec<&str> {
 /// snapshot id was reused and every step failed ("already exists ...
 /// objects are immutable") until replicate exited 1.
 #[test]
-#[ignore = "issue 11 item 2: fails until the capture fix lands"]
 fn item2_idle_database_replicate_with_due_snapshots_exits_0() {
     let env = Env::new();
     let record = env.path().join("record.txt");
@@ -120,7 +119,6 @@ fn item2_idle_database_replicate_with_due_snapshots_exits_0() {
 /// second case left a snapshot request file that crashed every later
 /// replicate until the application wrote.
 #[test]
-#[ignore = "issue 11 item 2: fails until the capture fix lands"]
 fn item2_backup_full_on_an_unchanged_database_succeeds_alone_and_through_replicate() {
     let env = Env::new();
     let record = env.path().join("record.txt");
@@ -172,7 +170,6 @@ fn item2_backup_full_on_an_unchanged_database_succeeds_alone_and_through_replica
 /// its log), repair itself with a new generation that begins with a
 /// snapshot, and the writer's later commits must restore, every one of them.
 #[test]
-#[ignore = "issue 11 item 3: fails until the capture fix lands"]
 fn item3_repository_deleted_under_a_running_capturer_is_repaired_with_a_new_generation() {
     let env = Env::new();
     let seed = test_seed("item3");
@@ -309,7 +306,6 @@ impl Drop for Tmpfs {
 /// a new generation because of it, and every commit, those of the outage
 /// included, must restore once space returns.
 #[test]
-#[ignore = "issue 11 item 4: fails until the capture fix lands"]
 fn item4_full_repository_disk_is_waited_out_and_nothing_is_lost() {
     let env = Env::new();
     let seed = test_seed("item4");
@@ -383,7 +379,6 @@ fn item4_full_repository_disk_is_waited_out_and_nothing_is_lost() {
 /// `verify-backups` or in the capturer's log), and restores to instants
 /// among the new events must succeed and be exact to the event.
 #[test]
-#[ignore = "issue 11 item 5: fails until the capture fix lands"]
 fn item5_events_rewritten_in_place_are_archived_or_reported_and_restores_stay_exact() {
     use chrono::{DateTime, SecondsFormat, Utc};
 

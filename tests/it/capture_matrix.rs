@@ -626,12 +626,9 @@ cell_test!(matrix_4096_incremental, 4096, "incremental", false);
 cell_test!(matrix_8192_none, 8192, "none", false);
 cell_test!(matrix_8192_full, 8192, "full", false);
 cell_test!(matrix_8192_incremental, 8192, "incremental", true);
-cell_test!(matrix_65536_none, 65536, "none", false,
-    #[ignore = "issue 11 item 1: fails until the capture fix lands"]);
-cell_test!(matrix_65536_full, 65536, "full", true,
-    #[ignore = "issue 11 item 1: fails until the capture fix lands"]);
-cell_test!(matrix_65536_incremental, 65536, "incremental", false,
-    #[ignore = "issue 11 item 1: fails until the capture fix lands"]);
+cell_test!(matrix_65536_none, 65536, "none", false);
+cell_test!(matrix_65536_full, 65536, "full", true);
+cell_test!(matrix_65536_incremental, 65536, "incremental", false);
 
 /// Issue 11 item 0: a 4 KiB database with auto_vacuum=FULL, captured with
 /// `backup full` and then `backup replicate` resuming its generation, gave
@@ -686,7 +683,6 @@ fn item0_backup_full_then_replicate_4k_auto_vacuum_full_restores_are_sound_at_ev
 /// was captured (0 transactions shipped while the WAL grew, replicate exited
 /// 0). The commits must be shipped, and `restore --latest` be the last one.
 #[test]
-#[ignore = "issue 11 item 1: fails until the capture fix lands"]
 fn item1_page_size_65536_is_captured() {
     let seed = test_seed("item1");
     for mode in ["none", "full"] {
@@ -721,7 +717,6 @@ fn item1_page_size_65536_is_captured() {
 /// 150 runs (`GENESIS_ITEM0_FULLS` to change it) miss both with a
 /// probability well under 1%.
 #[test]
-#[ignore = "issue 11 item 0: fails until the capture fix lands"]
 fn item0_snapshots_taken_while_the_application_restarts_the_wal_are_sound() {
     let env = Env::new();
     let seed = test_seed("item0 snapshots");
