@@ -17,9 +17,12 @@ fn writer(db: &Path) -> Connection {
     c
 }
 
+/// One row of `t`: id, v, pad.
+type Row = (i64, String, Option<Vec<u8>>);
+
 /// Every row with every column, the pad bytes included; and the database
 /// must be whole.
-fn dump(db: &Path) -> Vec<(i64, String, Option<Vec<u8>>)> {
+fn dump(db: &Path) -> Vec<Row> {
     let c = Connection::open(db).unwrap();
     let ic: String = c
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
@@ -41,7 +44,7 @@ fn every_captured_txid_rebuilds_to_the_writers_state() {
     let mut opts = CaptureOptions::new(&db);
     opts.checkpoint_frames = 50;
     let mut cap = Capturer::open(opts, repo.clone()).unwrap();
-    let mut expected: Vec<(u64, Vec<(i64, String, Option<Vec<u8>>)>)> = Vec::new();
+    let mut expected: Vec<(u64, Vec<Row>)> = Vec::new();
     let mut state: std::collections::BTreeMap<i64, (String, Option<Vec<u8>>)> = Default::default();
     for i in 0..400i64 {
         w.execute(

@@ -453,20 +453,37 @@ fn item5_events_rewritten_in_place_are_archived_or_reported_and_restores_stay_ex
             "events rewritten in place went unnoticed: verify-backups exited {vcode} ({v}) and replicate logged no complaint about events"
         ));
     }
-    // Restores among the new events: exact to the event once the capturer
-    // has noticed the rewrite and started a new generation.
-    let catalog = genesis_core::repo::Repository::open_local(&env.repo(), false)
-        .unwrap()
+    // Restores among the new events: exact to the event, from the first
+    // capture after the rewrite on (before it, the newest restore point still
+    // holds the deleted events, and a DELETE is no event to replay).
+    let deleted_at = states[0].0;
+    let repo = genesis_core::repo::Repository::open_local(&env.repo(), false).expect("repo");
+    let after = repo
         .catalog()
-        .unwrap();
-    let repaired_at = catalog
+        .expect("catalog")
+        .restore_points()
+        .into_iter()
+        .map(|p| p.time)
+        .filter(|t| *t > deleted_at)
+        .min();
+    let Some(first) = after else {
+        panic!("no restore point after the rewrite: nothing captured it\n{log}");
+    };
+    // Exact to the event once the capturer has noticed the rewrite and
+    // started a new generation (before that, see below).
+    let repaired_at = repo
+        .catalog()
+        .expect("catalog")
         .generations
         .last()
         .and_then(|g| g.span())
         .map(|(first, _)| first.time)
-        .unwrap();
-    let first = states[1].0;
+        .expect("a generation");
     let last = states.last().unwrap().0;
+    assert!(
+        first < last,
+        "the first capture after the rewrite came after the last event"
+    );
     let span = (last - first).num_microseconds().unwrap().max(1) as u64;
     let mut x = test_seed("item5") | 1;
     for i in 0..12 {
