@@ -241,6 +241,7 @@ pub fn validate_state(conn: &Connection, opts: &ValidateOptions) -> Result<Valid
     // table is not in sequence order.
     let mut pass = pass::Pass::new(opts)?;
     let mut event_warnings = Sink::new(opts.max_findings_per_rule);
+    let t0 = std::time::Instant::now();
     let read = stream::each_event(conn, stream::Order::Rowid, |ev| {
         pass.event(ev, &mut event_warnings)
     })?;
@@ -253,13 +254,19 @@ pub fn validate_state(conn: &Connection, opts: &ValidateOptions) -> Result<Valid
         })?;
     }
     warnings.append(event_warnings);
+    tracing::debug!("events read and folded in {:?}", t0.elapsed());
     let (pass, diffs) = pass.finish(conn, &mut warnings, &mut metrics)?;
+    tracing::debug!(
+        "replay comparison and newest checkpoint done in {:?}",
+        t0.elapsed()
+    );
     let reference = pass
         .last_time()
         .and_then(crate::time::parse_opt)
         .map(|t| opts.target.map_or(t, |target| target.min(t)));
     pass.sequence.into_sink(codes::EVENT_SEQUENCE, &mut errors);
     duplicate_event_ids(conn, &mut errors)?;
+    tracing::debug!("duplicate event ids checked in {:?}", t0.elapsed());
     pass.after_target
         .into_sink(codes::EVENT_AFTER_TARGET, &mut errors);
     check_balances(conn, &mut errors, &mut metrics)?;
@@ -272,6 +279,7 @@ pub fn validate_state(conn: &Connection, opts: &ValidateOptions) -> Result<Valid
         &mut metrics,
     )?;
     check_positions(conn, &mut errors, &mut metrics)?;
+    tracing::debug!("table rules checked in {:?}", t0.elapsed());
     pass.checkpoint_errors
         .into_sink(codes::CHECKPOINT_HASH, &mut errors);
     if let Some(m) = pass.replay_failed {

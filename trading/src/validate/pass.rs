@@ -148,7 +148,12 @@ impl<'o> Pass<'o> {
             None => self.prev = Some((s, ev.event_id.clone())),
         }
         self.times(ev, warnings);
-        *self.by_type.entry(ev.event_type.clone()).or_default() += 1;
+        match self.by_type.get_mut(ev.event_type.as_str()) {
+            Some(n) => *n += 1,
+            None => {
+                self.by_type.insert(ev.event_type.clone(), 1);
+            }
+        }
         match &mut self.last {
             Some((ls, lt)) => {
                 *ls = s;
