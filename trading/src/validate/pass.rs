@@ -78,6 +78,8 @@ pub(super) struct Pass<'o> {
     pending: Option<Checkpoint>,
     checked: u64,
     unchecked: Vec<i64>,
+    /// The pass's metrics, once finished.
+    pub(super) metrics: Map<String, Value>,
 }
 
 impl<'o> Pass<'o> {
@@ -104,6 +106,7 @@ impl<'o> Pass<'o> {
             pending: None,
             checked: 0,
             unchecked: Vec::new(),
+            metrics: Map::new(),
         })
     }
 
