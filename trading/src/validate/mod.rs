@@ -197,6 +197,26 @@ fn text(v: &SqlValue) -> Option<String> {
     }
 }
 
+/// Calls `f` on each row of `sql`, one buffer reused: a table is never held whole.
+fn each_row(
+    conn: &Connection,
+    sql: &str,
+    mut f: impl FnMut(&[SqlValue]) -> Result<()>,
+) -> Result<()> {
+    let mut stmt = conn.prepare(sql).map_err(q(sql))?;
+    let n = stmt.column_count();
+    let mut rows = stmt.query([]).map_err(q(sql))?;
+    let mut buf = Vec::with_capacity(n);
+    while let Some(r) = rows.next().map_err(q(sql))? {
+        buf.clear();
+        for i in 0..n {
+            buf.push(r.get::<_, SqlValue>(i).map_err(q(sql))?);
+        }
+        f(&buf)?;
+    }
+    Ok(())
+}
+
 fn rows(conn: &Connection, sql: &str) -> Result<Vec<Vec<SqlValue>>> {
     let mut stmt = conn.prepare(sql).map_err(q(sql))?;
     let n = stmt.column_count();
@@ -429,10 +449,10 @@ fn check_orders(conn: &Connection, t: &mut TableRules) -> Result<()> {
     let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
     // Held back by open orders, per asset.
     let mut held: BTreeMap<String, f64> = BTreeMap::new();
-    for r in rows(
+    each_row(
         conn,
         "SELECT order_id, status, quantity, filled_quantity, price, order_type, side, symbol, created_at FROM orders ORDER BY order_id",
-    )? {
+        |r| {
         let id = text(&r[0]).unwrap_or_else(|| "NULL".into());
         let status = text(&r[1]).unwrap_or_else(|| "NULL".into());
         *by_status.entry(status.clone()).or_default() += 1;
@@ -491,7 +511,8 @@ fn check_orders(conn: &Connection, t: &mut TableRules) -> Result<()> {
                 }
             }
         }
-    }
+        Ok(())
+    })?;
     for (asset, need) in &held {
         let locked: Option<f64> = rows(
             conn,
@@ -538,10 +559,10 @@ fn check_positions(
     let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
     let mut exposure: BTreeMap<String, f64> = BTreeMap::new();
     let (mut realized, mut unrealized) = (0.0, 0.0);
-    for r in rows(
+    each_row(
         conn,
         "SELECT position_id, status, quantity, closed_at, symbol, entry_price, realized_pnl, unrealized_pnl FROM positions ORDER BY position_id",
-    )? {
+        |r| {
         let id = text(&r[0]).unwrap_or_else(|| "NULL".into());
         let status = text(&r[1]).unwrap_or_else(|| "NULL".into());
         *by_status.entry(status.clone()).or_default() += 1;
@@ -557,7 +578,8 @@ fn check_positions(
         } else if status == "closed" && text(&r[3]).is_none_or(|s| s.is_empty()) {
             errors.push(codes::POSITION_INVALID, format!("position {id}: closed without closed_at"));
         }
-    }
+        Ok(())
+    })?;
     metrics.insert("positions_by_status".into(), json!(by_status));
     metrics.insert("open_exposure".into(), json!(exposure));
     metrics.insert("realized_pnl".into(), json!(realized));
