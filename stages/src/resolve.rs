@@ -187,10 +187,13 @@ fn event_run(
         .flat_map(|g| g.events.iter())
         .filter(|e| !lost.contains(&e.id));
     let mut in_later = false;
+    // Where this generation's archive ends, whether or not any of its objects
+    // are in the run (the point may be after its last event object).
+    let own_last = generation.events.iter().filter_map(|e| e.seq_max).max();
     for (e, is_later) in own.map(|e| (e, false)).chain(later.map(|e| (e, true))) {
         if is_later && !in_later {
             // Only an archive that continues exactly where this one ends.
-            match (last, e.seq_min) {
+            match (last.or(own_last), e.seq_min) {
                 (Some(prev), Some(lo)) if lo == prev + 1 => in_later = true,
                 _ => break,
             }

@@ -200,7 +200,7 @@ impl Capturer {
             Ok(())
         };
         let batch = rayon::current_num_threads().max(1) * 2;
-        let (hashes, ()) = {
+        let scanned = {
             let mut sink = |off: u64, raw: Vec<u8>| -> Result<()> {
                 pending.push((off, raw));
                 if pending.len() >= batch {
@@ -208,14 +208,18 @@ impl Capturer {
                 }
                 Ok(())
             };
-            self.scan_pages(overlay, db_pages, Some(&mut sink))?
+            self.scan_pages(overlay, db_pages, Some(&mut sink))
         };
-        flush(&mut pending, &mut compressed, &mut frames)?;
+        let flushed =
+            scanned.and_then(|h| flush(&mut pending, &mut compressed, &mut frames).map(|()| h));
+        // A WAL restarted or truncated under the read makes it torn, and a
+        // read error on a WAL cut short is part of that, not a failure.
         if let Some(h) = wal_header {
             if !wal::header_unchanged(&wal::wal_path(self.db()), h)? {
                 return Ok(None);
             }
         }
+        let (hashes, ()) = flushed?;
         let raw_size = db_pages * u64::from(self.gen.page_size);
         let checksum = checksum_hex(hashes.checksum());
         let manifest = Manifest {

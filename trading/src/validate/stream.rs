@@ -1,0 +1,179 @@
+//! Reading the `events` table once, in sequence order, without holding it.
+//!
+//! `events` has no index on `sequence_number`, and ordering by it would have
+//! SQLite sort every row. Rows are appended in sequence order (one event per
+//! transaction, DOMAIN.md), so the table is read in rowid order and the order
+//! checked as it goes; only when it is not sorted does the caller read it again
+//! through SQLite's sorter ([`Order::Sorted`]), which spills to temporary files
+//! rather than memory.
+
+use rusqlite::types::ValueRef;
+use rusqlite::Connection;
+
+use crate::error::{Error, Result};
+use crate::event::Event;
+
+/// How to read the events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Order {
+    /// Rowid order, stopping at the first event out of sequence order.
+    Rowid,
+    /// `ORDER BY sequence_number, event_id`.
+    Sorted,
+}
+
+/// How a read ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Streamed {
+    Done,
+    /// [`Order::Rowid`] found an event before its predecessor in sequence order.
+    OutOfOrder,
+}
+
+const COLUMNS: &str =
+    "SELECT event_id, event_type, aggregate_id, event_data, sequence_number, created_at FROM events";
+
+fn text_into(row: &rusqlite::Row<'_>, i: usize, out: &mut String) -> rusqlite::Result<()> {
+    let v = row.get_ref(i)?;
+    match v {
+        ValueRef::Text(t) => {
+            out.clear();
+            match std::str::from_utf8(t) {
+                Ok(t) => out.push_str(t),
+                Err(_) => out.push_str(&String::from_utf8_lossy(t)),
+            }
+            Ok(())
+        }
+        other => Err(rusqlite::Error::InvalidColumnType(
+            i,
+            [
+                "event_id",
+                "event_type",
+                "aggregate_id",
+                "event_data",
+                "sequence_number",
+                "created_at",
+            ][i]
+                .to_string(),
+            other.data_type(),
+        )),
+    }
+}
+
+/// Events per batch handed from the reading thread to the folding one.
+const BATCH: usize = 1024;
+
+/// Calls `f` on every event in sequence order (ties by event id), on another
+/// thread while this one reads the next rows from SQLite. Batches of events
+/// are recycled, so memory does not grow with the table.
+///
+/// # Errors
+/// [`Error::Sqlite`] when `events` cannot be read or holds a value of the
+/// wrong type; the first error `f` returns (the reading then stops);
+/// [`Error::Internal`] if `f` panics.
+pub(super) fn each_event(
+    conn: &Connection,
+    order: Order,
+    f: impl FnMut(&Event) -> Result<()> + Send,
+) -> Result<Streamed> {
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<Event>>(4);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<Event>>();
+    std::thread::scope(|s| {
+        let worker = s.spawn(move || -> Result<()> {
+            let mut f = f;
+            for batch in full_rx {
+                for ev in &batch {
+                    f(ev)?;
+                }
+                // The reader may be gone already; the batch is then freed.
+                let _ = empty_tx.send(batch);
+            }
+            Ok(())
+        });
+        let read = read_rows(conn, order, &full_tx, &empty_rx);
+        drop(full_tx);
+        let worked = worker
+            .join()
+            .map_err(|p| Error::internal("the validation fold", p.as_ref()))?;
+        worked?;
+        read
+    })
+}
+
+fn empty_event() -> Event {
+    Event {
+        event_id: String::new(),
+        event_type: String::new(),
+        aggregate_id: String::new(),
+        event_data: String::new(),
+        sequence_number: 0,
+        created_at: String::new(),
+    }
+}
+
+/// Reads the rows into batches and sends them; stops early (`Ok`) when the
+/// receiver is gone (it failed, and says why).
+fn read_rows(
+    conn: &Connection,
+    order: Order,
+    full: &std::sync::mpsc::SyncSender<Vec<Event>>,
+    empty: &std::sync::mpsc::Receiver<Vec<Event>>,
+) -> Result<Streamed> {
+    let sql = match order {
+        Order::Rowid => COLUMNS.to_string(),
+        Order::Sorted => format!("{COLUMNS} ORDER BY sequence_number, event_id"),
+    };
+    let mut stmt = conn
+        .prepare(&sql)
+        .map_err(Error::sqlite("reading events"))?;
+    let mut rows = stmt.query([]).map_err(Error::sqlite("reading events"))?;
+    let mut prev: Option<(i64, String)> = None;
+    let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
+    let mut n = 0;
+    let send = |batch: &mut Vec<Event>, n: &mut usize| -> bool {
+        batch.truncate(*n);
+        *n = 0;
+        let next = empty
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(BATCH));
+        full.send(std::mem::replace(batch, next)).is_ok()
+    };
+    while let Some(row) = rows.next().map_err(Error::sqlite("reading events"))? {
+        if n == batch.len() {
+            batch.push(empty_event());
+        }
+        let ev = &mut batch[n];
+        (|| -> rusqlite::Result<()> {
+            text_into(row, 0, &mut ev.event_id)?;
+            text_into(row, 1, &mut ev.event_type)?;
+            text_into(row, 2, &mut ev.aggregate_id)?;
+            text_into(row, 3, &mut ev.event_data)?;
+            ev.sequence_number = row.get(4)?;
+            text_into(row, 5, &mut ev.created_at)
+        })()
+        .map_err(Error::sqlite("reading events"))?;
+        if order == Order::Rowid {
+            match &mut prev {
+                Some((s, id))
+                    if (*s, id.as_str()) >= (ev.sequence_number, ev.event_id.as_str()) =>
+                {
+                    return Ok(Streamed::OutOfOrder);
+                }
+                Some((s, id)) => {
+                    *s = ev.sequence_number;
+                    id.clear();
+                    id.push_str(&ev.event_id);
+                }
+                None => prev = Some((ev.sequence_number, ev.event_id.clone())),
+            }
+        }
+        n += 1;
+        if n == BATCH && !send(&mut batch, &mut n) {
+            return Ok(Streamed::Done);
+        }
+    }
+    if n > 0 {
+        send(&mut batch, &mut n);
+    }
+    Ok(Streamed::Done)
+}
