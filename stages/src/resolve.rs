@@ -282,11 +282,26 @@ pub fn resolve_plan(
             }
         }
     }
-    for l in lost.unplaced() {
-        gaps.push(format!(
+    // An unreadable manifest whose key names no object cannot be placed in
+    // the chain: reported with every restore (and refused under strict),
+    // but not counted as a gap of this restore.
+    let unplaced: Vec<_> = lost.unplaced().cloned().collect();
+    if strict && !unplaced.is_empty() {
+        return Err(Error::Failed(format!(
+            "the repository holds unreadable manifests whose place in the chain cannot be told: {}; strict mode refuses to restore past them: run `genesis-recovery verify-backups`, or restore without --strict",
+            unplaced
+                .iter()
+                .map(|l| format!("{} ({})", l.id, l.problem))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )));
+    }
+    for l in &unplaced {
+        tracing::warn!(
             "{} {}: which restore points it breaks cannot be told",
-            l.id, l.problem
-        ));
+            l.id,
+            l.problem
+        );
     }
 
     let target_time = match target {
@@ -385,6 +400,7 @@ pub fn resolve_plan(
         requested_txid: req.txid,
         archive_complete,
         requested_time,
+        unplaced_manifests: unplaced,
         point: reached,
     })
 }
