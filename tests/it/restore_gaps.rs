@@ -217,6 +217,21 @@ fn a_lost_event_object_costs_only_the_restores_that_need_it() {
             .is_some_and(|g| g.contains(&ev.id)),
         "{v}"
     );
+    // The newest event object lost: a time after the last capture but one
+    // needs it, and nothing after it says so but its manifest.
+    let last = last_step(&c);
+    let newest = c.events_of_step(last);
+    std::fs::remove_file(c.env.repo().join(newest.object_key())).unwrap();
+    let kl = event_inside(&c, last);
+    let (code, v, out) = c.restore("newest-events", &["--timestamp", &c.event_time(kl)]);
+    assert_eq!(code, EXIT_DATA_LOSS, "{v}");
+    assert_state(&out, c.state_at_step(last - 1), "newest-events", &v);
+    assert!(
+        v["fallback"]["gap"]
+            .as_str()
+            .is_some_and(|g| g.contains("event objects")),
+        "{v}"
+    );
     // The same with its manifest gone too: found by the sequence numbers.
     std::fs::remove_file(c.env.repo().join(format!("manifests/{}.json", ev.id))).unwrap();
     let (code, v, out) = c.restore("inside-no-manifest", &["--timestamp", &c.event_time(k)]);
