@@ -54,7 +54,9 @@ pub fn decompress_object(m: &Manifest, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
                 if f.raw_offset != expect_raw {
                     return Err(Error::corrupt(&m.id, "snapshot frames are not contiguous"));
                 }
-                expect_raw += f.raw_len;
+                expect_raw = expect_raw.checked_add(f.raw_len).ok_or_else(|| {
+                    Error::corrupt(&m.id, "snapshot frames add up to more than 2^64 bytes")
+                })?;
                 let end = f.comp_offset.checked_add(f.comp_len);
                 if end.is_none_or(|e| e > bytes.len() as u64) {
                     return Err(Error::corrupt(
@@ -98,4 +100,61 @@ pub fn decompress_object(m: &Manifest, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
         ));
     }
     Ok(frames)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+    use crate::repo::{FrameEntry, FORMAT_VERSION};
+
+    fn snapshot(frames: Vec<FrameEntry>) -> Manifest {
+        let t = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).expect("time");
+        Manifest {
+            format_version: FORMAT_VERSION,
+            id: "full_1".to_string(),
+            kind: ObjectKind::Snapshot,
+            generation: "g".to_string(),
+            created_at: t,
+            page_size: 512,
+            txid_min: 1,
+            txid_max: 1,
+            time_min: t,
+            time_max: t,
+            seq_min: None,
+            seq_max: None,
+            raw_size: 0,
+            compressed_size: 0,
+            blake3_compressed: String::new(),
+            blake3_raw: String::new(),
+            db_checksum_before: None,
+            db_checksum_after: None,
+            db_pages: 0,
+            frames,
+            transactions: Vec::new(),
+            wal: None,
+            event_count: 0,
+            source_db: None,
+        }
+    }
+
+    /// Found with the `object` fuzz target's input layout: snapshot frames
+    /// whose raw lengths add up past 2^64 panicked (overflow) instead of
+    /// being a corrupt object.
+    #[test]
+    fn snapshot_frames_whose_sizes_overflow_are_corrupt() {
+        let frame = |raw_offset| FrameEntry {
+            raw_offset,
+            raw_len: 1 << 63,
+            comp_offset: 0,
+            comp_len: 1,
+        };
+        let m = snapshot(vec![frame(0), frame(1 << 63)]);
+        let err = decompress_object(&m, &[0u8; 4]).expect_err("corrupt");
+        assert!(
+            err.to_string().contains("add up to more than 2^64"),
+            "{err}"
+        );
+    }
 }

@@ -72,9 +72,11 @@ pub fn parse_header(b: &[u8]) -> Option<WalHeader> {
     if be32(&b[4..8]) != 3_007_000 {
         return None;
     }
+    // A 32-bit field: 65536 is stored as itself (only the database header's
+    // 16-bit field stores it as 1). SQLite's walIndexRecover accepts any
+    // power of two from 512 to SQLITE_MAX_PAGE_SIZE (65536).
     let page_size = match be32(&b[8..12]) {
-        1 => 65536,
-        p if (512..=32768).contains(&p) && p.is_power_of_two() => p,
+        p if (512..=65536).contains(&p) && p.is_power_of_two() => p,
         _ => return None,
     };
     let h = WalHeader {
@@ -221,6 +223,22 @@ fn open_wal(path: &Path) -> Result<Option<(File, u64, WalHeader)>> {
     file.read_exact_at(&mut hbuf, 0)
         .map_err(|e| Error::io("read", path, e))?;
     Ok(parse_header(&hbuf).map(|h| (file, len, h)))
+}
+
+/// Whether the WAL still has `header` (the same salts and checkpoint
+/// sequence). A restart or truncation rewrites the header before any frame
+/// is overwritten, so frames read before a check that finds the header
+/// unchanged were read intact, not torn by a concurrent restart (a reader
+/// holding read mark 0 does not block a restart: SQLite's `walRestartLog`
+/// locks only read marks 1 and up).
+///
+/// # Errors
+/// I/O failures.
+pub fn header_unchanged(path: &Path, header: &WalHeader) -> Result<bool> {
+    Ok(match open_wal(path)? {
+        Some((_, _, now)) => now == *header,
+        None => false,
+    })
 }
 
 /// Reads the WAL from its first frame up to (at most) frame `upto`.
@@ -382,6 +400,35 @@ mod tests {
             read_wal(&wal_path(&db), Some(&moved)).expect("read"),
             WalState::Restarted(_)
         ));
+    }
+
+    #[test]
+    fn a_wal_of_64k_pages_is_read() {
+        // The WAL header's page size is a 32-bit field: 65536 is stored as
+        // itself, not as 1 like the database header's 16-bit field. The
+        // reader once took it for an invalid header and saw an empty WAL.
+        for ps in [512u32, 1024, 4096, 8192, 16384, 32768, 65536] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let db = dir.path().join("d.db");
+            let c = rusqlite::Connection::open(&db).expect("open");
+            c.execute_batch(&format!(
+                "PRAGMA page_size={ps}; PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; \
+                 CREATE TABLE t(x); INSERT INTO t VALUES (randomblob(3000));"
+            ))
+            .expect("setup");
+            let WalState::Continues(r) = read_wal(&wal_path(&db), None).expect("read") else {
+                panic!("page size {ps}: the WAL was not recognised")
+            };
+            assert_eq!(r.header.page_size, ps);
+            assert_eq!(r.txns.len(), 2, "page size {ps}: two commits");
+            assert!(header_unchanged(&wal_path(&db), &r.header).expect("check"));
+            c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+                .expect("truncate");
+            assert!(
+                !header_unchanged(&wal_path(&db), &r.header).expect("check"),
+                "a truncated WAL no longer has its header"
+            );
+        }
     }
 
     proptest::proptest! {

@@ -17,10 +17,19 @@ fn writer(db: &Path) -> Connection {
     c
 }
 
-fn dump(db: &Path) -> Vec<(i64, String)> {
+/// One row of `t`: id, v, pad.
+type Row = (i64, String, Option<Vec<u8>>);
+
+/// Every row with every column, the pad bytes included; and the database
+/// must be whole.
+fn dump(db: &Path) -> Vec<Row> {
     let c = Connection::open(db).unwrap();
-    let mut s = c.prepare("SELECT id, v FROM t ORDER BY id").unwrap();
-    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+    let ic: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ic, "ok", "{} is damaged", db.display());
+    let mut s = c.prepare("SELECT id, v, pad FROM t ORDER BY id").unwrap();
+    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .unwrap()
         .map(|r| r.unwrap())
         .collect()
@@ -35,19 +44,22 @@ fn every_captured_txid_rebuilds_to_the_writers_state() {
     let mut opts = CaptureOptions::new(&db);
     opts.checkpoint_frames = 50;
     let mut cap = Capturer::open(opts, repo.clone()).unwrap();
-    let mut expected: Vec<(u64, Vec<(i64, String)>)> = Vec::new();
-    let mut state: std::collections::BTreeMap<i64, String> = Default::default();
+    let mut expected: Vec<(u64, Vec<Row>)> = Vec::new();
+    let mut state: std::collections::BTreeMap<i64, (String, Option<Vec<u8>>)> = Default::default();
     for i in 0..400i64 {
         w.execute(
             "INSERT INTO t(id, v, pad) VALUES (?1, ?2, zeroblob(?3))",
             rusqlite::params![i, format!("v{i}"), (i % 7) * 900],
         )
         .unwrap();
-        state.insert(i, format!("v{i}"));
+        state.insert(
+            i,
+            (format!("v{i}"), Some(vec![0u8; ((i % 7) * 900) as usize])),
+        );
         if i % 3 == 0 {
             w.execute("UPDATE t SET v = v || 'x' WHERE id = ?1", [i / 2])
                 .unwrap();
-            if let Some(v) = state.get_mut(&(i / 2)) {
+            if let Some((v, _)) = state.get_mut(&(i / 2)) {
                 v.push('x');
             }
         }
@@ -66,7 +78,13 @@ fn every_captured_txid_rebuilds_to_the_writers_state() {
                 "continuity lost at {i}: {:?}",
                 r.new_generation
             );
-            expected.push((cap.last_txid(), state.clone().into_iter().collect()));
+            expected.push((
+                cap.last_txid(),
+                state
+                    .iter()
+                    .map(|(id, (v, pad))| (*id, v.clone(), pad.clone()))
+                    .collect(),
+            ));
         }
     }
     cap.finish().unwrap();

@@ -139,6 +139,9 @@ pub struct ReplicateArgs {
     /// Stop after this long (default: run until SIGINT/SIGTERM).
     #[arg(long = "for", value_name = "DUR")]
     pub run_for: Option<String>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9090).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Args)]

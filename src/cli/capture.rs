@@ -123,6 +123,7 @@ pub fn backup(ctx: &Ctx, cmd: BackupCommand) -> anyhow::Result<i32> {
             let ropts = ReplicateOptions {
                 interval: interval.unwrap_or(Duration::from_secs(1)),
                 run_for: a.run_for.as_deref().map(parse_duration).transpose()?,
+                metrics_addr: a.metrics_addr.clone(),
             };
             let repo = open_repo(ctx)?;
             let stop = stop_on_signals()?;

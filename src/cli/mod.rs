@@ -104,20 +104,30 @@ pub fn classify(err: &anyhow::Error) -> (&'static str, i32) {
             E::Failed(_) => ("failed", EXIT_FAILED),
         };
     }
-    // ---- trading errors: issue 13 turns genesis_trading::Error into typed
-    // kinds; map each kind here (input errors -> EXIT_USAGE). Until then its
-    // Debug text names the variant. ----
+    // Trading errors: typed kinds; input errors are usage errors.
     if let Some(e) = err.downcast_ref::<genesis_trading::Error>() {
-        let s = format!("{e:?}");
-        let input =
-            s.starts_with("ExchangeFile") || s.starts_with("Timestamp") || s.starts_with("Schema");
-        return if input {
-            ("trading_input", EXIT_USAGE)
-        } else {
-            ("trading", EXIT_FAILED)
+        use genesis_trading::Error as T;
+        // Every kind listed: a new kind must be given its code here.
+        let kind = match e {
+            T::Sqlite { .. } => "sqlite",
+            T::Event { .. } => "event",
+            T::Extension { .. } => "plugin",
+            T::Staging { .. } | T::JournalMode { .. } => "staging",
+            T::Schema(_) => "schema",
+            T::Timestamp { .. } => "timestamp",
+            T::ExchangeFile { .. } => "exchange_file",
+            T::Io { .. } => "io",
+            T::Internal { .. } => "internal",
         };
+        return (
+            kind,
+            if e.is_bad_input() {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILED
+            },
+        );
     }
-    // ---- end of trading errors ----
     if err.downcast_ref::<clap::Error>().is_some() {
         return ("usage", EXIT_USAGE);
     }

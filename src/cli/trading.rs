@@ -19,6 +19,7 @@ pub fn validate(ctx: &Ctx, a: ValidateArgs) -> anyhow::Result<i32> {
     genesis_core::capture::source::read_db_header(&ctx.db)?;
     let opts = ValidateOptions {
         integrity_check: a.full,
+        all_checkpoints: a.full,
         target_time: a.target.as_deref().map(parse_timestamp).transpose()?,
         ..Default::default()
     };
@@ -89,14 +90,15 @@ pub fn recover_positions(ctx: &Ctx, a: PositionsArgs) -> anyhow::Result<i32> {
 
 pub fn reconcile_orders(ctx: &Ctx, a: ReconcileArgs) -> anyhow::Result<i32> {
     let conn = open_readonly(ctx)?;
-    let bytes = std::fs::read(&a.exchange_orders).map_err(|e| {
+    // Read element by element: a large file costs its orders, not its bytes.
+    let file = std::fs::File::open(&a.exchange_orders).map_err(|e| {
         Error::Usage(format!(
             "cannot read the exchange orders file {}: {e}",
             a.exchange_orders.display()
         ))
     })?;
-    let orders = genesis_trading::reconcile::parse_exchange_orders(
-        &bytes,
+    let orders = genesis_trading::reconcile::read_exchange_orders(
+        std::io::BufReader::with_capacity(1 << 20, file),
         &a.exchange_orders.display().to_string(),
     )?;
     let opts = genesis_trading::reconcile::ReconcileOptions {
@@ -105,9 +107,13 @@ pub fn reconcile_orders(ctx: &Ctx, a: ReconcileArgs) -> anyhow::Result<i32> {
     };
     let r = genesis_trading::reconcile::reconcile(&conn, &orders, &opts)?;
     print(ctx, &r, || {
+        let mut notes = String::new();
+        for w in &r.warnings {
+            notes.push_str(&format!("\nwarning: {w}"));
+        }
         if r.is_reconciled {
             return format!(
-                "Reconciled: {} open orders match the exchange (accuracy {:.4})",
+                "Reconciled: {} open orders match the exchange (accuracy {:.4}){notes}",
                 r.db_order_count, r.accuracy
             );
         }
@@ -122,6 +128,7 @@ pub fn reconcile_orders(ctx: &Ctx, a: ReconcileArgs) -> anyhow::Result<i32> {
         for act in &r.actions {
             s.push_str(&format!("\n{act}"));
         }
+        s.push_str(&notes);
         s
     })?;
     Ok(if r.is_reconciled {

@@ -158,6 +158,7 @@ pub fn demo(
         let ropts = ReplicateOptions {
             interval: opts.interval,
             run_for: None,
+            metrics_addr: None,
         };
         std::thread::spawn(move || {
             capture::replicate(CaptureOptions::new(&db), repo, &ropts, &stop, |_| {})

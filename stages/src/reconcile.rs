@@ -106,16 +106,19 @@ pub fn reconcile_file(
     tolerance: f64,
     symbol_map: &BTreeMap<String, String>,
 ) -> Result<serde_json::Value> {
-    let bytes = std::fs::read(file).map_err(|e| {
+    // Read element by element: a large file costs its orders, not its bytes.
+    let reader = std::fs::File::open(file).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::Usage(format!("no exchange orders file at {}", file.display()))
         } else {
             Error::io("read the exchange orders file", file, e)
         }
     })?;
-    let orders =
-        genesis_trading::reconcile::parse_exchange_orders(&bytes, &file.display().to_string())
-            .map_err(|e| Error::Usage(e.to_string()))?;
+    let orders = genesis_trading::reconcile::read_exchange_orders(
+        std::io::BufReader::with_capacity(1 << 20, reader),
+        &file.display().to_string(),
+    )
+    .map_err(|e| Error::Usage(e.to_string()))?;
     let conn = rusqlite::Connection::open_with_flags(
         db,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,

@@ -163,19 +163,41 @@ fn backup_point(catalog: &Catalog, id: &str) -> Result<RestorePoint> {
 
 /// The usable event objects read at or after `from_txid`, in sequence
 /// order, up to the first break in their sequence ranges; and what breaks
-/// the run, when something does.
+/// the run, when something does. The run goes on into later generations
+/// whose archive continues this one's (a generation started after a crash
+/// of the capturer archives the events committed while none ran, from the
+/// sequence number after the repository's last), so restores into the span
+/// between two generations are exact too.
 fn event_run(
+    catalog: &Catalog,
     generation: &Generation,
     from_txid: u64,
     lost: &LostSet,
 ) -> (Vec<Arc<Manifest>>, Option<String>) {
     let mut run: Vec<Arc<Manifest>> = Vec::new();
     let mut last: Option<i64> = None;
-    for e in generation
+    let own = generation
         .events
         .iter()
-        .filter(|e| e.txid_max >= from_txid && !lost.contains(&e.id))
-    {
+        .filter(|e| e.txid_max >= from_txid && !lost.contains(&e.id));
+    let later = catalog
+        .generations
+        .iter()
+        .filter(|g| g.id > generation.id)
+        .flat_map(|g| g.events.iter())
+        .filter(|e| !lost.contains(&e.id));
+    let mut in_later = false;
+    // Where this generation's archive ends, whether or not any of its objects
+    // are in the run (the point may be after its last event object).
+    let own_last = generation.events.iter().filter_map(|e| e.seq_max).max();
+    for (e, is_later) in own.map(|e| (e, false)).chain(later.map(|e| (e, true))) {
+        if is_later && !in_later {
+            // Only an archive that continues exactly where this one ends.
+            match (last.or(own_last), e.seq_min) {
+                (Some(prev), Some(lo)) if lo == prev + 1 => in_later = true,
+                _ => break,
+            }
+        }
         let (Some(lo), Some(hi)) = (e.seq_min, e.seq_max) else {
             continue;
         };
@@ -313,7 +335,7 @@ pub fn resolve_plan(
         _ => req.time.or_else(|| newest_time(generation)),
     };
     let fell_back = !gaps.is_empty();
-    let (run, run_break) = event_run(generation, reached.txid, lost);
+    let (run, run_break) = event_run(catalog, generation, reached.txid, lost);
     let (events, replay_until, archive_complete) = match target {
         Target::Time { at } => {
             let complete = run.iter().any(|e| e.created_at >= *at);

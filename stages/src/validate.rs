@@ -7,7 +7,9 @@
 //!
 //! Settings (config key, else pipeline parameter): `enabled` (default true;
 //! `false` records nothing, for `--no-validate`), `integrity_check` (default
-//! false; `full = true` in the config means the same). Config only:
+//! false), `all_checkpoints` (default false: rule 10 rehashes the newest
+//! `blake3:` checkpoint and those the restore replayed; `true` rehashes every
+//! one); `full = true` in the config means both. Config only:
 //! `handled_event_types = ["..."]` (types a plugin handles, not warned about)
 //! and `max_open_order_age = "24h"`.
 
@@ -38,6 +40,12 @@ pub struct ValidateOptions {
     pub handled_event_types: BTreeSet<String>,
     /// Open orders older than this are warned about (default: trading's, 24 h).
     pub max_open_order_age: Option<std::time::Duration>,
+    /// Rule 10 for every `blake3:` checkpoint (`validate --full`); by default
+    /// the newest and those after [`ValidateOptions::checkpoints_after`].
+    pub all_checkpoints: bool,
+    /// The highest sequence number the database had before event replay: every
+    /// checkpoint replayed after it is rehashed.
+    pub checkpoints_after: Option<i64>,
 }
 
 /// Validates the database at `path` (opened read-only): SQLite's checks and,
@@ -112,6 +120,8 @@ fn trading_report(
     let mut topts = genesis_trading::validate::ValidateOptions {
         target: opts.target_time,
         handled_event_types: opts.handled_event_types.clone(),
+        all_checkpoints: opts.all_checkpoints,
+        checkpoints_after: opts.checkpoints_after,
         ..Default::default()
     };
     if let Some(age) = opts.max_open_order_age {
@@ -141,6 +151,7 @@ fn trading_report(
 struct ValidateConfig {
     enabled: Option<bool>,
     integrity_check: Option<bool>,
+    all_checkpoints: Option<bool>,
     full: Option<bool>,
     /// Event types plugins handle, e.g. `["FUNDING_PAYMENT"]`.
     #[serde(default)]
@@ -183,6 +194,14 @@ impl StageFactory for ValidateFactory {
         )
         .map_err(|e| problems.push(("integrity_check".to_string(), e.to_string())))
         .unwrap_or(false);
+        let all_checkpoints = settings::flag(
+            config.all_checkpoints.or(config.full),
+            ctx.params,
+            "all_checkpoints",
+            false,
+        )
+        .map_err(|e| problems.push(("all_checkpoints".to_string(), e.to_string())))
+        .unwrap_or(false);
         let max_open_order_age = match &config.max_open_order_age {
             None => None,
             Some(text) => match genesis_core::time::parse_duration(text) {
@@ -199,15 +218,30 @@ impl StageFactory for ValidateFactory {
         Ok(Box::new(Validate {
             enabled,
             integrity,
+            all_checkpoints,
             handled_event_types: config.handled_event_types,
             max_open_order_age,
         }))
     }
 }
 
+/// The restored database's highest sequence number before event replay, when
+/// the replay applied events (its report's `after_sequence`).
+fn replayed_after(staged: &genesis_core::pipeline::StagedDatabase) -> Option<i64> {
+    if staged.events_replayed == 0 {
+        return None;
+    }
+    staged
+        .replay
+        .as_ref()
+        .and_then(|r| r.get("after_sequence"))
+        .and_then(serde_json::Value::as_i64)
+}
+
 struct Validate {
     enabled: bool,
     integrity: bool,
+    all_checkpoints: bool,
     handled_event_types: BTreeSet<String>,
     max_open_order_age: Option<std::time::Duration>,
 }
@@ -223,6 +257,8 @@ impl Stage for Validate {
                         target_time: staged.target_time,
                         handled_event_types: self.handled_event_types.clone(),
                         max_open_order_age: self.max_open_order_age,
+                        all_checkpoints: self.all_checkpoints,
+                        checkpoints_after: replayed_after(&staged),
                     },
                 )?;
                 tracing::info!(

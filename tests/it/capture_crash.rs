@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::common::{kv_hash, read_record, rebuild_at, signal, soak, Env};
+use crate::common::{integrity, kv_hash, read_record, rebuild_at, signal, soak, Env};
 
 #[test]
 fn killed_capturer_never_leaves_a_silently_broken_chain() {
@@ -68,6 +68,11 @@ fn killed_capturer_never_leaves_a_silently_broken_chain() {
         for txid in sample {
             let out = env.path().join("r.db");
             rebuild_at(&env.repo(), txid, &out);
+            assert_eq!(
+                integrity(&out),
+                "ok",
+                "txid {txid} rebuilt to a damaged database"
+            );
             let (n, hash) = kv_hash(&out);
             assert_eq!(
                 rec.get(&n),
@@ -87,6 +92,11 @@ fn killed_capturer_never_leaves_a_silently_broken_chain() {
     let last = catalog.latest_point().unwrap();
     let out = env.path().join("final.db");
     rebuild_at(&env.repo(), last.txid, &out);
+    assert_eq!(
+        integrity(&out),
+        "ok",
+        "the newest point rebuilt to a damaged database"
+    );
     let (n, hash) = kv_hash(&out);
     assert_eq!(n, commits + 1, "the final commit is not restorable");
     assert_eq!(rec.get(&n), Some(&hash));

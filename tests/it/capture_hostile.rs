@@ -4,7 +4,7 @@
 //! interval. Every captured txid in a dense sample rebuilds to exactly the
 //! state the writer recorded after the matching commit.
 
-use crate::common::{kv_hash, read_record, rebuild_at, signal, soak, Env};
+use crate::common::{integrity, kv_hash, read_record, rebuild_at, signal, soak, Env};
 
 #[test]
 fn replicate_never_loses_a_commit_under_a_hostile_writer() {
@@ -73,6 +73,11 @@ fn replicate_never_loses_a_commit_under_a_hostile_writer() {
     for txid in sample {
         let out = env.path().join("r.db");
         rebuild_at(&env.repo(), txid, &out);
+        assert_eq!(
+            integrity(&out),
+            "ok",
+            "txid {txid} rebuilt to a damaged database"
+        );
         let (n, hash) = kv_hash(&out);
         assert_eq!(
             rec.get(&n),
@@ -95,6 +100,11 @@ fn replicate_never_loses_a_commit_under_a_hostile_writer() {
     // The newest restore point is the writer's final state.
     let out = env.path().join("final.db");
     rebuild_at(&env.repo(), last, &out);
+    assert_eq!(
+        integrity(&out),
+        "ok",
+        "the newest point rebuilt to a damaged database"
+    );
     let (n, hash) = kv_hash(&out);
     assert_eq!(n, commits + 1);
     assert_eq!(rec.get(&n), Some(&hash));

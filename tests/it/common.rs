@@ -133,97 +133,32 @@ pub fn read_record(path: &Path) -> BTreeMap<u64, String> {
         .collect()
 }
 
-/// The same hash the writer computes, of a restored database.
+/// The same hash the writer computes (`table_hash` of hostile_writer.py,
+/// over every byte of every column of `kv` and `log`), of a database, with
+/// the commit number (max `log.n`). It runs the writer's own code, so the
+/// writer and the tests cannot disagree on what a state is.
 pub fn kv_hash(db: &Path) -> (u64, String) {
-    kv_hash_conn(&rusqlite::Connection::open(db).expect("open restored db"))
+    writer_digest(db, false)
 }
 
-/// A minimal SHA-256 so that tests compare with Python's hashlib without a crate.
-pub mod sha2_like {
-    pub struct Sha256 {
-        buf: Vec<u8>,
+fn writer_digest(db: &Path, read_only: bool) -> (u64, String) {
+    let mut c = Command::new("python3");
+    c.arg(fixture("hostile_writer.py")).arg("--digest");
+    if read_only {
+        c.arg("--read-only");
     }
-    impl Sha256 {
-        pub fn new() -> Self {
-            Sha256 { buf: Vec::new() }
-        }
-        pub fn update(&mut self, b: &[u8]) {
-            self.buf.extend_from_slice(b);
-        }
-        pub fn hex(&self) -> String {
-            const K: [u32; 64] = [
-                0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
-                0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
-                0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
-                0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
-                0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
-                0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-                0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
-                0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-                0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
-                0xc67178f2,
-            ];
-            let mut h: [u32; 8] = [
-                0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
-                0x5be0cd19,
-            ];
-            let mut m = self.buf.clone();
-            let bits = (m.len() as u64) * 8;
-            m.push(0x80);
-            while m.len() % 64 != 56 {
-                m.push(0);
-            }
-            m.extend_from_slice(&bits.to_be_bytes());
-            for chunk in m.chunks(64) {
-                let mut w = [0u32; 64];
-                for i in 0..16 {
-                    w[i] = u32::from_be_bytes([
-                        chunk[4 * i],
-                        chunk[4 * i + 1],
-                        chunk[4 * i + 2],
-                        chunk[4 * i + 3],
-                    ]);
-                }
-                for i in 16..64 {
-                    let s0 =
-                        w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
-                    let s1 =
-                        w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
-                    w[i] = w[i - 16]
-                        .wrapping_add(s0)
-                        .wrapping_add(w[i - 7])
-                        .wrapping_add(s1);
-                }
-                let mut a = h;
-                for i in 0..64 {
-                    let s1 = a[4].rotate_right(6) ^ a[4].rotate_right(11) ^ a[4].rotate_right(25);
-                    let ch = (a[4] & a[5]) ^ (!a[4] & a[6]);
-                    let t1 = a[7]
-                        .wrapping_add(s1)
-                        .wrapping_add(ch)
-                        .wrapping_add(K[i])
-                        .wrapping_add(w[i]);
-                    let s0 = a[0].rotate_right(2) ^ a[0].rotate_right(13) ^ a[0].rotate_right(22);
-                    let maj = (a[0] & a[1]) ^ (a[0] & a[2]) ^ (a[1] & a[2]);
-                    let t2 = s0.wrapping_add(maj);
-                    a = [
-                        t1.wrapping_add(t2),
-                        a[0],
-                        a[1],
-                        a[2],
-                        a[3].wrapping_add(t1),
-                        a[4],
-                        a[5],
-                        a[6],
-                    ];
-                }
-                for i in 0..8 {
-                    h[i] = h[i].wrapping_add(a[i]);
-                }
-            }
-            h.iter().map(|x| format!("{x:08x}")).collect()
-        }
-    }
+    let out = c.arg(db).output().expect("python3");
+    assert!(
+        out.status.success(),
+        "digest of {}: {}",
+        db.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut it = text.split_whitespace();
+    let n = it.next().and_then(|n| n.parse().ok()).expect("n");
+    let h = it.next().expect("hash").to_string();
+    (n, h)
 }
 
 /// Sends SIGTERM (or SIGKILL) to a child.
@@ -277,36 +212,10 @@ pub fn integrity(db: &Path) -> String {
     rows.join("; ")
 }
 
-/// [`kv_hash`] through a read-only connection.
+/// [`kv_hash`] through a read-only connection (nothing in the database or
+/// beside it is changed).
 pub fn kv_hash_ro(db: &Path) -> (u64, String) {
-    kv_hash_conn(&open_ro(db))
-}
-
-/// [`kv_hash`] of an open connection.
-pub fn kv_hash_conn(c: &rusqlite::Connection) -> (u64, String) {
-    use sha2_like::Sha256;
-    let n: i64 = c
-        .query_row("SELECT coalesce(max(n), 0) FROM log", [], |r| r.get(0))
-        .expect("log");
-    let mut s = c
-        .prepare("SELECT k, v, length(pad) FROM kv ORDER BY k")
-        .expect("kv");
-    let mut h = Sha256::new();
-    let rows = s
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-            ))
-        })
-        .expect("rows");
-    for row in rows {
-        let (k, v, pad) = row.expect("row");
-        let pad = pad.map(|p| p.to_string()).unwrap_or_else(|| "None".into());
-        h.update(format!("{k}|{v}|{pad}\n").as_bytes());
-    }
-    (n as u64, h.hex())
+    writer_digest(db, true)
 }
 
 /// A hash of every row of every table of a database (opened read-only), for

@@ -7,11 +7,15 @@
 
 mod capture_bad_input;
 mod capture_crash;
+mod capture_crash_exact;
 mod capture_damage;
 mod capture_full;
 mod capture_hostile;
+mod capture_issue11;
+mod capture_matrix;
 mod common;
 mod exact_event;
+mod kv_oracle;
 mod pipelines_bad;
 mod restore_bad_input;
 mod restore_concurrency;

@@ -1,8 +1,12 @@
 //! The one error type of the trading crate.
 //!
 //! Policy: bad data never panics; every error names what it is about — the event
-//! (id, type, sequence number), the file or source and array index, the field.
-//! Findings of validation and reconciliation are reports, not errors.
+//! (id, type, sequence number), the file or source and array index, the field —
+//! and keeps the error it comes from as its `source`. Each variant is one kind
+//! the caller can match on ([`Error::is_bad_input`] sorts them for exit codes);
+//! no caller needs to read the text. A panic caught inside the crate is
+//! [`Error::Internal`], never a kind that blames the input. Findings of
+//! validation and reconciliation are reports, not errors.
 
 /// Convenience alias used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -35,8 +39,16 @@ pub enum Error {
         message: String,
     },
     /// A staging replay could not put the database back into its journal mode.
-    #[error("staging replay: {0}")]
-    Staging(String),
+    #[error("staging replay: {action}: {source}")]
+    Staging {
+        /// The statement or step, e.g. `PRAGMA journal_mode=wal`.
+        action: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A staging replay's journal mode did not come back.
+    #[error("staging replay: {statement} left the database in journal mode {mode}; discard the staged copy and restore again")]
+    JournalMode { statement: String, mode: String },
     /// A database lacks the trading schema.
     #[error("the database has no trading schema: {0}")]
     Schema(String),
@@ -49,6 +61,9 @@ pub enum Error {
         /// The file path or plugin name the bytes came from.
         source_name: String,
         message: String,
+        /// The JSON error, when the bytes are not JSON.
+        #[source]
+        source: Option<serde_json::Error>,
     },
     /// An I/O operation on a named path failed.
     #[error("{action} {path}: {source}")]
@@ -58,6 +73,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A bug: a thread of the crate panicked (the panic's message is kept).
+    #[error("internal error: {what} panicked ({message}); this is a bug in genesis-recovery, please report it")]
+    Internal { what: &'static str, message: String },
 }
 
 impl Error {
@@ -77,11 +95,71 @@ impl Error {
         }
     }
 
+    /// An [`Error::Internal`] from a caught panic's payload.
+    pub fn internal(what: &'static str, payload: &(dyn std::any::Any + Send)) -> Error {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_string());
+        Error::Internal { what, message }
+    }
+
     /// The sequence number of the event an error is about, if any.
     pub fn sequence(&self) -> Option<i64> {
         match self {
             Error::Event { sequence, .. } | Error::Extension { sequence, .. } => Some(*sequence),
             _ => None,
         }
+    }
+
+    /// Whether the error is the user's input being wrong (a database without
+    /// the trading schema, a timestamp that is not one, an exchange file of an
+    /// unknown shape): a usage error, where everything else is an operation
+    /// that failed (SQLite, I/O, an event that cannot apply, a bug).
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            Error::Schema(_) | Error::Timestamp { .. } | Error::ExchangeFile { .. } => true,
+            Error::Sqlite { .. }
+            | Error::Event { .. }
+            | Error::Extension { .. }
+            | Error::Staging { .. }
+            | Error::JournalMode { .. }
+            | Error::Io { .. }
+            | Error::Internal { .. } => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_is_internal_and_not_bad_input() {
+        let payload = std::panic::catch_unwind(|| panic!("boom")).unwrap_err();
+        let e = Error::internal("the replay fold", payload.as_ref());
+        assert!(!e.is_bad_input());
+        assert!(e.to_string().contains("boom"), "{e}");
+        assert!(e.to_string().contains("bug"), "{e}");
+    }
+
+    #[test]
+    fn kinds_keep_their_source() {
+        use std::error::Error as _;
+        let json = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let e = Error::ExchangeFile {
+            source_name: "orders.json".into(),
+            message: "not JSON".into(),
+            source: Some(json),
+        };
+        assert!(e.is_bad_input());
+        assert!(e.source().is_some());
+        let e = Error::Sqlite {
+            action: "reading events".into(),
+            source: rusqlite::Error::InvalidQuery,
+        };
+        assert!(!e.is_bad_input());
+        assert!(e.source().is_some());
     }
 }

@@ -5,12 +5,10 @@
 //!
 //! The crate knows nothing about backups or pipelines; `core` and `stages` call it.
 
-mod bulk;
 pub mod effects;
 pub mod error;
 pub mod event;
 mod json;
-mod pages;
 pub mod positions;
 pub mod reconcile;
 pub mod replay;

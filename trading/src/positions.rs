@@ -7,10 +7,12 @@ use chrono::{DateTime, Utc};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
+use rusqlite::types::Value as SqlValue;
+
 use crate::error::{Error, Result};
 use crate::event::read_events;
-use crate::replay::replay;
-use crate::validate::{diff_table, rebuild_options, scratch_db, Finding};
+use crate::replay::{replay, ReplayOptions};
+use crate::validate::Finding;
 
 /// A position as the events build it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,4 +108,108 @@ pub fn recover_positions(
             .collect();
     }
     Ok(report)
+}
+
+/// An in-memory database with the schema, for rebuilding projections.
+fn scratch_db() -> Result<Connection> {
+    let c = Connection::open_in_memory().map_err(q("opening an in-memory database"))?;
+    crate::schema::ensure_schema(&c)?;
+    Ok(c)
+}
+
+fn rebuild_options() -> ReplayOptions {
+    ReplayOptions {
+        check_sequence: false,
+        record_events: false,
+        tune_pragmas: false,
+        ..ReplayOptions::default()
+    }
+}
+
+type Rendered = BTreeMap<String, Vec<String>>;
+
+fn render(conn: &Connection, table: &str, key: &str) -> Result<(Vec<String>, Rendered)> {
+    let cols: Vec<String> = rows(
+        conn,
+        &format!("SELECT name FROM pragma_table_info('{table}') ORDER BY cid"),
+    )?
+    .iter()
+    .filter_map(|r| text(&r[0]))
+    .collect();
+    let expr: Vec<String> = cols.iter().map(|c| format!("quote(\"{c}\")")).collect();
+    let sql = format!("SELECT quote(\"{key}\"), {} FROM {table}", expr.join(", "));
+    let mut out = BTreeMap::new();
+    for r in rows(conn, &sql)? {
+        let mut it = r.iter().map(|v| text(v).unwrap_or_default());
+        let k = it.next().unwrap_or_default();
+        out.insert(k, it.collect());
+    }
+    Ok((cols, out))
+}
+
+/// The differences between a table of the database and of the rebuilt state, one
+/// message per row and column.
+fn diff_table(
+    db: &Connection,
+    rebuilt: &Connection,
+    table: &str,
+    key: &str,
+) -> Result<Vec<String>> {
+    let (cols, have) = render(db, table, key)?;
+    let (rcols, want) = render(rebuilt, table, key)?;
+    let noun = table.trim_end_matches('s');
+    let mut out = Vec::new();
+    for (k, row) in &have {
+        match want.get(k) {
+            None => out.push(format!(
+                "{noun} {k} is in the database but no event creates it"
+            )),
+            Some(w) => {
+                for (i, (a, b)) in row.iter().zip(w).enumerate() {
+                    if a != b {
+                        out.push(format!(
+                            "{noun} {k}: {} is {a} in the database but {b} after replaying the events",
+                            cols.get(i).or(rcols.get(i)).map_or("?", |s| s.as_str())
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for k in want.keys().filter(|k| !have.contains_key(*k)) {
+        out.push(format!(
+            "{noun} {k} is missing from the database but replaying the events creates it"
+        ));
+    }
+    Ok(out)
+}
+
+fn q(action: &str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
+    move |source| Error::Sqlite {
+        action: action.to_string(),
+        source,
+    }
+}
+
+fn text(v: &SqlValue) -> Option<String> {
+    match v {
+        SqlValue::Text(t) => Some(t.clone()),
+        SqlValue::Integer(i) => Some(i.to_string()),
+        SqlValue::Real(f) => Some(f.to_string()),
+        _ => None,
+    }
+}
+
+fn rows(conn: &Connection, sql: &str) -> Result<Vec<Vec<SqlValue>>> {
+    let mut stmt = conn.prepare(sql).map_err(q(sql))?;
+    let n = stmt.column_count();
+    let out = stmt
+        .query_map([], |r| {
+            (0..n)
+                .map(|i| r.get::<_, SqlValue>(i))
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .and_then(|it| it.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(q(sql))?;
+    Ok(out)
 }

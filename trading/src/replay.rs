@@ -19,11 +19,9 @@
 //! [`ReplayOptions::staging`] is for a database that is thrown away if anything
 //! fails (a restore's staged copy): the replay then runs under an exclusive
 //! lock with no rollback journal and no syncs, puts the journal mode back (WAL
-//! stays WAL) and fsyncs the file once. The event rows and their `event_id`
-//! index entries are written apart, each in its b-tree's order (module
-//! `bulk`); on a large replay their pages are written directly into the file
-//! while the events are folded and SQLite writes the projections (module
-//! `pages`, [`ReplayOptions::direct_pages_from`]).
+//! stays WAL) and fsyncs the file once; the event rows go in by multi-row
+//! prepared statements. Every byte of the file is written by SQLite through
+//! its public API (docs/decisions.md: no page writer, no test controls).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -33,11 +31,9 @@ use rayon::prelude::*;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
-use crate::bulk;
 use crate::effects::{self, OpAt, OpKind, RowOp, SqlVal, Table};
 use crate::error::{Error, Result};
 use crate::event::{max_sequence, Event};
-use crate::pages;
 use crate::stmt::StaticStmt;
 
 /// A statement an extension asks to run: SQL with positional parameters.
@@ -85,11 +81,6 @@ pub struct ReplayOptions {
     /// When the journal mode cannot be switched off (another connection uses
     /// the database), the replay runs in the ordinary, safe mode.
     pub staging: bool,
-    /// With [`ReplayOptions::staging`] on a database file: replays of at least
-    /// this many events write the pages of the `events` b-trees directly
-    /// (see the module `pages`) instead of through SQLite (default 16,384;
-    /// `usize::MAX` never).
-    pub direct_pages_from: usize,
 }
 
 impl Default for ReplayOptions {
@@ -100,7 +91,6 @@ impl Default for ReplayOptions {
             record_events: true,
             tune_pragmas: true,
             staging: false,
-            direct_pages_from: 16_384,
         }
     }
 }
@@ -211,39 +201,16 @@ pub fn replay_with_extensions(
         None
     };
     conn.set_prepared_statement_cache_capacity(256);
-    // Multi-row inserts pay for a statement journal unless there is no journal;
-    // the b-trees are written apart only on a staged copy (see crate::bulk).
+    // Multi-row inserts pay for a statement journal unless there is no journal.
     let rows = match (opts.record_events, staging.is_some()) {
         (false, _) => EventRows::Skip,
         (true, false) => EventRows::OneByOne,
-        (true, true) => match bulk::event_trees(conn)? {
-            Some(trees) => EventRows::Bulk(trees),
-            None => EventRows::Batched,
-        },
-    };
-    // A large replay onto a staged file writes the events b-trees' pages
-    // itself, while the fold runs (see crate::pages).
-    let direct = match (rows, staging.as_ref().and_then(|s| s.path.as_deref())) {
-        (EventRows::Bulk(trees), Some(path))
-            if split.is_empty() && events.len() >= opts.direct_pages_from.max(1) =>
-        {
-            Some((trees, path.to_path_buf()))
-        }
-        _ => None,
+        (true, true) => EventRows::Batched,
     };
     let result = (|| {
-        if let Some((trees, path)) = &direct {
-            if replay_direct(conn, *trees, path, events)? {
-                return Ok(());
-            }
-        }
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(Error::sqlite("beginning the replay transaction"))?;
-        let imposters = match rows {
-            EventRows::Bulk(trees) => Some(bulk::Imposters::create(&tx, trees)?),
-            _ => None,
-        };
         let mut start = 0;
         for &(i, x) in &split {
             replay_segment(&tx, &events[start..i], rows)?;
@@ -255,7 +222,6 @@ pub fn replay_with_extensions(
             start = i + 1;
         }
         replay_segment(&tx, &events[start..], rows)?;
-        drop(imposters);
         let t = std::time::Instant::now();
         tx.commit()
             .map_err(Error::sqlite("committing the replay"))?;
@@ -287,146 +253,6 @@ pub fn replay_with_extensions(
         }
     }
     result.map(|()| report)
-}
-
-/// A large replay onto a staged file (see [`crate::pages`]). With the
-/// connection's lock released, the pages of the event rows (and of the
-/// rebuilt `event_id` index, when it holds no more entries than the replay
-/// adds) are written into the file while the events are folded, and their
-/// writeback to disk is started; SQLite, which rereads the file when it next
-/// locks it (the change counter moves), then writes the projections while the
-/// disk takes the pages. Whatever the direct write declines is done through
-/// SQLite. `Ok(false)`: declined before anything was written; the caller
-/// replays the ordinary way.
-fn replay_direct(
-    conn: &mut Connection,
-    trees: bulk::EventTrees,
-    path: &std::path::Path,
-    events: &[Event],
-) -> Result<bool> {
-    let page_size = match pages::page_size(conn)? {
-        Ok(p) => p,
-        Err(reason) => {
-            tracing::debug!("event rows through SQLite: {reason}");
-            return Ok(false);
-        }
-    };
-    let base = bulk::max_rowid(conn)?;
-    // Rowids start at 1: the index holds at most `base` entries.
-    let old = if base <= events.len() as i64 {
-        match pages::index_entries(conn, "events", "event_id")? {
-            Ok(old) => Some(old),
-            Err(reason) => {
-                tracing::debug!("event rows through SQLite: {reason}");
-                return Ok(false);
-            }
-        }
-    } else {
-        None
-    };
-    let rebuild = old.is_some();
-    let orders = bulk::order_trees(conn)?;
-    let pragma = |conn: &Connection, sql: &str| {
-        conn.query_row(sql, [], |_| Ok(()))
-            .map_err(Error::sqlite(format!("staging replay: {sql}")))
-    };
-    let release = |conn: &Connection| {
-        pragma(conn, "PRAGMA locking_mode=NORMAL")?;
-        // The next access releases the lock.
-        pragma(conn, "SELECT count(*) FROM sqlite_schema")
-    };
-    release(conn)?;
-    let t0 = std::time::Instant::now();
-    // Which rows go on which leaf, and duplicate ids, before any write.
-    let mut duplicate = None;
-    let built = pages::build(page_size, events, base, old).unwrap_or_else(|e| {
-        duplicate = Some(e);
-        Err("a duplicate id".into())
-    });
-    let prepared = match &built {
-        Ok(built) => pages::prepare(path, trees.roots(), built)?,
-        Err(reason) => Err(pages::Outcome::Declined(reason.clone())),
-    };
-    let written = match (duplicate, &prepared) {
-        (Some(e), _) => Err(e),
-        (None, Ok(p)) => Ok(p.outcome.clone()),
-        (None, Err(outcome)) => Ok(outcome.clone()),
-    };
-    tracing::debug!("pages prepared in {:?}", t0.elapsed());
-    // The leaves are written while the events are folded and SQLite writes
-    // the projections (it never reads them); the file, which `prepared` holds
-    // open, is closed only once SQLite holds no lock.
-    std::thread::scope(|s| -> Result<()> {
-        let writer = prepared.ok().map(|p| {
-            s.spawn(move || {
-                let r = p.write_leaves();
-                (p, r)
-            })
-        });
-        let folded = fold(events);
-        tracing::debug!("fold done in {:?}", t0.elapsed());
-        // New orders go into the file too, before SQLite locks it again
-        // (it reads their indexes to update older orders).
-        let orders = match orders {
-            Some(trees) if written.is_ok() && folded.errors.is_empty() => {
-                let new = new_orders(&folded.rows);
-                if bulk::append_orders(conn, path, page_size, trees, &new)? {
-                    NewOrders::Written
-                } else {
-                    NewOrders::Apart(trees)
-                }
-            }
-            Some(trees) => NewOrders::Apart(trees),
-            None => NewOrders::Sqlite,
-        };
-        pragma(conn, "PRAGMA locking_mode=EXCLUSIVE")?;
-        let committed = (|| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(Error::sqlite("beginning the replay transaction"))?;
-            let rows = match written {
-                Ok(pages::Outcome::Done) => Ok(()),
-                Ok(pages::Outcome::RowsOnly) => bulk::Imposters::create(&tx, trees)
-                    .and_then(|_imposters| bulk::insert_index(&tx, events, base)),
-                Ok(pages::Outcome::Declined(reason)) => {
-                    tracing::debug!("event rows through SQLite: {reason}");
-                    bulk::Imposters::create(&tx, trees).and_then(|_imposters| {
-                        if rebuild {
-                            bulk::insert_events(&tx, events)
-                        } else {
-                            bulk::insert_rows(&tx, events, base)
-                                .and_then(|()| bulk::insert_index(&tx, events, base))
-                        }
-                    })
-                }
-                // A duplicate id, found before anything was written: reported
-                // with the fold's errors, the earliest event's first.
-                Err(e) => Err(e),
-            };
-            write_folded(&tx, events, rows, folded, orders)?;
-            let t = std::time::Instant::now();
-            tx.commit()
-                .map_err(Error::sqlite("committing the replay"))?;
-            tracing::debug!("commit done in {:?}", t.elapsed());
-            Ok(())
-        })();
-        let leaves = writer.map(|w| w.join());
-        // SQLite's lock goes before the file's descriptor does.
-        release(conn)?;
-        pragma(conn, "PRAGMA locking_mode=EXCLUSIVE")?;
-        committed?;
-        match leaves {
-            None => Ok(()),
-            Some(Ok((prepared, written))) => {
-                drop(prepared);
-                written
-            }
-            Some(Err(_)) => Err(Error::Schema(
-                "internal error: writing the pages of the event rows panicked".into(),
-            )),
-        }
-    })?;
-    Ok(true)
 }
 
 /// The settings a staging replay changes, to put back afterwards.
@@ -479,7 +305,8 @@ impl Staging {
 
     /// Puts the journal mode, locking mode and sync level back and fsyncs the file.
     fn leave(self, conn: &Connection) -> Result<()> {
-        let fail = |what: String| move |e: rusqlite::Error| Error::Staging(format!("{what}: {e}"));
+        let fail =
+            |action: String| move |source: rusqlite::Error| Error::Staging { action, source };
         let lock = format!("PRAGMA locking_mode={}", self.locking_mode);
         conn.query_row(&lock, [], |_| Ok(()))
             .map_err(fail(lock.clone()))?;
@@ -488,9 +315,10 @@ impl Staging {
             .query_row(&journal, [], |r| r.get(0))
             .map_err(fail(journal.clone()))?;
         if !mode.eq_ignore_ascii_case(&self.journal_mode) {
-            return Err(Error::Staging(format!(
-                "{journal} left the database in journal mode {mode}"
-            )));
+            return Err(Error::JournalMode {
+                statement: journal,
+                mode,
+            });
         }
         conn.execute_batch(&format!(
             "PRAGMA synchronous={}; PRAGMA temp_store={};",
@@ -517,9 +345,6 @@ enum EventRows {
     OneByOne,
     /// Multi-row statements: only without a journal (no statement journal).
     Batched,
-    /// Rows and index entries apart, each in its b-tree's order: only on a
-    /// staged copy (see [`crate::bulk`]).
-    Bulk(bulk::EventTrees),
 }
 
 fn check_sequence(base: i64, events: &[Event]) -> Result<()> {
@@ -923,9 +748,8 @@ fn replay_segment(tx: &Transaction<'_>, events: &[Event], rows: EventRows) -> Re
         EventRows::Skip => Ok(()),
         EventRows::OneByOne => insert_event_rows(tx, events),
         EventRows::Batched => insert_event_rows_batched(tx, events),
-        EventRows::Bulk(_) => bulk::insert_events(tx, events),
     })?;
-    write_folded(tx, events, rows_result, folded, NewOrders::Sqlite)
+    write_folded(tx, events, rows_result, folded)
 }
 
 /// Folds `events` on another thread while `work` runs on this one.
@@ -943,37 +767,8 @@ fn fold_beside<'e, R>(events: &'e [Event], work: impl FnOnce() -> R) -> Result<(
     });
     match folded {
         Ok(f) => Ok((done, f)),
-        Err(_) => Err(Error::Schema(
-            "internal error: the replay fold panicked".to_string(),
-        )),
+        Err(payload) => Err(Error::internal("the replay fold", payload.as_ref())),
     }
-}
-
-/// How the new rows of `orders` are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum NewOrders {
-    /// With the other rows, one statement each.
-    Sqlite,
-    /// Rows and index entries apart, through SQLite (see crate::bulk).
-    Apart(bulk::OrderTrees),
-    /// Already in the file (see [`bulk::append_orders`]).
-    Written,
-}
-
-fn is_new_order(r: &RowState<'_>) -> bool {
-    r.table == Table::Orders && matches!(r.mode, Mode::Created(_))
-}
-
-/// The orders the replay creates, in the order of their events.
-fn new_orders<'r>(rows: &'r [RowState<'_>]) -> Vec<bulk::NewOrder<'r>> {
-    rows.iter()
-        .filter(|r| is_new_order(r))
-        .map(|r| bulk::NewOrder {
-            key: r.key.as_ref(),
-            cols: &r.cols,
-            first: r.first,
-        })
-        .collect()
 }
 
 /// Writes the folded projection rows and appends; the error of the event
@@ -983,7 +778,6 @@ fn write_folded(
     events: &[Event],
     rows_result: Result<()>,
     folded: Folded<'_>,
-    orders: NewOrders,
 ) -> Result<()> {
     let t0 = std::time::Instant::now();
     let mut first_error: Option<(usize, Error)> = None;
@@ -1002,7 +796,7 @@ fn write_folded(
     for (i, e) in folded.errors {
         note(i, e);
     }
-    write_rows(tx, events, &folded.rows, &mut note, orders)?;
+    write_rows(tx, events, &folded.rows, &mut note)?;
     tracing::debug!(
         "{} projection rows done in {:?}",
         folded.rows.len(),
@@ -1042,43 +836,10 @@ fn write_rows<'r>(
     events: &[Event],
     rows: &'r [RowState<'_>],
     note: &mut impl FnMut(usize, Error),
-    orders: NewOrders,
 ) -> Result<()> {
     const NULL: SqlVal<'static> = SqlVal::Null;
-    // New orders, on a large staged replay: rows and index entries apart (see
-    // crate::bulk), before any statement below is prepared (the imposters
-    // reload the schema).
-    let mut new_orders_written = orders == NewOrders::Written;
-    if let NewOrders::Apart(trees) = orders {
-        let new = new_orders(rows);
-        if !new.is_empty() {
-            let t = std::time::Instant::now();
-            let result = bulk::insert_orders(tx, trees, events, &new);
-            tracing::debug!(
-                "{} new orders written apart in {:?}",
-                new.len(),
-                t.elapsed()
-            );
-            match result {
-                Ok(written) => new_orders_written = written,
-                Err(e) => match e
-                    .sequence()
-                    .and_then(|s| events.iter().position(|ev| ev.sequence_number == s))
-                {
-                    Some(i) => {
-                        note(i, e);
-                        new_orders_written = true;
-                    }
-                    None => return Err(e),
-                },
-            }
-        }
-    }
     let mut cache = StmtCache::default();
     for row in rows {
-        if new_orders_written && is_new_order(row) {
-            continue;
-        }
         let (kind, mask) = match row.mode {
             Mode::Created(_) => (OpKind::Insert, (1u32 << row.cols.len()) - 1),
             Mode::MustExist(_) => (OpKind::Update, row.mask()),
@@ -1392,6 +1153,12 @@ mod tests {
             assert_eq!((mode.as_str(), lock.as_str()), ("wal", "normal"));
         }
         assert_eq!(dump(&safe), dump(&fast));
+        for c in [&safe, &fast] {
+            let check: String = c
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(check, "ok");
+        }
         drop(fast);
         let header = std::fs::read(&path).unwrap();
         assert_eq!(header[18..20], [2, 2], "a WAL database stays in WAL mode");

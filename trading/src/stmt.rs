@@ -148,35 +148,3 @@ pub(crate) fn last_error(db: *mut ffi::sqlite3, rc: std::os::raw::c_int) -> rusq
     };
     rusqlite::Error::SqliteFailure(ffi::Error::new(code), msg)
 }
-
-/// Runs a multi-row INSERT over `items`, `per` rows to a statement: `sql(n)`
-/// is the statement for `n` rows, prepared once for the full chunks and once
-/// for the remainder; `bind(stmt, i, item)` binds the `i`-th row of a chunk.
-/// A failure gives the index of the chunk's first item with SQLite's error.
-pub(crate) fn insert_chunks<'a, T>(
-    conn: &'a Connection,
-    items: &'a [T],
-    per: usize,
-    sql: impl Fn(usize) -> String,
-    mut bind: impl FnMut(&mut StaticStmt<'a>, usize, &'a T) -> rusqlite::Result<()>,
-) -> Result<(), (usize, rusqlite::Error)> {
-    let mut full: Option<StaticStmt<'a>> = None;
-    for (c, chunk) in items.chunks(per.max(1)).enumerate() {
-        let first = c * per.max(1);
-        let mut single;
-        let stmt = if chunk.len() == per {
-            match &mut full {
-                Some(s) => s,
-                None => full.insert(StaticStmt::prepare(conn, &sql(per)).map_err(|e| (first, e))?),
-            }
-        } else {
-            single = StaticStmt::prepare(conn, &sql(chunk.len())).map_err(|e| (first, e))?;
-            &mut single
-        };
-        for (i, item) in chunk.iter().enumerate() {
-            bind(stmt, i, item).map_err(|e| (first + i, e))?;
-        }
-        stmt.execute().map_err(|e| (first, e))?;
-    }
-    Ok(())
-}

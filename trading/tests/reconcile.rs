@@ -253,3 +253,101 @@ fn the_simulated_exchange_reconciles_and_plants_discrepancies() {
         "{r:#?}"
     );
 }
+
+#[test]
+fn an_order_listed_twice_matches_once_with_a_warning() {
+    let c = db();
+    let mut v = binance();
+    let again = v[0].clone();
+    v.as_array_mut().unwrap().push(again);
+    let r = reconcile(&c, &parse(&v), &ReconcileOptions::default()).unwrap();
+    assert!(r.is_reconciled, "{r:#?}");
+    assert!(r.missing_in_db.is_empty() && r.actions.is_empty(), "{r:#?}");
+    assert_eq!(r.accuracy, 1.0);
+    assert_eq!(
+        r.warnings,
+        vec![
+            "exchange order 1001 is listed 2 times in the exchange orders; compared once"
+                .to_string()
+        ]
+    );
+}
+
+#[test]
+fn a_client_order_id_shared_by_two_exchange_orders_proposes_no_false_action() {
+    let c = db();
+    let mut v = binance();
+    // Listed after the true match: the old last-wins index picked this one.
+    v.as_array_mut().unwrap().push(json!(
+        {"symbol":"BTCUSDT","orderId":2001,"clientOrderId":"c1","price":"40000","origQty":"3","executedQty":"1","status":"PARTIALLY_FILLED","type":"LIMIT","side":"SELL"}
+    ));
+    let r = reconcile(&c, &parse(&v), &ReconcileOptions::default()).unwrap();
+    assert!(r.actions.is_empty(), "{:#?}", r.actions);
+    assert!(
+        r.status_mismatches.is_empty()
+            && r.quantity_mismatches.is_empty()
+            && r.other_mismatches.is_empty(),
+        "{r:#?}"
+    );
+    assert!(
+        r.missing_in_db.is_empty() && r.missing_on_exchange.is_empty(),
+        "{r:#?}"
+    );
+    assert_eq!(r.matched, 2);
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("client order id c1") && w.contains("1001, 2001")),
+        "{:#?}",
+        r.warnings
+    );
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.starts_with("exchange order 2001 shares client order id c1")),
+        "{:#?}",
+        r.warnings
+    );
+    assert!(
+        !r.is_reconciled,
+        "an exchange order nobody accounts for is not reconciled"
+    );
+
+    // Neither shares the local order id: not compared, no action either way.
+    let mut v = binance();
+    v[0]["orderId"] = json!(3001);
+    v.as_array_mut().unwrap().push(json!(
+        {"symbol":"BTCUSDT","orderId":3002,"clientOrderId":"c1","price":"40000","origQty":"3","executedQty":"0","status":"NEW","type":"LIMIT","side":"BUY"}
+    ));
+    let r = reconcile(&c, &parse(&v), &ReconcileOptions::default()).unwrap();
+    assert!(r.actions.is_empty(), "{:#?}", r.actions);
+    assert!(
+        r.missing_in_db.is_empty() && r.missing_on_exchange.is_empty(),
+        "{r:#?}"
+    );
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w
+                .starts_with("local order 1001 (client order id c1) matches 2 exchange orders")),
+        "{:#?}",
+        r.warnings
+    );
+    assert!(!r.is_reconciled);
+}
+
+#[test]
+fn an_order_id_beyond_64_bits_is_imported_as_written() {
+    let c = db();
+    let text = r#"[{"symbol":"BTCUSDT","orderId":18446744073709551616123,"clientOrderId":"cx","price":"1","origQty":"2","executedQty":"0","status":"NEW","type":"LIMIT","side":"BUY"}]"#;
+    let orders =
+        genesis_trading::reconcile::read_exchange_orders(text.as_bytes(), "ex.json").unwrap();
+    let r = reconcile(&c, &orders, &ReconcileOptions::default()).unwrap();
+    assert!(
+        r.actions
+            .contains(&"Import exchange order: 18446744073709551616123".to_string()),
+        "{:#?}",
+        r.actions
+    );
+    assert_eq!(r.missing_in_db[0].order_id, "18446744073709551616123");
+}

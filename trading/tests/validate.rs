@@ -418,3 +418,157 @@ fn a_clean_simulated_database_has_no_error_and_positions_match() {
     assert_eq!(p.last_sequence, Some(100));
     assert!(p.divergences.is_empty());
 }
+
+/// The checkpoint hashes as validation computed them before issue #13: every
+/// `blake3:` checkpoint, the events replayed into a scratch database up to it
+/// and the state hashed there. The oracle of the test below.
+fn checkpoint_errors_by_replay(c: &Connection) -> Vec<String> {
+    let events = genesis_trading::read_events(c, i64::MIN, None).unwrap();
+    let mut scratch = Connection::open_in_memory().unwrap();
+    schema::ensure_schema(&scratch).unwrap();
+    let ro = ReplayOptions {
+        check_sequence: false,
+        record_events: false,
+        tune_pragmas: false,
+        ..ReplayOptions::default()
+    };
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, e) in events.iter().enumerate() {
+        if e.event_type != "CHECKPOINT" {
+            continue;
+        }
+        replay(&mut scratch, &events[start..=i], &ro).unwrap();
+        start = i + 1;
+        let d: serde_json::Value = serde_json::from_str(&e.event_data).unwrap();
+        let h = d["state_hash"].as_str().unwrap();
+        let actual = state_hash(&scratch).unwrap();
+        if h.starts_with("blake3:") && actual != h {
+            out.push(format!(
+                "checkpoint {} (event #{}): state_hash {h} differs from the replayed state's {actual}",
+                e.aggregate_id, e.sequence_number
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn many_checkpoints_planted_divergences_early_middle_and_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("genesis.db");
+    let opts = simulate::SimulateOptions {
+        max_commits: Some(3030),
+        checkpoint_every: 50,
+        seed: 9,
+        ..Default::default()
+    };
+    simulate::simulate(&db, &opts, &AtomicBool::new(false)).unwrap();
+    let c = Connection::open(&db).unwrap();
+    let clean = validate_state(&c, &ValidateOptions::default()).unwrap();
+    assert!(clean.is_consistent, "{:#?}", clean.errors);
+    let checkpoints: Vec<i64> = c
+        .prepare("SELECT sequence_number FROM events WHERE event_type = 'CHECKPOINT' ORDER BY sequence_number")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    let last_seq: i64 = c
+        .query_row("SELECT max(sequence_number) FROM events", [], |r| r.get(0))
+        .unwrap();
+    // The premise: many checkpoints, and events after the newest one (so
+    // that the default run hashes it from rows rolled back).
+    assert!(checkpoints.len() >= 50, "{}", checkpoints.len());
+    assert!(last_seq > checkpoints[checkpoints.len() - 1] + 10);
+    let (early, middle, end) = (
+        checkpoints[1],
+        checkpoints[checkpoints.len() / 2],
+        checkpoints[checkpoints.len() - 1],
+    );
+    let bad = format!(r#"{{"state_hash":"blake3:{}"}}"#, "f".repeat(64));
+    for s in [early, middle, end] {
+        c.execute(
+            "UPDATE events SET event_data = ?1 WHERE sequence_number = ?2",
+            rusqlite::params![bad, s],
+        )
+        .unwrap();
+    }
+    let expected = checkpoint_errors_by_replay(&c);
+    assert_eq!(expected.len(), 3, "{expected:#?}");
+    let hash_errors = |r: &ValidationReport| -> Vec<String> {
+        r.errors
+            .iter()
+            .filter(|f| f.code == codes::CHECKPOINT_HASH)
+            .map(|f| f.message.clone())
+            .collect()
+    };
+
+    // --full: every checkpoint, the same findings as before.
+    let full = ValidateOptions {
+        all_checkpoints: true,
+        ..ValidateOptions::default()
+    };
+    let r = validate_state(&c, &full).unwrap();
+    assert_eq!(hash_errors(&r), expected);
+    assert_eq!(
+        error_codes(&r),
+        BTreeSet::from([codes::CHECKPOINT_HASH.to_string()])
+    );
+    assert_eq!(r.warnings, clean.warnings);
+    assert_eq!(r.metrics["checkpoint_hashes"]["not_checked"], 0);
+
+    // Default: the newest one, and the report says which were not checked.
+    let r = validate_state(&c, &ValidateOptions::default()).unwrap();
+    assert_eq!(hash_errors(&r), expected[2..].to_vec());
+    assert_eq!(r.warnings, clean.warnings);
+    let m = &r.metrics["checkpoint_hashes"];
+    assert_eq!(m["checked"], 1);
+    assert_eq!(m["not_checked"], checkpoints.len() - 1);
+    assert_eq!(m["not_checked_first_sequence"], checkpoints[0]);
+    assert_eq!(
+        m["not_checked_last_sequence"],
+        checkpoints[checkpoints.len() - 2]
+    );
+
+    // A restore that replayed from before the middle one checks it too.
+    let replayed = ValidateOptions {
+        checkpoints_after: Some(middle - 1),
+        ..ValidateOptions::default()
+    };
+    let r = validate_state(&c, &replayed).unwrap();
+    assert_eq!(hash_errors(&r), expected[1..].to_vec());
+}
+
+#[test]
+fn events_out_of_rowid_order_are_validated_in_sequence_order() {
+    // The same events, appended in reverse: the fold must still apply them in
+    // sequence order (an update before its insert would fail).
+    let c = build(&[]);
+    let evs: Vec<Event> = genesis_trading::read_events(&c, i64::MIN, None).unwrap();
+    c.execute("DELETE FROM events", []).unwrap();
+    for e in evs.iter().rev() {
+        c.execute(
+            "INSERT INTO events VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            rusqlite::params![
+                e.event_id,
+                e.event_type,
+                e.aggregate_id,
+                e.event_data,
+                e.sequence_number,
+                e.created_at
+            ],
+        )
+        .unwrap();
+    }
+    let r = validate_state(
+        &c,
+        &ValidateOptions {
+            all_checkpoints: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(r.is_consistent, "{:#?}", r.errors);
+    assert_eq!(r.metrics["event_count"], 9);
+}

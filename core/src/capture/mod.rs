@@ -17,7 +17,13 @@
 //! that position was read: the checkpointer can then only write pages that
 //! the overlay replaces, so the image is exactly the database at that txid.
 
+mod check;
+mod events;
+pub mod metrics;
 mod run;
+mod ship;
+mod shm;
+mod snapshot;
 pub mod source;
 mod state;
 
@@ -43,6 +49,7 @@ use crate::repo::{
 };
 use crate::wal::{self, WalRead, WalState};
 
+pub use metrics::CaptureMetrics;
 pub use run::{
     backup_full, backup_sync, replicate, FullBackupResult, ReplicateOptions, ReplicateSummary,
 };
@@ -93,6 +100,9 @@ pub struct StepReport {
     pub event_objects: Vec<String>,
     /// Snapshot written, if any.
     pub snapshot: Option<String>,
+    /// A snapshot was due but one of this txid exists (nothing was committed
+    /// since): its id.
+    pub snapshot_existing: Option<String>,
     /// A new generation started, and why.
     pub new_generation: Option<String>,
     /// Whether the capturer checkpointed the WAL.
@@ -110,6 +120,7 @@ impl StepReport {
         self.events += other.events;
         self.event_objects.extend(other.event_objects);
         self.snapshot = other.snapshot.or(self.snapshot.take());
+        self.snapshot_existing = other.snapshot_existing.or(self.snapshot_existing.take());
         self.new_generation = other.new_generation.or(self.new_generation.take());
         self.checkpointed |= other.checkpointed;
     }
@@ -125,13 +136,34 @@ struct GenState {
     last_time: DateTime<Utc>,
     hashes: PageHashes,
     wal: WalPosition,
+    /// The pages the current WAL holds up to `wal`, each at the offset of its
+    /// newest frame: what the database is made of besides its file, for the
+    /// sampled check of the chain against the source.
+    wal_pages: HashMap<u32, u64>,
     /// Largest event sequence number archived (or present in the base snapshot).
     last_seq: i64,
     /// Rowid of the last `events` row read: the archive reads forward in
     /// rowid order (the table has no index on sequence_number, and events are
     /// appended in sequence order), so each step costs O(new rows).
     last_event_rowid: i64,
+    /// Digest of the row at `last_event_rowid` as it was read: checked
+    /// against the live table at every step.
+    last_event_digest: Option<[u8; 32]>,
     last_snapshot_at: DateTime<Utc>,
+    /// The generation's newest snapshot: when the repository loses it, the
+    /// chain has no base.
+    base_snapshot: String,
+}
+
+impl GenState {
+    /// The txid of the generation's newest snapshot (0 when unknown).
+    fn base_txid(&self) -> u64 {
+        self.base_snapshot
+            .rsplit('_')
+            .next()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0)
+    }
 }
 
 /// A running capturer holding the database's capture lock.
@@ -145,14 +177,27 @@ pub struct Capturer {
     checkpointer: Connection,
     identity: (u64, u64),
     gen: GenState,
-    /// True while a read transaction has been held without interruption since
-    /// `gen.wal` was recorded: only then is a WAL restart provably lossless.
+    /// True when no committed frame after `gen.wal` can have been lost to a
+    /// WAL restart: a read transaction has been held since before `gen.wal`
+    /// was last advanced to the WAL's end. (A held read transaction alone is
+    /// not enough: a reader on read mark 0 does not block a restart, so frames
+    /// committed before it began and not yet copied are not protected. This
+    /// is why a resumed generation is not continuous until its first copy.)
     continuous: bool,
     has_events: bool,
     /// Report of what `open` did (a new generation, a snapshot).
     opened: StepReport,
     /// Set when a new generation's snapshot failed: the next step starts again.
     poisoned: Option<String>,
+    metrics: Arc<CaptureMetrics>,
+    /// Steps taken, for choosing sampled pages.
+    steps: u64,
+    /// The last txid at which the sampled check of the chain passed.
+    last_good_check: u64,
+    /// Sees the application's checkpointer in the `-shm` file's locks. Kept
+    /// open like `db_file`, for the same reason (closing a descriptor of the
+    /// `-shm` file would drop SQLite's read-mark locks of this process).
+    shm: shm::ShmProbe,
     /// The database file, opened once and kept for the capturer's lifetime:
     /// closing any descriptor of it would drop SQLite's locks of this
     /// process (POSIX lock semantics), letting the application's last close
@@ -252,6 +297,7 @@ impl Capturer {
         let identity = source::file_identity(&opts.db)?;
         begin_read(&readers[0], &opts.db)?;
         let has_events = has_events_table(&readers[0], &opts.db)?;
+        let shm = shm::ShmProbe::open(&opts.db);
         let placeholder = GenState {
             id: String::new(),
             page_size: header.page_size,
@@ -259,9 +305,12 @@ impl Capturer {
             last_time: Utc::now(),
             hashes: PageHashes::new(header.page_size as usize),
             wal: WalPosition::default(),
+            wal_pages: HashMap::new(),
             last_seq: 0,
             last_event_rowid: 0,
+            last_event_digest: None,
             last_snapshot_at: Utc::now(),
+            base_snapshot: String::new(),
         };
         let mut cap = Capturer {
             opts,
@@ -277,13 +326,18 @@ impl Capturer {
             has_events,
             opened: StepReport::default(),
             poisoned: None,
+            metrics: CaptureMetrics::new(),
+            steps: 0,
+            last_good_check: 0,
+            shm,
             db_file,
         };
         match cap.try_resume()? {
-            Some(g) => {
+            Some((g, proven)) => {
                 info!(generation = %g.id, txid = g.last_txid, "resuming capture");
+                cap.metrics.committed(g.last_txid, g.last_time);
                 cap.gen = g;
-                cap.continuous = true;
+                cap.continuous = proven;
             }
             None => {
                 let report = cap.new_generation(
@@ -310,6 +364,11 @@ impl Capturer {
         self.gen.last_txid
     }
 
+    /// The capturer's metrics (shared: serve them from another thread).
+    pub fn metrics(&self) -> Arc<CaptureMetrics> {
+        self.metrics.clone()
+    }
+
     /// The current database checksum (hex).
     pub fn checksum(&self) -> String {
         checksum_hex(self.gen.hashes.checksum())
@@ -319,7 +378,11 @@ impl Capturer {
         &self.opts.db
     }
 
-    fn try_resume(&mut self) -> Result<Option<GenState>> {
+    /// The saved generation, when the database is provably the one it left
+    /// (same file, same WAL or none), and whether continuity is already
+    /// proven: only with no WAL at all; otherwise the frames after the saved
+    /// position still have to be copied before a restart is lossless.
+    fn try_resume(&mut self) -> Result<Option<(GenState, bool)>> {
         let saved = match SavedState::load(&self.repo)? {
             Some(s) => s,
             None => return Ok(None),
@@ -350,8 +413,22 @@ impl Capturer {
         if catalog.max_txid() != saved.last_txid {
             return why_not("the repository holds newer txids than the saved state");
         }
-        match wal::read_wal(&wal::wal_path(self.db()), Some(&saved.wal))? {
-            WalState::Continues(_) => {}
+        let mut wal_pages = HashMap::new();
+        let proven = match wal::read_wal(&wal::wal_path(self.db()), Some(&saved.wal))? {
+            WalState::Continues(_) => {
+                if saved.wal.frame > 0 {
+                    if let WalState::Continues(r) =
+                        wal::read_wal_upto(&wal::wal_path(self.db()), saved.wal.frame)?
+                    {
+                        for t in &r.txns {
+                            for (p, off) in &t.pages {
+                                wal_pages.insert(*p, *off);
+                            }
+                        }
+                    }
+                }
+                false
+            }
             WalState::Empty => {
                 // The WAL was checkpointed and removed; the database file must
                 // then hold exactly the saved state.
@@ -362,11 +439,33 @@ impl Capturer {
                         "the WAL is gone and the database differs from the saved state",
                     );
                 }
+                true
             }
             WalState::Restarted(_) => {
                 return why_not("the WAL was restarted while no capturer held it")
             }
+        };
+        let mut last_event_digest = None;
+        if self.has_events && saved.last_event_rowid > 0 {
+            let live = self.live_event_at(saved.last_event_rowid)?;
+            let archived = self.archived_tail(&catalog)?;
+            match (&live, archived) {
+                (Some(e), Some((seq, digest)))
+                    if e.sequence_number == seq && events::event_digest(e) != digest =>
+                {
+                    return why_not("the last archived event was rewritten in the live table");
+                }
+                (None, _) => {
+                    return why_not("the last archived event was deleted from the live table")
+                }
+                _ => {}
+            }
+            last_event_digest = live.as_ref().map(events::event_digest);
         }
+        let base_snapshot = catalog
+            .generation(&saved.generation)
+            .and_then(|g| g.snapshots.last().map(|s| s.id.clone()))
+            .unwrap_or_default();
         let last_time = catalog
             .generation(&saved.generation)
             .and_then(|g| g.restore_points().last().map(|p| p.time))
@@ -375,328 +474,23 @@ impl Capturer {
             .generation(&saved.generation)
             .and_then(|g| g.snapshots.last().map(|s| s.created_at))
             .unwrap_or_else(Utc::now);
-        Ok(Some(GenState {
-            id: saved.generation.clone(),
-            page_size: saved.page_size,
-            last_txid: saved.last_txid,
-            last_time,
-            hashes: saved.hashes(),
-            wal: saved.wal,
-            last_seq: saved.last_seq,
-            last_event_rowid: saved.last_event_rowid,
-            last_snapshot_at,
-        }))
-    }
-
-    /// Starts a new generation: a snapshot of the database at the current WAL
-    /// end, read under the held read transaction.
-    fn new_generation(&mut self, why: &str) -> Result<StepReport> {
-        let header = source::header_of(&self.db_file, self.db())?;
-        let catalog = self.repo.catalog()?;
-        let txid = catalog.max_txid() + 1;
-        let id = new_generation_id();
-        if catalog.generations.is_empty() {
-            info!(generation = %id, "first capture of this database: starting generation");
-        } else {
-            warn!(generation = %id, "starting a new generation: {why}");
-        }
-        let read = match wal::read_wal(&wal::wal_path(self.db()), None)? {
-            WalState::Empty => None,
-            WalState::Continues(r) | WalState::Restarted(r) => Some(r),
-        };
-        let (overlay, db_pages, position, page_size) = match &read {
-            Some(r) if !r.txns.is_empty() => {
-                let mut overlay = HashMap::new();
-                for t in &r.txns {
-                    for (p, off) in &t.pages {
-                        overlay.insert(*p, *off);
-                    }
-                }
-                let pages = r
-                    .txns
-                    .last()
-                    .map(|t| u64::from(t.db_pages))
-                    .unwrap_or(header.pages);
-                (overlay, pages, r.end, r.header.page_size)
-            }
-            Some(r) => (HashMap::new(), header.pages, r.end, header.page_size),
-            None => (
-                HashMap::new(),
-                header.pages,
-                WalPosition::default(),
-                header.page_size,
-            ),
-        };
-        self.gen.page_size = page_size;
-        let (last_event_rowid, last_seq) = if self.has_events {
-            last_event_position(&self.readers[self.active], self.db())?
-        } else {
-            (0, 0)
-        };
-        let now = Utc::now();
-        self.gen = GenState {
-            id,
-            page_size,
-            last_txid: txid,
-            last_time: now,
-            hashes: PageHashes::new(page_size as usize),
-            wal: position,
-            last_seq,
-            last_event_rowid,
-            last_snapshot_at: now,
-        };
-        let (manifest, hashes) =
-            match self.snapshot_at(txid, now, &overlay, db_pages, Some(last_seq)) {
-                Ok(x) => x,
-                Err(e) => {
-                    // The generation has no base: the next step must start again.
-                    self.poisoned = Some(format!(
-                        "the snapshot of generation {} failed: {e}",
-                        self.gen.id
-                    ));
-                    return Err(e);
-                }
-            };
-        self.poisoned = None;
-        self.gen.hashes = hashes;
-        self.continuous = true;
-        self.save_state()?;
-        Ok(StepReport {
-            snapshot: Some(manifest.id),
-            new_generation: Some(why.to_string()),
-            ..Default::default()
-        })
-    }
-
-    /// Reads the database image (file overlaid with WAL pages) in frames of
-    /// [`SNAPSHOT_FRAME_PAGES`] pages, calling `sink` with each frame in order.
-    /// Returns the page hashes.
-    fn scan_pages(
-        &self,
-        overlay: &HashMap<u32, u64>,
-        db_pages: u64,
-        mut sink: Option<&mut dyn FnMut(u64, Vec<u8>) -> Result<()>>,
-    ) -> Result<(PageHashes, ())> {
-        let ps = self.gen.page_size as usize;
-        let db_file = &self.db_file;
-        let wal_path = wal::wal_path(self.db());
-        let wal_file = if overlay.is_empty() {
-            None
-        } else {
-            Some(File::open(&wal_path).map_err(|e| Error::io("open", &wal_path, e))?)
-        };
-        let frames = (db_pages as usize).div_ceil(SNAPSHOT_FRAME_PAGES);
-        let batch = rayon::current_num_threads().max(1) * 2;
-        let mut hashes = Vec::with_capacity(db_pages as usize);
-        let db_path = self.db().to_path_buf();
-        for batch_start in (0..frames).step_by(batch) {
-            let batch_end = (batch_start + batch).min(frames);
-            let results: Vec<Result<(Vec<u8>, Vec<u64>)>> = (batch_start..batch_end)
-                .into_par_iter()
-                .map(|f| {
-                    let first = f * SNAPSHOT_FRAME_PAGES + 1;
-                    let last = ((f + 1) * SNAPSHOT_FRAME_PAGES).min(db_pages as usize);
-                    let mut raw = vec![0u8; (last + 1 - first) * ps];
-                    // One read for the frame's range of the database file (pages
-                    // the overlay replaces may be torn by a concurrent backfill;
-                    // they are overwritten from the WAL below), then the overlay.
-                    read_page_or_zero(db_file, &db_path, &mut raw, ((first - 1) * ps) as u64)?;
-                    let mut hs = Vec::with_capacity(last + 1 - first);
-                    for pgno in first..=last {
-                        let buf = &mut raw[(pgno - first) * ps..(pgno - first + 1) * ps];
-                        if let (Some(off), Some(wf)) = (overlay.get(&(pgno as u32)), &wal_file) {
-                            wf.read_exact_at(buf, *off)
-                                .map_err(|e| Error::io("read", &wal_path, e))?;
-                        }
-                        hs.push(page_hash(pgno as u32, buf));
-                    }
-                    Ok((raw, hs))
-                })
-                .collect();
-            for (i, r) in results.into_iter().enumerate() {
-                let (raw, hs) = r?;
-                hashes.extend(hs);
-                if let Some(s) = sink.as_mut() {
-                    s(((batch_start + i) * SNAPSHOT_FRAME_PAGES * ps) as u64, raw)?;
-                }
-            }
-        }
-        Ok((PageHashes::from_hashes(ps, hashes), ()))
-    }
-
-    /// Writes a snapshot of the image at `txid` and returns its manifest and page hashes.
-    fn snapshot_at(
-        &self,
-        txid: u64,
-        time: DateTime<Utc>,
-        overlay: &HashMap<u32, u64>,
-        db_pages: u64,
-        seq_max: Option<i64>,
-    ) -> Result<(Manifest, PageHashes)> {
-        let mut compressed: Vec<u8> = Vec::new();
-        let mut frames: Vec<FrameEntry> = Vec::new();
-        let mut raw_hasher = blake3::Hasher::new();
-        let mut pending: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut flush = |pending: &mut Vec<(u64, Vec<u8>)>,
-                         compressed: &mut Vec<u8>,
-                         frames: &mut Vec<FrameEntry>|
-         -> Result<()> {
-            let outs: Vec<Result<Vec<u8>>> = pending
-                .par_iter()
-                .map(|(_, raw)| formats::compress(raw))
-                .collect();
-            for ((off, raw), out) in pending.drain(..).zip(outs) {
-                let out = out?;
-                raw_hasher.update(&raw);
-                frames.push(FrameEntry {
-                    raw_offset: off,
-                    raw_len: raw.len() as u64,
-                    comp_offset: compressed.len() as u64,
-                    comp_len: out.len() as u64,
-                });
-                compressed.extend_from_slice(&out);
-            }
-            Ok(())
-        };
-        let batch = rayon::current_num_threads().max(1) * 2;
-        let (hashes, ()) = {
-            let mut sink = |off: u64, raw: Vec<u8>| -> Result<()> {
-                pending.push((off, raw));
-                if pending.len() >= batch {
-                    flush(&mut pending, &mut compressed, &mut frames)?;
-                }
-                Ok(())
-            };
-            self.scan_pages(overlay, db_pages, Some(&mut sink))?
-        };
-        flush(&mut pending, &mut compressed, &mut frames)?;
-        let raw_size = db_pages * u64::from(self.gen.page_size);
-        let checksum = checksum_hex(hashes.checksum());
-        let manifest = Manifest {
-            format_version: FORMAT_VERSION,
-            id: format!("full_{}_{:012}", self.gen.id, txid),
-            kind: ObjectKind::Snapshot,
-            generation: self.gen.id.clone(),
-            created_at: Utc::now(),
-            page_size: self.gen.page_size,
-            txid_min: txid,
-            txid_max: txid,
-            time_min: time,
-            time_max: time,
-            seq_min: None,
-            seq_max,
-            raw_size,
-            compressed_size: compressed.len() as u64,
-            blake3_compressed: blake3::hash(&compressed).to_hex().to_string(),
-            blake3_raw: raw_hasher.finalize().to_hex().to_string(),
-            db_checksum_before: None,
-            db_checksum_after: Some(checksum.clone()),
-            db_pages,
-            frames,
-            transactions: vec![TxnEntry {
-                txid,
-                time,
-                db_pages,
-                checksum,
-                pages: db_pages as u32,
-            }],
-            wal: Some(self.gen.wal),
-            event_count: 0,
-            source_db: Some(self.db().display().to_string()),
-        };
-        self.repo.write_object(&manifest, &compressed)?;
-        info!(id = %manifest.id, pages = db_pages, bytes = compressed.len(), "snapshot written");
-        Ok((manifest, hashes))
-    }
-
-    /// Copies the committed transactions of `read` into one segment.
-    fn ship(&mut self, read: &WalRead) -> Result<StepReport> {
-        let mut report = StepReport::default();
-        if read.header.page_size != self.gen.page_size {
-            return Err(Error::Failed("page size changed".into()));
-        }
-        if read.txns.is_empty() {
-            self.gen.wal = read.end;
-            return Ok(report);
-        }
-        let wal_path = wal::wal_path(self.db());
-        let wal_file = File::open(&wal_path).map_err(|e| Error::io("open", &wal_path, e))?;
-        let ps = self.gen.page_size as usize;
-        let now = Utc::now();
-        let before = checksum_hex(self.gen.hashes.checksum());
-        let mut txns = Vec::with_capacity(read.txns.len());
-        let mut entries = Vec::with_capacity(read.txns.len());
-        let mut hashes = self.gen.hashes.clone();
-        let mut txid = self.gen.last_txid;
-        for t in &read.txns {
-            txid += 1;
-            let mut pages = Vec::with_capacity(t.pages.len());
-            for (pgno, off) in &t.pages {
-                let mut buf = vec![0u8; ps];
-                wal_file
-                    .read_exact_at(&mut buf, *off)
-                    .map_err(|e| Error::io("read", &wal_path, e))?;
-                hashes.set(*pgno, &buf);
-                pages.push((*pgno, buf));
-            }
-            hashes.resize(u64::from(t.db_pages));
-            let checksum = hashes.checksum();
-            entries.push(TxnEntry {
-                txid,
-                time: now,
-                db_pages: u64::from(t.db_pages),
-                checksum: checksum_hex(checksum),
-                pages: pages.len() as u32,
-            });
-            report.pages += pages.len() as u64;
-            txns.push(SegmentTxnOwned {
-                txid,
-                commit_time: now,
-                db_pages: u64::from(t.db_pages),
-                checksum,
-                pages,
-            });
-        }
-        let raw = formats::encode_segment(self.gen.page_size, &txns);
-        let compressed = formats::compress(&raw)?;
-        let first = self.gen.last_txid + 1;
-        let manifest = Manifest {
-            format_version: FORMAT_VERSION,
-            id: format!("incr_{}_{:012}_{:012}", self.gen.id, first, txid),
-            kind: ObjectKind::Segment,
-            generation: self.gen.id.clone(),
-            created_at: now,
-            page_size: self.gen.page_size,
-            txid_min: first,
-            txid_max: txid,
-            time_min: now,
-            time_max: now,
-            seq_min: None,
-            seq_max: None,
-            raw_size: raw.len() as u64,
-            compressed_size: compressed.len() as u64,
-            blake3_compressed: blake3::hash(&compressed).to_hex().to_string(),
-            blake3_raw: blake3::hash(&raw).to_hex().to_string(),
-            db_checksum_before: Some(before),
-            db_checksum_after: Some(checksum_hex(hashes.checksum())),
-            db_pages: hashes.pages(),
-            frames: Vec::new(),
-            transactions: entries,
-            wal: Some(read.end),
-            event_count: 0,
-            source_db: Some(self.db().display().to_string()),
-        };
-        self.repo.write_object(&manifest, &compressed)?;
-        // Only once the segment is durable does the capture position advance.
-        self.gen.hashes = hashes;
-        self.gen.last_txid = txid;
-        self.gen.last_time = now;
-        self.gen.wal = read.end;
-        report.txns = read.txns.len() as u64;
-        report.txid_min = Some(first);
-        report.txid_max = Some(txid);
-        report.segments.push(manifest.id);
-        Ok(report)
+        Ok(Some((
+            GenState {
+                id: saved.generation.clone(),
+                page_size: saved.page_size,
+                last_txid: saved.last_txid,
+                last_time,
+                hashes: saved.hashes(),
+                wal: saved.wal,
+                wal_pages,
+                last_seq: saved.last_seq,
+                last_event_rowid: saved.last_event_rowid,
+                last_event_digest,
+                last_snapshot_at,
+                base_snapshot,
+            },
+            proven,
+        )))
     }
 
     /// Reads the WAL after the capture position and ships what is committed.
@@ -723,7 +517,11 @@ impl Capturer {
                 if r.header.page_size != self.gen.page_size {
                     return Ok(Err(self.restart_generation("the page size changed")?));
                 }
-                Ok(Ok(self.ship(&r)?))
+                let report = self.ship(&r)?;
+                // Everything up to the WAL's end is copied, under a read
+                // transaction begun before the copy.
+                self.continuous = true;
+                Ok(Ok(report))
             }
             WalState::Restarted(r) => {
                 if !self.continuous {
@@ -739,16 +537,33 @@ impl Capturer {
         }
     }
 
+    /// Sets the WAL size gauge.
+    fn note_wal_size(&self) {
+        let len = std::fs::metadata(wal::wal_path(self.db()))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        self.metrics.wal_size(len);
+    }
+
     fn restart_generation(&mut self, why: &str) -> Result<StepReport> {
-        // Reopen everything against the current file and re-hold a read transaction.
+        // Reopen everything against the current file and re-hold a read
+        // transaction. Every connection to the database is closed before the
+        // old file handles are: closing a descriptor drops all of this
+        // process's POSIX locks on the file, the new connections' included,
+        // so the handles are replaced while no connection is open.
         let _ = end_read(&self.readers[self.active], &self.opts.db);
+        let closed =
+            || Connection::open_in_memory().map_err(|e| Error::sqlite("open", ":memory:", e));
+        self.readers = [closed()?, closed()?];
+        self.writer = closed()?;
+        self.checkpointer = closed()?;
+        self.db_file = source::open_db_file(&self.opts.db)?;
+        self.shm = shm::ShmProbe::open(&self.opts.db);
+        self.identity = source::file_identity(&self.opts.db)?;
         self.readers = [open_conn(&self.opts.db)?, open_conn(&self.opts.db)?];
         self.writer = open_conn(&self.opts.db)?;
         self.checkpointer = open_conn(&self.opts.db)?;
         self.active = 0;
-        self.identity = source::file_identity(&self.opts.db)?;
-        // The old connections are closed; the handle may follow the new file.
-        self.db_file = source::open_db_file(&self.opts.db)?;
         begin_read(&self.readers[0], &self.opts.db)?;
         self.has_events = has_events_table(&self.readers[0], &self.opts.db)?;
         self.new_generation(why)
@@ -824,15 +639,20 @@ impl Capturer {
     /// Repository or database failures; the capture position advances only
     /// past what is durable.
     pub fn step(&mut self, force_snapshot: bool) -> Result<StepReport> {
+        self.steps += 1;
+        self.note_wal_size();
         if let Some(why) = self.poisoned.clone() {
-            let mut r = self.restart_generation(&why)?;
-            r.absorb(self.archive_events()?);
-            return Ok(r);
+            return self.restart_and_archive(&why);
         }
         if self.readers[self.active].is_autocommit() {
             // A failed step left no read transaction held: continuity is not proven.
             self.continuous = false;
             begin_read(&self.readers[self.active], &self.opts.db)?;
+        }
+        if let Some(why) = self.base_lost()? {
+            self.metrics.repository_lost();
+            tracing::error!("{why}; starting a new generation with a snapshot");
+            return self.restart_and_archive(&why);
         }
         let mut report = match self.copy_new_frames()? {
             Ok(r) => r,
@@ -843,19 +663,41 @@ impl Capturer {
                 return Ok(r);
             }
         };
-        let request = snapshot_request_path(self.db());
-        let requested = request.exists();
+        if let Some(why) = self.check_sample()? {
+            self.metrics.check_failed();
+            tracing::error!(
+                "capture check failed: {why}; the restore points of generation {} after txid {} \
+                 (the last that passed) up to txid {} may not reproduce the database; starting a \
+                 new generation",
+                self.gen.id,
+                self.last_good_check.max(self.gen.base_txid()),
+                self.gen.last_txid
+            );
+            let mut r = self.restart_and_archive(&why)?;
+            r.absorb(report);
+            return Ok(r);
+        }
+        self.last_good_check = self.gen.last_txid;
+        if let Err(why) = self.check_archive()? {
+            self.metrics.archive_error();
+            tracing::error!("event archive: {why}; starting a new generation");
+            let mut r = self.restart_and_archive(&why)?;
+            r.absorb(report);
+            return Ok(r);
+        }
+        let request = run::SnapshotRequest::take(self.db());
         let interval_due = self.opts.snapshot_interval.is_some_and(|iv| {
             (Utc::now() - self.gen.last_snapshot_at)
                 .to_std()
                 .unwrap_or_default()
                 >= iv
         });
-        if force_snapshot || requested || interval_due {
-            report.absorb(self.snapshot_now()?);
-            if requested {
-                let _ = std::fs::remove_file(&request);
+        if force_snapshot || request.is_some() || interval_due {
+            let taken = self.snapshot_now();
+            if let Some(req) = &request {
+                req.answer(self.db(), &taken);
             }
+            report.absorb(taken?);
         }
         if self.gen.wal.frame >= self.opts.checkpoint_frames {
             report.absorb(self.checkpoint()?);
@@ -866,176 +708,35 @@ impl Capturer {
         Ok(report)
     }
 
-    /// Snapshot of the current capture position (under the read transaction
-    /// opened before the position was read).
-    fn snapshot_now(&mut self) -> Result<StepReport> {
-        let mut overlay = HashMap::new();
-        if self.gen.wal.frame > 0 {
-            if let WalState::Continues(r) | WalState::Restarted(r) =
-                wal::read_wal_upto(&wal::wal_path(self.db()), self.gen.wal.frame)?
-            {
-                if r.end != self.gen.wal {
-                    return Err(Error::Failed(
-                        "the WAL no longer matches the capture position".into(),
-                    ));
-                }
-                for t in &r.txns {
-                    for (p, off) in &t.pages {
-                        overlay.insert(*p, *off);
-                    }
-                }
-            }
-        }
-        let seq = if self.has_events {
-            Some(self.gen.last_seq)
-        } else {
-            None
-        };
-        let (manifest, hashes) = self.snapshot_at(
-            self.gen.last_txid,
-            self.gen.last_time,
-            &overlay,
-            self.gen.hashes.pages(),
-            seq,
-        )?;
-        self.gen.last_snapshot_at = Utc::now();
-        if hashes.checksum() != self.gen.hashes.checksum() {
-            // The database changed in a way the WAL did not show: never guess.
-            let why = format!(
-                "the snapshot at txid {} has checksum {} but the captured chain says {}",
-                self.gen.last_txid,
-                checksum_hex(hashes.checksum()),
-                checksum_hex(self.gen.hashes.checksum())
-            );
-            let _ = self
-                .repo
-                .backend()
-                .delete(&Manifest::manifest_key(&manifest.id));
-            return self.restart_generation(&why);
-        }
-        Ok(StepReport {
-            snapshot: Some(manifest.id),
-            ..Default::default()
-        })
+    /// Starts a new generation and archives the events after it.
+    fn restart_and_archive(&mut self, why: &str) -> Result<StepReport> {
+        let mut r = self.restart_generation(why)?;
+        r.absorb(self.archive_events()?);
+        Ok(r)
     }
 
-    /// Archives events with sequence numbers above the last archived one.
-    fn archive_events(&mut self) -> Result<StepReport> {
-        let mut report = StepReport::default();
-        if !self.has_events {
-            self.has_events = has_events_table(&self.readers[self.active], &self.opts.db)?;
-            if !self.has_events {
-                return Ok(report);
-            }
+    /// Whether the oldest object the chain needs, its snapshot, is gone from
+    /// the repository (a repository deleted or pruned under the capturer).
+    fn base_lost(&self) -> Result<Option<String>> {
+        if self.gen.base_snapshot.is_empty() {
+            return Ok(None);
         }
-        loop {
-            let (rows, read, last_rowid) =
-                self.read_events(self.gen.last_event_rowid, self.opts.events_per_object)?;
-            if !rows.is_empty() {
-                report.events += rows.len() as u64;
-                report.event_objects.push(self.write_events(&rows)?);
-            }
-            self.gen.last_event_rowid = last_rowid;
-            if read < self.opts.events_per_object {
-                break;
-            }
-        }
-        Ok(report)
-    }
-
-    /// Reads up to `limit` event rows after `after_rowid`, in rowid order;
-    /// returns the rows with sequence numbers above the archived ones, sorted
-    /// by sequence number, how many rows were read, and the last rowid read.
-    fn read_events(&self, after_rowid: i64, limit: usize) -> Result<(Vec<EventRow>, usize, i64)> {
-        let conn = &self.readers[self.active];
-        let db = self.db();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT rowid, sequence_number, event_id, event_type, aggregate_id, event_data, created_at \
-                 FROM events WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+        let key = Manifest::manifest_key(&self.gen.base_snapshot);
+        Ok((!self.repo.backend().exists(&key)?).then(|| {
+            format!(
+                "the snapshot {} of generation {} is gone from the repository {} \
+                 (deleted or pruned under the running capturer): the chain has no base",
+                self.gen.base_snapshot,
+                self.gen.id,
+                self.repo.backend().describe()
             )
-            .map_err(|e| Error::sqlite("read events", db, e))?;
-        let bytes = |r: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<Vec<u8>> {
-            Ok(match r.get_ref(i)? {
-                rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
-                    t.to_vec()
-                }
-                rusqlite::types::ValueRef::Null => Vec::new(),
-                rusqlite::types::ValueRef::Integer(v) => v.to_string().into_bytes(),
-                rusqlite::types::ValueRef::Real(v) => v.to_string().into_bytes(),
-            })
-        };
-        let read = stmt
-            .query_map(rusqlite::params![after_rowid, limit as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    EventRow {
-                        sequence_number: r.get(1)?,
-                        event_id: bytes(r, 2)?,
-                        event_type: bytes(r, 3)?,
-                        aggregate_id: bytes(r, 4)?,
-                        event_data: bytes(r, 5)?,
-                        created_at: bytes(r, 6)?,
-                    },
-                ))
-            })
-            .map_err(|e| Error::sqlite("read events", db, e))?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| Error::sqlite("read events", db, e))?;
-        let n = read.len();
-        let last_rowid = read.last().map(|(r, _)| *r).unwrap_or(after_rowid);
-        let mut rows: Vec<EventRow> = read
-            .into_iter()
-            .map(|(_, e)| e)
-            .filter(|e| e.sequence_number > self.gen.last_seq)
-            .collect();
-        rows.sort_by_key(|e| e.sequence_number);
-        Ok((rows, n, last_rowid))
+        }))
     }
 
-    fn write_events(&mut self, rows: &[EventRow]) -> Result<String> {
-        let first = rows.first().map(|r| r.sequence_number).unwrap_or_default();
-        let last = rows.last().map(|r| r.sequence_number).unwrap_or_default();
-        let times: Vec<DateTime<Utc>> = rows
-            .iter()
-            .filter_map(|r| {
-                std::str::from_utf8(&r.created_at)
-                    .ok()
-                    .and_then(crate::time::parse_timestamp_opt)
-            })
-            .collect();
-        let now = Utc::now();
-        let raw = formats::encode_events(rows);
-        let compressed = formats::compress(&raw)?;
-        let manifest = Manifest {
-            format_version: FORMAT_VERSION,
-            id: format!("events_{}_{:012}_{:012}", self.gen.id, first, last),
-            kind: ObjectKind::Events,
-            generation: self.gen.id.clone(),
-            created_at: now,
-            page_size: self.gen.page_size,
-            txid_min: self.gen.last_txid,
-            txid_max: self.gen.last_txid,
-            time_min: times.iter().min().copied().unwrap_or(now),
-            time_max: times.iter().max().copied().unwrap_or(now),
-            seq_min: Some(first),
-            seq_max: Some(last),
-            raw_size: raw.len() as u64,
-            compressed_size: compressed.len() as u64,
-            blake3_compressed: blake3::hash(&compressed).to_hex().to_string(),
-            blake3_raw: blake3::hash(&raw).to_hex().to_string(),
-            db_checksum_before: None,
-            db_checksum_after: None,
-            db_pages: 0,
-            frames: Vec::new(),
-            transactions: Vec::new(),
-            wal: None,
-            event_count: rows.len() as u64,
-            source_db: Some(self.db().display().to_string()),
-        };
-        self.repo.write_object(&manifest, &compressed)?;
-        self.gen.last_seq = last;
-        Ok(manifest.id)
+    /// Whether a checkpointer of another process is at work on the database
+    /// (it may be waiting for this capturer's read transaction).
+    pub fn checkpointer_active(&self) -> bool {
+        self.shm.checkpointer_active()
     }
 
     /// Saves the capture state so that a later run can resume the generation.
@@ -1066,22 +767,6 @@ impl Capturer {
         let _ = end_read(&self.readers[self.active], &self.opts.db);
         Ok(report)
     }
-}
-
-fn read_page_or_zero(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => {
-                buf[done..].fill(0);
-                return Ok(());
-            }
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("read", path, e)),
-        }
-    }
-    Ok(())
 }
 
 /// Shared handle type used by the CLI to stop a replicate loop.

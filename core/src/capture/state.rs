@@ -86,7 +86,7 @@ impl SavedState {
         };
         let bin = repo.backend().get_state(PAGES_KEY)?.unwrap_or_default();
         if blake3::hash(&bin).to_hex().as_str() != disk.pages_blake3
-            || bin.len() as u64 != disk.pages * 8
+            || disk.pages.checked_mul(8) != Some(bin.len() as u64)
         {
             tracing::warn!("ignoring capture state whose page table does not match its checksum");
             return Ok(None);
@@ -97,5 +97,40 @@ impl SavedState {
             .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
             .collect();
         Ok(Some(state))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `capture_state` fuzz target: a state file whose `pages`
+    /// count times 8 overflows u64 panicked (debug) instead of being ignored.
+    #[test]
+    fn a_page_count_that_overflows_is_an_unreadable_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::open_local(dir.path(), true).expect("repo");
+        let state = SavedState {
+            generation: "g1".to_string(),
+            page_size: 512,
+            last_txid: 7,
+            wal: WalPosition::default(),
+            last_seq: 3,
+            last_event_rowid: 3,
+            identity: (1, 2),
+            hashes: vec![1, 2, 3],
+        };
+        state.save(&repo).expect("save");
+        assert!(SavedState::load(&repo).expect("load").is_some());
+        let json = repo
+            .backend()
+            .get_state(STATE_KEY)
+            .expect("read")
+            .expect("state");
+        let mut v: serde_json::Value = serde_json::from_slice(&json).expect("json");
+        v["pages"] = serde_json::Value::from(u64::MAX - 1);
+        let json = serde_json::to_vec(&v).expect("json");
+        repo.backend().put_state(STATE_KEY, &json).expect("write");
+        assert!(SavedState::load(&repo).expect("load").is_none());
     }
 }

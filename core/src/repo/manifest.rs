@@ -170,9 +170,60 @@ impl Manifest {
         if m.txid_min > m.txid_max {
             return Err(Error::corrupt(key, "txid range is reversed"));
         }
+        m.check_numbers().map_err(|e| Error::corrupt(key, e))?;
         Ok(m)
     }
+
+    /// Checks that every number lies where a capture writes it, so that the
+    /// arithmetic on it (the next txid or sequence number, sizes in bytes)
+    /// cannot overflow: a page size SQLite can have, txids and sequence
+    /// numbers from 0 to below 2^63-1, page counts within SQLite's 2^32.
+    fn check_numbers(&self) -> std::result::Result<(), String> {
+        if !(512..=65536).contains(&self.page_size) || !self.page_size.is_power_of_two() {
+            return Err(format!(
+                "page size {} is not a power of two from 512 to 65536",
+                self.page_size
+            ));
+        }
+        let txids = [self.txid_min, self.txid_max]
+            .into_iter()
+            .chain(self.transactions.iter().map(|t| t.txid));
+        for txid in txids {
+            if txid >= MAX_NUMBER as u64 {
+                return Err(format!(
+                    "txid {txid} is out of range (0 to {})",
+                    MAX_NUMBER - 1
+                ));
+            }
+        }
+        for seq in self.seq_min.into_iter().chain(self.seq_max) {
+            if !(0..MAX_NUMBER).contains(&seq) {
+                return Err(format!(
+                    "sequence number {seq} is out of range (0 to {})",
+                    MAX_NUMBER - 1
+                ));
+            }
+        }
+        if let (Some(lo), Some(hi)) = (self.seq_min, self.seq_max) {
+            if lo > hi {
+                return Err("sequence range is reversed".to_string());
+            }
+        }
+        let pages =
+            std::iter::once(self.db_pages).chain(self.transactions.iter().map(|t| t.db_pages));
+        for p in pages {
+            if p > u64::from(u32::MAX) {
+                return Err(format!(
+                    "database size {p} pages is more than SQLite allows"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
+
+/// Txids and sequence numbers stay below this (`i64::MAX`), so the next one exists.
+const MAX_NUMBER: i64 = i64::MAX;
 
 /// Formats a database checksum as the hex text stored in manifests.
 pub fn checksum_hex(c: u64) -> String {
@@ -186,4 +237,110 @@ pub fn checksum_hex(c: u64) -> String {
 pub fn parse_checksum(object: &str, text: &str) -> Result<u64> {
     u64::from_str_radix(text, 16)
         .map_err(|_| Error::corrupt(object, format!("bad database checksum {text:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn segment_json() -> Value {
+        let t = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).expect("time");
+        let m = Manifest {
+            format_version: FORMAT_VERSION,
+            id: "incr_g_2_3".to_string(),
+            kind: ObjectKind::Segment,
+            generation: "g".to_string(),
+            created_at: t,
+            page_size: 4096,
+            txid_min: 2,
+            txid_max: 3,
+            time_min: t,
+            time_max: t,
+            seq_min: Some(1),
+            seq_max: Some(5),
+            raw_size: 10,
+            compressed_size: 10,
+            blake3_compressed: String::new(),
+            blake3_raw: String::new(),
+            db_checksum_before: None,
+            db_checksum_after: None,
+            db_pages: 3,
+            frames: Vec::new(),
+            transactions: [2, 3]
+                .iter()
+                .map(|txid| TxnEntry {
+                    txid: *txid,
+                    time: t,
+                    db_pages: 3,
+                    checksum: checksum_hex(0),
+                    pages: 1,
+                })
+                .collect(),
+            wal: None,
+            event_count: 0,
+            source_db: None,
+        };
+        serde_json::to_value(&m).expect("json")
+    }
+
+    fn parse(v: &Value) -> Result<Manifest> {
+        Manifest::from_json(
+            "manifests/incr_g_2_3.json",
+            &serde_json::to_vec(v).expect("json"),
+        )
+    }
+
+    #[test]
+    fn a_manifest_as_written_parses() {
+        assert!(parse(&segment_json()).is_ok());
+    }
+
+    /// Found by the `manifest` fuzz target: an events manifest with
+    /// `seq_min` -2^63 made verify-backups panic computing `seq_min - 1`.
+    #[test]
+    fn a_sequence_number_of_i64_min_is_corrupt() {
+        let mut v = segment_json();
+        v["seq_min"] = json!(i64::MIN);
+        let err = parse(&v).expect_err("corrupt").to_string();
+        assert!(
+            err.contains("sequence number -9223372036854775808 is out of range"),
+            "{err}"
+        );
+    }
+
+    /// A segment ending at txid 2^64-1 overflowed the next txid in
+    /// `Generation::chain_to` and verify-backups (a panic, or with overflow
+    /// checks off a wrap to txid 0 and a chain that loops).
+    #[test]
+    fn a_txid_of_u64_max_is_corrupt() {
+        let mut v = segment_json();
+        v["txid_max"] = json!(u64::MAX);
+        assert!(parse(&v).is_err());
+        let mut v = segment_json();
+        v["transactions"][1]["txid"] = json!(u64::MAX);
+        assert!(parse(&v).is_err());
+    }
+
+    /// The edges that the arithmetic on a manifest's numbers relies on.
+    #[test]
+    fn numbers_outside_what_a_capture_writes_are_corrupt() {
+        for (field, value) in [
+            ("page_size", json!(0)),
+            ("page_size", json!(1000)),
+            ("page_size", json!(131072)),
+            ("seq_max", json!(i64::MAX)),
+            ("seq_min", json!(-1)),
+            ("seq_min", json!(6)),
+            ("db_pages", json!(1u64 << 32)),
+        ] {
+            let mut v = segment_json();
+            v[field] = value.clone();
+            assert!(parse(&v).is_err(), "{field} = {value}");
+        }
+        let mut v = segment_json();
+        v["transactions"][0]["db_pages"] = json!(u64::MAX);
+        assert!(parse(&v).is_err());
+    }
 }

@@ -71,11 +71,23 @@ impl Repository {
     /// Backend failures.
     pub fn write_object(&self, manifest: &Manifest, compressed: &[u8]) -> Result<()> {
         ids::validate_id(&manifest.id)?;
-        self.backend.put(&manifest.object_key(), compressed)?;
+        let key = manifest.object_key();
+        let mkey = Manifest::manifest_key(&manifest.id);
+        if let Err(e) = self.backend.put(&key, compressed) {
+            // An object without its manifest is an attempt that failed before
+            // its commit point (a segment re-read on retry carries a new
+            // commit time, so other bytes): nothing can read it, so it is
+            // replaced. An object with a manifest is never replaced.
+            if self.backend.exists(&mkey)? || !self.backend.exists(&key)? {
+                return Err(e);
+            }
+            tracing::info!(object = %key, "replacing the object of an attempt that never committed");
+            self.backend.delete(&key)?;
+            self.backend.put(&key, compressed)?;
+        }
         let json = serde_json::to_vec_pretty(manifest)
             .map_err(|e| Error::Failed(format!("encode manifest: {e}")))?;
-        self.backend
-            .put(&Manifest::manifest_key(&manifest.id), &json)
+        self.backend.put(&mkey, &json)
     }
 
     /// Reads every manifest; unreadable ones are returned as problems, not errors.

@@ -14,230 +14,11 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
-/// The input shapes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExchangeShape {
-    Binance,
-    Ccxt,
-}
+mod exchange;
 
-/// One exchange order, normalised.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExchangeOrder {
-    pub order_id: String,
-    pub client_order_id: Option<String>,
-    /// As the exchange wrote it (`BTCUSDT` or `BTC/USDT`).
-    pub symbol: String,
-    /// `buy` or `sell`.
-    pub side: String,
-    pub order_type: Option<String>,
-    pub quantity: f64,
-    pub filled_quantity: f64,
-    pub price: Option<f64>,
-    /// Normalised: `new`, `partially_filled`, `filled`, `cancelled`, `rejected`, `expired`.
-    pub status: String,
-    /// As the exchange wrote it.
-    pub raw_status: String,
-    pub shape: ExchangeShape,
-}
-
-const BINANCE_FIELDS: &str =
-    "symbol, orderId, clientOrderId, price, origQty, executedQty, status, side";
-const CCXT_FIELDS: &str =
-    "id, symbol, side, amount, status (clientOrderId, filled, price optional)";
-
-fn bad(source: &str, message: String) -> Error {
-    Error::ExchangeFile {
-        source_name: source.to_string(),
-        message,
-    }
-}
-
-/// Parses the exchange's open orders; see the module documentation.
-///
-/// # Errors
-/// [`Error::ExchangeFile`] naming the source when the bytes are not JSON, not an
-/// array, or an element lacks a field of the detected shape (naming the shape,
-/// the array index and the field) or has a value of the wrong type.
-pub fn parse_exchange_orders(bytes: &[u8], source: &str) -> Result<Vec<ExchangeOrder>> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| {
-        bad(
-            source,
-            format!("not JSON ({e}); expected a Binance openOrders array or a CCXT orders array"),
-        )
-    })?;
-    let Value::Array(items) = v else {
-        return Err(bad(
-            source,
-            format!("expected a JSON array (Binance openOrders: objects with {BINANCE_FIELDS}; or CCXT orders: objects with {CCXT_FIELDS}), found {}", kind(&v)),
-        ));
-    };
-    let Some(first) = items.first() else {
-        return Ok(Vec::new());
-    };
-    let shape = match first {
-        Value::Object(m) if m.contains_key("orderId") || m.contains_key("origQty") => ExchangeShape::Binance,
-        Value::Object(m) if m.contains_key("amount") || m.contains_key("id") => ExchangeShape::Ccxt,
-        other => {
-            return Err(bad(
-                source,
-                format!("element 0 ({}) is neither a Binance openOrders object (with {BINANCE_FIELDS}) nor a CCXT order (with {CCXT_FIELDS})", kind(other)),
-            ))
-        }
-    };
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let f = Fields {
-                source,
-                index: i,
-                shape,
-                item,
-            };
-            match shape {
-                ExchangeShape::Binance => f.binance(),
-                ExchangeShape::Ccxt => f.ccxt(),
-            }
-        })
-        .collect()
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-struct Fields<'a> {
-    source: &'a str,
-    index: usize,
-    shape: ExchangeShape,
-    item: &'a Value,
-}
-
-impl Fields<'_> {
-    fn shape_name(&self) -> &'static str {
-        match self.shape {
-            ExchangeShape::Binance => "Binance openOrders",
-            ExchangeShape::Ccxt => "CCXT order",
-        }
-    }
-    fn err(&self, msg: String) -> Error {
-        bad(
-            self.source,
-            format!("element {}: {} shape: {msg}", self.index, self.shape_name()),
-        )
-    }
-    fn get(&self, name: &str) -> Result<&Value> {
-        match self.item.get(name) {
-            Some(v) => Ok(v),
-            None if self.item.is_object() => Err(self.err(format!("missing field `{name}`"))),
-            None => Err(self.err(format!("expected an object, found {}", kind(self.item)))),
-        }
-    }
-    fn opt(&self, name: &str) -> Option<&Value> {
-        self.item.get(name).filter(|v| !v.is_null())
-    }
-    fn text(&self, name: &str) -> Result<String> {
-        match self.get(name)? {
-            Value::String(s) => Ok(s.clone()),
-            Value::Number(n) => Ok(n.to_string()),
-            other => Err(self.err(format!(
-                "field `{name}` should be a string, found {}",
-                kind(other)
-            ))),
-        }
-    }
-    fn opt_text(&self, name: &str) -> Result<Option<String>> {
-        match self.opt(name) {
-            None => Ok(None),
-            Some(_) => self.text(name).map(Some),
-        }
-    }
-    fn number_of(&self, name: &str, v: &Value) -> Result<f64> {
-        let n = match v {
-            Value::Number(n) => n.as_f64(),
-            Value::String(s) => s.trim().parse::<f64>().ok(),
-            _ => None,
-        };
-        n.filter(|x| x.is_finite()).ok_or_else(|| {
-            self.err(format!(
-                "field `{name}` should be a decimal number, found {v}"
-            ))
-        })
-    }
-    fn number(&self, name: &str) -> Result<f64> {
-        let v = self.get(name)?;
-        self.number_of(name, v)
-    }
-    fn opt_number(&self, name: &str) -> Result<Option<f64>> {
-        match self.opt(name) {
-            None => Ok(None),
-            Some(v) => self.number_of(name, v).map(Some),
-        }
-    }
-
-    fn binance(&self) -> Result<ExchangeOrder> {
-        let raw_status = self.text("status")?;
-        let price = self.number("price")?;
-        Ok(ExchangeOrder {
-            order_id: self.text("orderId")?,
-            client_order_id: Some(self.text("clientOrderId")?).filter(|s| !s.is_empty()),
-            symbol: self.text("symbol")?,
-            side: self.text("side")?.to_lowercase(),
-            order_type: self.opt_text("type")?.map(|t| t.to_lowercase()),
-            quantity: self.number("origQty")?,
-            filled_quantity: self.number("executedQty")?,
-            price: (price != 0.0).then_some(price),
-            status: normalise_status(&raw_status, None),
-            raw_status,
-            shape: ExchangeShape::Binance,
-        })
-    }
-
-    fn ccxt(&self) -> Result<ExchangeOrder> {
-        let raw_status = self.text("status")?;
-        let filled = self.opt_number("filled")?.unwrap_or(0.0);
-        Ok(ExchangeOrder {
-            order_id: self.text("id")?,
-            client_order_id: self.opt_text("clientOrderId")?.filter(|s| !s.is_empty()),
-            symbol: self.text("symbol")?,
-            side: self.text("side")?.to_lowercase(),
-            order_type: self.opt_text("type")?.map(|t| t.to_lowercase()),
-            quantity: self.number("amount")?,
-            filled_quantity: filled,
-            price: self.opt_number("price")?.filter(|p| *p != 0.0),
-            status: normalise_status(&raw_status, Some(filled)),
-            raw_status,
-            shape: ExchangeShape::Ccxt,
-        })
-    }
-}
-
-/// An exchange status in the database's vocabulary. CCXT's `open` becomes
-/// `partially_filled` when something is filled, else `new`.
-pub fn normalise_status(raw: &str, filled: Option<f64>) -> String {
-    let s = raw.trim().to_lowercase().replace([' ', '-'], "_");
-    match s.as_str() {
-        "new" => "new",
-        "partially_filled" | "partiallyfilled" => "partially_filled",
-        "open" if filled.is_some_and(|f| f > 0.0) => "partially_filled",
-        "open" => "new",
-        "filled" | "closed" => "filled",
-        "canceled" | "cancelled" | "pending_cancel" => "cancelled",
-        "rejected" => "rejected",
-        "expired" | "expired_in_match" => "expired",
-        _ => return s,
-    }
-    .to_string()
-}
+pub use exchange::{
+    normalise_status, parse_exchange_orders, read_exchange_orders, ExchangeOrder, ExchangeShape,
+};
 
 /// Quote assets recognised at the end of an exchange symbol, longest first.
 pub const KNOWN_QUOTES: [&str; 9] = [
@@ -336,6 +117,10 @@ pub struct ReconciliationReport {
     pub accuracy: f64,
     /// Proposed, never executed.
     pub actions: Vec<String>,
+    /// Worth a look, not a discrepancy: an order listed twice by the exchange,
+    /// a client order id shared by several exchange orders (each names them).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 struct DbOrder {
@@ -355,30 +140,94 @@ pub fn reconcile(
     opts: &ReconcileOptions,
 ) -> Result<ReconciliationReport> {
     let db = open_db_orders(conn, opts)?;
-    let by_client: HashMap<&str, usize> = exchange
+    let mut warnings = Vec::new();
+    // An order listed more than once is compared once, with its first listing.
+    let mut by_id: HashMap<&str, usize> = HashMap::new();
+    let mut listed: BTreeMap<&str, (usize, bool)> = BTreeMap::new();
+    for (i, e) in exchange.iter().enumerate() {
+        match by_id.get(e.order_id.as_str()) {
+            None => {
+                by_id.insert(e.order_id.as_str(), i);
+            }
+            Some(&first) => {
+                let l = listed.entry(e.order_id.as_str()).or_insert((1, true));
+                l.0 += 1;
+                l.1 &= exchange[first] == *e;
+            }
+        }
+    }
+    for (id, (n, same)) in &listed {
+        warnings.push(if *same {
+            format!("exchange order {id} is listed {n} times in the exchange orders; compared once")
+        } else {
+            format!("exchange order {id} is listed {n} times in the exchange orders with different contents; compared with its first listing (check it on the exchange)")
+        });
+    }
+    let first_listing = |i: usize| by_id.get(exchange[i].order_id.as_str()) == Some(&i);
+    let mut by_client: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, e) in exchange.iter().enumerate() {
+        if let (Some(c), true) = (e.client_order_id.as_deref(), first_listing(i)) {
+            by_client.entry(c).or_default().push(i);
+        }
+    }
+    let shared: BTreeMap<&str, &Vec<usize>> = by_client
         .iter()
-        .enumerate()
-        .filter_map(|(i, e)| e.client_order_id.as_deref().map(|c| (c, i)))
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(c, v)| (*c, v))
         .collect();
-    let by_id: HashMap<&str, usize> = exchange
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.order_id.as_str(), i))
-        .collect();
-    let mut used = vec![false; exchange.len()];
+    let ids = |v: &[usize]| {
+        v.iter()
+            .map(|i| exchange[*i].order_id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (c, v) in &shared {
+        warnings.push(format!(
+            "client order id {c} is used by {} exchange orders ({}): each is matched by its order id, and none is imported or cancelled on the strength of the client order id",
+            v.len(),
+            ids(v)
+        ));
+    }
+    // Duplicate listings count as used: never imported.
+    let mut used: Vec<bool> = (0..exchange.len()).map(|i| !first_listing(i)).collect();
     let mut report = ReconciliationReport {
         db_order_count: db.len() as u64,
         ..Default::default()
     };
     let mut clean = 0u64;
+    let mut unresolved = 0u64;
     for d in &db {
-        let hit =
-            d.r.client_order_id
-                .as_deref()
-                .and_then(|c| by_client.get(c))
-                .or_else(|| by_id.get(d.r.order_id.as_str()))
+        let by_order_id = by_id
+            .get(d.r.order_id.as_str())
+            .copied()
+            .filter(|i| !used[*i]);
+        let hit = match d
+            .r
+            .client_order_id
+            .as_deref()
+            .and_then(|c| by_client.get(c))
+        {
+            Some(v) if v.len() == 1 => Some(v[0]).filter(|i| !used[*i]).or(by_order_id),
+            Some(v) => match v
+                .iter()
                 .copied()
-                .filter(|i| !used[*i]);
+                .find(|i| exchange[*i].order_id == d.r.order_id)
+            {
+                Some(i) => Some(i).filter(|i| !used[*i]),
+                None => {
+                    warnings.push(format!(
+                        "local order {} (client order id {}) matches {} exchange orders by client order id ({}) and none by order id: not compared, no action proposed",
+                        d.r.order_id,
+                        d.r.client_order_id.as_deref().unwrap_or_default(),
+                        v.len(),
+                        ids(v)
+                    ));
+                    unresolved += 1;
+                    continue;
+                }
+            },
+            None => by_order_id,
+        };
         let Some(i) = hit else {
             report.actions.push(format!(
                 "Cancel local order: {}",
@@ -476,6 +325,18 @@ pub fn reconcile(
             continue;
         }
         exchange_count += 1;
+        if let Some(c) = e
+            .client_order_id
+            .as_deref()
+            .filter(|c| shared.contains_key(c))
+        {
+            warnings.push(format!(
+                "exchange order {} shares client order id {c} with other exchange orders and matches no local order: not imported (check it on the exchange)",
+                e.order_id
+            ));
+            unresolved += 1;
+            continue;
+        }
         report
             .actions
             .push(format!("Import exchange order: {}", e.order_id));
@@ -493,13 +354,16 @@ pub fn reconcile(
     report.exchange_order_count = exchange_count;
     let either = report.matched
         + report.missing_in_db.len() as u64
-        + report.missing_on_exchange.len() as u64;
+        + report.missing_on_exchange.len() as u64
+        + unresolved;
     report.accuracy = if either == 0 {
         1.0
     } else {
         clean as f64 / either as f64
     };
-    report.is_reconciled = report.missing_in_db.is_empty()
+    report.warnings = warnings;
+    report.is_reconciled = unresolved == 0
+        && report.missing_in_db.is_empty()
         && report.missing_on_exchange.is_empty()
         && report.status_mismatches.is_empty()
         && report.quantity_mismatches.is_empty()

@@ -4,9 +4,18 @@
 //!
 //! Each rule has one error code, so a report can be read (and tested) rule by
 //! rule; the message names the row: order id, position id, asset or sequence
-//! number. Rule 9 rebuilds positions, orders and balances by replaying every
-//! event into an in-memory database; rule 10 checks each CHECKPOINT's
-//! `blake3:` hash against the state replayed up to it.
+//! number.
+//!
+//! Time is linear in the events and memory bounded by the state: the events
+//! are read once ([`stream`]), rules 2 and 3 checked as they go, and their
+//! effects folded in memory ([`fold`]); rule 9 compares the folded positions,
+//! orders and balances with the tables, rule 10 the `blake3:` checkpoints it
+//! rehashes with the folded state at them (which ones: [`pass`]). Nothing is
+//! written to any database.
+
+mod fold;
+mod pass;
+mod stream;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,9 +26,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
-use crate::event::{read_events, Event};
-use crate::replay::{replay, ReplayOptions};
-use crate::statehash::{state_hash, HASHED_TABLES};
 
 /// Error codes, one per rule.
 pub mod codes {
@@ -88,6 +94,15 @@ pub struct ValidateOptions {
     pub check_replay: bool,
     /// Rule 10 (checkpoint hashes); default true.
     pub check_checkpoints: bool,
+    /// Rule 10 for every `blake3:` checkpoint (`validate --full`); by default
+    /// only the newest and those after [`ValidateOptions::checkpoints_after`]
+    /// are rehashed (see the module `pass` for why), and the metrics
+    /// (`checkpoint_hashes`) say which were not.
+    pub all_checkpoints: bool,
+    /// Rehash every checkpoint with a sequence number above this one (a
+    /// restore passes the last sequence number of the restored database, so
+    /// that every checkpoint it replayed is checked); default none.
+    pub checkpoints_after: Option<i64>,
     /// Event types handled elsewhere (plugins): not warned about.
     pub handled_event_types: BTreeSet<String>,
     /// Findings listed per rule before a summary line; default 50.
@@ -101,6 +116,8 @@ impl Default for ValidateOptions {
             max_open_order_age: TimeDelta::hours(24),
             check_replay: true,
             check_checkpoints: true,
+            all_checkpoints: false,
+            checkpoints_after: None,
             handled_event_types: BTreeSet::new(),
             max_findings_per_rule: 50,
         }
@@ -127,6 +144,19 @@ impl Sink {
         *n += 1;
         if *n <= self.cap {
             self.found.push(Finding::new(code, message));
+        }
+    }
+    /// Adds another sink's findings after this one's.
+    fn append(&mut self, other: Sink) {
+        self.found.extend(other.found);
+        for (code, n) in other.counts {
+            *self.counts.entry(code).or_default() += n;
+        }
+    }
+    /// Counts `n` findings of `code` that are not kept.
+    fn skip(&mut self, code: &str, n: usize) {
+        if n > 0 {
+            *self.counts.entry(code.to_string()).or_default() += n;
         }
     }
     fn finish(mut self) -> Vec<Finding> {
@@ -207,20 +237,32 @@ pub fn validate_state(conn: &Connection, opts: &ValidateOptions) -> Result<Valid
         );
     }
 
-    let events = read_events(conn, i64::MIN, None)?;
-    check_events(
-        conn,
-        &events,
-        opts,
-        &mut errors,
-        &mut warnings,
-        &mut metrics,
-    )?;
-    check_balances(conn, &mut errors, &mut metrics)?;
-    let reference = events
-        .last()
-        .and_then(|e| crate::time::parse_opt(&e.created_at))
+    // One pass in rowid order; again through SQLite's sorter only when the
+    // table is not in sequence order.
+    let mut pass = pass::Pass::new(opts)?;
+    let mut event_warnings = Sink::new(opts.max_findings_per_rule);
+    let read = stream::each_event(conn, stream::Order::Rowid, |ev| {
+        pass.event(ev, &mut event_warnings)
+    })?;
+    if read == stream::Streamed::OutOfOrder {
+        tracing::debug!("events are not in sequence order by rowid: reading them sorted");
+        pass = pass::Pass::new(opts)?;
+        event_warnings = Sink::new(opts.max_findings_per_rule);
+        stream::each_event(conn, stream::Order::Sorted, |ev| {
+            pass.event(ev, &mut event_warnings)
+        })?;
+    }
+    warnings.append(event_warnings);
+    let (pass, diffs) = pass.finish(conn, &mut warnings, &mut metrics)?;
+    let reference = pass
+        .last_time()
+        .and_then(crate::time::parse_opt)
         .map(|t| opts.target.map_or(t, |target| target.min(t)));
+    pass.sequence.into_sink(codes::EVENT_SEQUENCE, &mut errors);
+    duplicate_event_ids(conn, &mut errors)?;
+    pass.after_target
+        .into_sink(codes::EVENT_AFTER_TARGET, &mut errors);
+    check_balances(conn, &mut errors, &mut metrics)?;
     check_orders(
         conn,
         opts,
@@ -230,8 +272,14 @@ pub fn validate_state(conn: &Connection, opts: &ValidateOptions) -> Result<Valid
         &mut metrics,
     )?;
     check_positions(conn, &mut errors, &mut metrics)?;
-    if opts.check_replay || opts.check_checkpoints {
-        check_replay(conn, &events, opts, &mut errors)?;
+    pass.checkpoint_errors
+        .into_sink(codes::CHECKPOINT_HASH, &mut errors);
+    if let Some(m) = pass.replay_failed {
+        errors.push(codes::REPLAY_MISMATCH, m);
+    } else {
+        for d in diffs {
+            errors.push(codes::REPLAY_MISMATCH, d);
+        }
     }
     let errors = errors.finish();
     Ok(ValidationReport {
@@ -242,44 +290,8 @@ pub fn validate_state(conn: &Connection, opts: &ValidateOptions) -> Result<Valid
     })
 }
 
-fn check_events(
-    conn: &Connection,
-    events: &[Event],
-    opts: &ValidateOptions,
-    errors: &mut Sink,
-    warnings: &mut Sink,
-    metrics: &mut Map<String, Value>,
-) -> Result<()> {
-    // Rule 2: sequence numbers 1, 2, 3, ... and unique event ids.
-    let mut expected = 1i64;
-    let mut prev: Option<&Event> = None;
-    for ev in events {
-        let s = ev.sequence_number;
-        if let Some(p) = prev.filter(|p| p.sequence_number == s) {
-            errors.push(
-                codes::EVENT_SEQUENCE,
-                format!(
-                    "sequence number {s} is used twice (events {} and {})",
-                    p.event_id, ev.event_id
-                ),
-            );
-        } else if s > expected {
-            let gap = if s - 1 == expected {
-                format!("{expected}")
-            } else {
-                format!("{expected}..{}", s - 1)
-            };
-            errors.push(
-                codes::EVENT_SEQUENCE,
-                format!(
-                    "sequence numbers {gap} are missing (before event #{s}, {})",
-                    ev.event_id
-                ),
-            );
-        }
-        expected = expected.max(s + 1);
-        prev = Some(ev);
-    }
+/// Rule 2's duplicate event ids, through the primary-key index.
+fn duplicate_event_ids(conn: &Connection, errors: &mut Sink) -> Result<()> {
     for r in rows(
         conn,
         "SELECT event_id, count(*) FROM events GROUP BY event_id HAVING count(*) > 1",
@@ -293,79 +305,6 @@ fn check_events(
             ),
         );
     }
-    // Rule 3 and the time warnings.
-    let mut last_time: Option<(DateTime<Utc>, i64)> = None;
-    let mut unknown: BTreeMap<&str, (u64, i64)> = BTreeMap::new();
-    for ev in events {
-        match crate::time::parse_opt(&ev.created_at) {
-            None => warnings.push(
-                codes::BAD_TIMESTAMP,
-                format!(
-                    "event #{} ({}) has created_at {:?}, which is not a timestamp",
-                    ev.sequence_number, ev.event_id, ev.created_at
-                ),
-            ),
-            Some(t) => {
-                if let Some(target) = opts.target.filter(|target| t > *target) {
-                    errors.push(
-                        codes::EVENT_AFTER_TARGET,
-                        format!(
-                            "event #{} ({}, {}) at {} is after the target {}",
-                            ev.sequence_number,
-                            ev.event_id,
-                            ev.event_type,
-                            ev.created_at,
-                            crate::time::format(target)
-                        ),
-                    );
-                }
-                if let Some((lt, ls)) = last_time.filter(|(lt, _)| t < *lt) {
-                    warnings.push(
-                        codes::TIME_BACKWARDS,
-                        format!(
-                            "event #{} at {} is earlier than event #{ls} at {}",
-                            ev.sequence_number,
-                            ev.created_at,
-                            crate::time::format(lt)
-                        ),
-                    );
-                }
-                if last_time.is_none_or(|(lt, _)| t >= lt) {
-                    last_time = Some((t, ev.sequence_number));
-                }
-            }
-        }
-        if !crate::effects::is_known(&ev.event_type)
-            && !opts.handled_event_types.contains(&ev.event_type)
-        {
-            let u = unknown
-                .entry(ev.event_type.as_str())
-                .or_insert((0, ev.sequence_number));
-            u.0 += 1;
-        }
-    }
-    for (ty, (count, first)) in unknown {
-        warnings.push(
-            codes::UNKNOWN_EVENT_TYPE,
-            format!(
-                "event type {ty} has no effect and no handler ({count} events, first #{first})"
-            ),
-        );
-    }
-    let mut by_type: BTreeMap<&str, u64> = BTreeMap::new();
-    for ev in events {
-        *by_type.entry(ev.event_type.as_str()).or_default() += 1;
-    }
-    metrics.insert("event_count".into(), json!(events.len()));
-    metrics.insert("events_by_type".into(), json!(by_type));
-    metrics.insert(
-        "last_event_sequence".into(),
-        json!(events.last().map(|e| e.sequence_number)),
-    );
-    metrics.insert(
-        "last_event_time".into(),
-        json!(events.last().map(|e| e.created_at.clone())),
-    );
     Ok(())
 }
 
@@ -565,136 +504,4 @@ fn check_positions(
     metrics.insert("realized_pnl".into(), json!(realized));
     metrics.insert("unrealized_pnl".into(), json!(unrealized));
     Ok(())
-}
-
-/// An in-memory database with the schema, for rebuilding projections.
-pub(crate) fn scratch_db() -> Result<Connection> {
-    let c = Connection::open_in_memory().map_err(q("opening an in-memory database"))?;
-    crate::schema::ensure_schema(&c)?;
-    Ok(c)
-}
-
-pub(crate) fn rebuild_options() -> ReplayOptions {
-    ReplayOptions {
-        check_sequence: false,
-        record_events: false,
-        tune_pragmas: false,
-        ..ReplayOptions::default()
-    }
-}
-
-fn check_replay(
-    conn: &Connection,
-    events: &[Event],
-    opts: &ValidateOptions,
-    errors: &mut Sink,
-) -> Result<()> {
-    let mut scratch = scratch_db()?;
-    let mut start = 0;
-    let mut failed = false;
-    let ro = rebuild_options();
-    for (i, ev) in events.iter().enumerate() {
-        if ev.event_type != "CHECKPOINT" || !opts.check_checkpoints {
-            continue;
-        }
-        if let Err(e) = replay(&mut scratch, &events[start..=i], &ro) {
-            errors.push(
-                codes::REPLAY_MISMATCH,
-                format!("replaying the events from the first fails: {e}"),
-            );
-            failed = true;
-            break;
-        }
-        start = i + 1;
-        let recorded = serde_json::from_str::<Value>(&ev.event_data)
-            .ok()
-            .and_then(|d| {
-                d.get("state_hash")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            });
-        if let Some(h) = recorded.filter(|h| h.starts_with("blake3:")) {
-            let actual = state_hash(&scratch)?;
-            if actual != h {
-                errors.push(
-                    codes::CHECKPOINT_HASH,
-                    format!("checkpoint {} (event #{}): state_hash {h} differs from the replayed state's {actual}", ev.aggregate_id, ev.sequence_number),
-                );
-            }
-        }
-    }
-    if failed || !opts.check_replay {
-        return Ok(());
-    }
-    if let Err(e) = replay(&mut scratch, &events[start..], &ro) {
-        errors.push(
-            codes::REPLAY_MISMATCH,
-            format!("replaying the events from the first fails: {e}"),
-        );
-        return Ok(());
-    }
-    for (table, key) in HASHED_TABLES {
-        for d in diff_table(conn, &scratch, table, key)? {
-            errors.push(codes::REPLAY_MISMATCH, d);
-        }
-    }
-    Ok(())
-}
-
-type Rendered = BTreeMap<String, Vec<String>>;
-
-fn render(conn: &Connection, table: &str, key: &str) -> Result<(Vec<String>, Rendered)> {
-    let cols: Vec<String> = rows(
-        conn,
-        &format!("SELECT name FROM pragma_table_info('{table}') ORDER BY cid"),
-    )?
-    .iter()
-    .filter_map(|r| text(&r[0]))
-    .collect();
-    let expr: Vec<String> = cols.iter().map(|c| format!("quote(\"{c}\")")).collect();
-    let sql = format!("SELECT quote(\"{key}\"), {} FROM {table}", expr.join(", "));
-    let mut out = BTreeMap::new();
-    for r in rows(conn, &sql)? {
-        let mut it = r.iter().map(|v| text(v).unwrap_or_default());
-        let k = it.next().unwrap_or_default();
-        out.insert(k, it.collect());
-    }
-    Ok((cols, out))
-}
-
-/// The differences between a table of the database and of the rebuilt state, one
-/// message per row and column.
-pub(crate) fn diff_table(
-    db: &Connection,
-    rebuilt: &Connection,
-    table: &str,
-    key: &str,
-) -> Result<Vec<String>> {
-    let (cols, have) = render(db, table, key)?;
-    let (rcols, want) = render(rebuilt, table, key)?;
-    let noun = table.trim_end_matches('s');
-    let mut out = Vec::new();
-    for (k, row) in &have {
-        match want.get(k) {
-            None => out.push(format!(
-                "{noun} {k} is in the database but no event creates it"
-            )),
-            Some(w) => {
-                for (i, (a, b)) in row.iter().zip(w).enumerate() {
-                    if a != b {
-                        out.push(format!(
-                            "{noun} {k}: {} is {a} in the database but {b} after replaying the events",
-                            cols.get(i).or(rcols.get(i)).map_or("?", |s| s.as_str())
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    for k in want.keys().filter(|k| !have.contains_key(*k)) {
-        out.push(format!(
-            "{noun} {k} is missing from the database but replaying the events creates it"
-        ));
-    }
-    Ok(out)
 }

@@ -1,0 +1,327 @@
+//! The one pass over the events: rules 2 and 3, the time and unknown-type
+//! warnings, the event metrics, and the fold for rules 9 and 10, all checked as
+//! the events stream by ([`super::stream`]); nothing grows with the history but
+//! counters and capped lists of findings.
+//!
+//! Rule 10 and the cost of the canonical hash: the hash of a state is BLAKE3
+//! over every row of it, and BLAKE3 is not incremental under row updates (a
+//! changed row shifts every byte after it into other 1 KiB chunks), so each
+//! checkpoint hashed costs the whole state. Hashing every checkpoint is
+//! O(checkpoints x state); the pass therefore hashes, by default, the newest
+//! `blake3:` checkpoint and those after [`super::ValidateOptions::checkpoints_after`]
+//! (the range a restore replayed), and all of them with
+//! [`super::ValidateOptions::all_checkpoints`]. The newest one is only known at the
+//! end: from each checkpoint not hashed at once, the fold keeps the first prior
+//! version of every row it changes, and rolls back to it at the end. The metrics
+//! name what was not checked.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+
+use super::fold::State;
+use super::{codes, Sink, ValidateOptions};
+use crate::error::Result;
+use crate::event::Event;
+
+/// Findings kept in event order until the report is assembled.
+#[derive(Default)]
+pub(super) struct Held {
+    kept: Vec<String>,
+    more: usize,
+}
+
+impl Held {
+    fn push(&mut self, cap: usize, m: String) {
+        if self.kept.len() < cap {
+            self.kept.push(m);
+        } else {
+            self.more += 1;
+        }
+    }
+    pub(super) fn into_sink(self, code: &str, sink: &mut Sink) {
+        for m in self.kept {
+            sink.push(code, m);
+        }
+        sink.skip(code, self.more);
+    }
+}
+
+/// A checkpoint with a `blake3:` hash.
+struct Checkpoint {
+    id: String,
+    sequence: i64,
+    hash: String,
+}
+
+pub(super) struct Pass<'o> {
+    opts: &'o ValidateOptions,
+    cap: usize,
+    // Rule 2.
+    expected: i64,
+    prev: Option<(i64, String)>,
+    pub(super) sequence: Held,
+    // Rule 3 and the time warnings.
+    pub(super) after_target: Held,
+    last_time: Option<(DateTime<Utc>, i64)>,
+    unknown: BTreeMap<String, (u64, i64)>,
+    by_type: BTreeMap<String, u64>,
+    count: u64,
+    last: Option<(i64, String)>,
+    // Rules 9 and 10.
+    fold: Option<State>,
+    pub(super) replay_failed: Option<String>,
+    pub(super) checkpoint_errors: Held,
+    /// The newest checkpoint not hashed when it was reached (the fold keeps
+    /// the rows as they were there).
+    pending: Option<Checkpoint>,
+    checked: u64,
+    unchecked: Vec<i64>,
+}
+
+impl<'o> Pass<'o> {
+    pub(super) fn new(opts: &'o ValidateOptions) -> Result<Pass<'o>> {
+        Ok(Pass {
+            opts,
+            cap: opts.max_findings_per_rule.max(1),
+            expected: 1,
+            prev: None,
+            sequence: Held::default(),
+            after_target: Held::default(),
+            last_time: None,
+            unknown: BTreeMap::new(),
+            by_type: BTreeMap::new(),
+            count: 0,
+            last: None,
+            fold: if opts.check_replay || opts.check_checkpoints {
+                Some(State::new()?)
+            } else {
+                None
+            },
+            replay_failed: None,
+            checkpoint_errors: Held::default(),
+            pending: None,
+            checked: 0,
+            unchecked: Vec::new(),
+        })
+    }
+
+    /// The last event's time, for the open-order age warning.
+    pub(super) fn last_time(&self) -> Option<&str> {
+        self.last.as_ref().map(|(_, t)| t.as_str())
+    }
+
+    pub(super) fn event(&mut self, ev: &Event, warnings: &mut Sink) -> Result<()> {
+        self.count += 1;
+        let s = ev.sequence_number;
+        // Rule 2: 1, 2, 3, ...
+        match &self.prev {
+            Some((p, pid)) if *p == s => {
+                let m = format!(
+                    "sequence number {s} is used twice (events {pid} and {})",
+                    ev.event_id
+                );
+                self.sequence.push(self.cap, m);
+            }
+            _ if s > self.expected => {
+                let gap = if s - 1 == self.expected {
+                    format!("{}", self.expected)
+                } else {
+                    format!("{}..{}", self.expected, s - 1)
+                };
+                let m = format!(
+                    "sequence numbers {gap} are missing (before event #{s}, {})",
+                    ev.event_id
+                );
+                self.sequence.push(self.cap, m);
+            }
+            _ => {}
+        }
+        self.expected = self.expected.max(s + 1);
+        match &mut self.prev {
+            Some((p, pid)) => {
+                *p = s;
+                pid.clear();
+                pid.push_str(&ev.event_id);
+            }
+            None => self.prev = Some((s, ev.event_id.clone())),
+        }
+        self.times(ev, warnings);
+        *self.by_type.entry(ev.event_type.clone()).or_default() += 1;
+        match &mut self.last {
+            Some((ls, lt)) => {
+                *ls = s;
+                lt.clear();
+                lt.push_str(&ev.created_at);
+            }
+            None => self.last = Some((s, ev.created_at.clone())),
+        }
+        self.fold_event(ev)
+    }
+
+    fn times(&mut self, ev: &Event, warnings: &mut Sink) {
+        match crate::time::parse_opt(&ev.created_at) {
+            None => warnings.push(
+                codes::BAD_TIMESTAMP,
+                format!(
+                    "event #{} ({}) has created_at {:?}, which is not a timestamp",
+                    ev.sequence_number, ev.event_id, ev.created_at
+                ),
+            ),
+            Some(t) => {
+                if let Some(target) = self.opts.target.filter(|target| t > *target) {
+                    let m = format!(
+                        "event #{} ({}, {}) at {} is after the target {}",
+                        ev.sequence_number,
+                        ev.event_id,
+                        ev.event_type,
+                        ev.created_at,
+                        crate::time::format(target)
+                    );
+                    self.after_target.push(self.cap, m);
+                }
+                if let Some((lt, ls)) = self.last_time.filter(|(lt, _)| t < *lt) {
+                    warnings.push(
+                        codes::TIME_BACKWARDS,
+                        format!(
+                            "event #{} at {} is earlier than event #{ls} at {}",
+                            ev.sequence_number,
+                            ev.created_at,
+                            crate::time::format(lt)
+                        ),
+                    );
+                }
+                if self.last_time.is_none_or(|(lt, _)| t >= lt) {
+                    self.last_time = Some((t, ev.sequence_number));
+                }
+            }
+        }
+        if !crate::effects::is_known(&ev.event_type)
+            && !self.opts.handled_event_types.contains(&ev.event_type)
+        {
+            let u = self
+                .unknown
+                .entry(ev.event_type.clone())
+                .or_insert((0, ev.sequence_number));
+            u.0 += 1;
+        }
+    }
+
+    fn fold_event(&mut self, ev: &Event) -> Result<()> {
+        let Some(state) = &mut self.fold else {
+            return Ok(());
+        };
+        if let Err(e) = state.apply(ev) {
+            if matches!(e, crate::Error::Sqlite { .. }) {
+                return Err(e);
+            }
+            self.replay_failed = Some(format!("replaying the events from the first fails: {e}"));
+            self.fold = None;
+            if let Some(ck) = self.pending.take() {
+                self.unchecked.push(ck.sequence);
+            }
+            return Ok(());
+        }
+        if ev.event_type != "CHECKPOINT" || !self.opts.check_checkpoints {
+            return Ok(());
+        }
+        let recorded = serde_json::from_str::<Value>(&ev.event_data)
+            .ok()
+            .and_then(|d| {
+                d.get("state_hash")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
+        let Some(hash) = recorded.filter(|h| h.starts_with("blake3:")) else {
+            return Ok(());
+        };
+        let ck = Checkpoint {
+            id: ev.aggregate_id.clone(),
+            sequence: ev.sequence_number,
+            hash,
+        };
+        if let Some(old) = self.pending.take() {
+            self.unchecked.push(old.sequence);
+        }
+        let now = self.opts.all_checkpoints
+            || self
+                .opts
+                .checkpoints_after
+                .is_some_and(|after| ev.sequence_number > after);
+        if now {
+            state.stop_undo();
+            let actual = state.hash()?;
+            self.verdict(&ck, &actual);
+        } else {
+            state.start_undo();
+            self.pending = Some(ck);
+        }
+        Ok(())
+    }
+
+    fn verdict(&mut self, ck: &Checkpoint, actual: &str) {
+        self.checked += 1;
+        if actual != ck.hash {
+            let m = format!(
+                "checkpoint {} (event #{}): state_hash {} differs from the replayed state's {actual}",
+                ck.id, ck.sequence, ck.hash
+            );
+            self.checkpoint_errors.push(self.cap, m);
+        }
+    }
+
+    /// Ends the pass: hashes the newest checkpoint if it is still pending, then
+    /// compares the final state with the tables (rule 9), and writes the metrics.
+    pub(super) fn finish(
+        mut self,
+        conn: &rusqlite::Connection,
+        warnings: &mut Sink,
+        metrics: &mut Map<String, Value>,
+    ) -> Result<(Self, Vec<String>)> {
+        for (ty, (count, first)) in &self.unknown {
+            warnings.push(
+                codes::UNKNOWN_EVENT_TYPE,
+                format!(
+                    "event type {ty} has no effect and no handler ({count} events, first #{first})"
+                ),
+            );
+        }
+        metrics.insert("event_count".into(), json!(self.count));
+        metrics.insert("events_by_type".into(), json!(self.by_type));
+        metrics.insert(
+            "last_event_sequence".into(),
+            json!(self.last.as_ref().map(|l| l.0)),
+        );
+        metrics.insert(
+            "last_event_time".into(),
+            json!(self.last.as_ref().map(|l| l.1.clone())),
+        );
+        let mut diffs = Vec::new();
+        if let Some(mut state) = self.fold.take() {
+            if self.opts.check_replay {
+                diffs = state.compare(conn)?;
+            }
+            if let Some(ck) = self.pending.take() {
+                state.roll_back();
+                let actual = state.hash()?;
+                self.verdict(&ck, &actual);
+            }
+        }
+        if self.opts.check_checkpoints {
+            let mut ck = Map::new();
+            ck.insert("checked".into(), json!(self.checked));
+            ck.insert("not_checked".into(), json!(self.unchecked.len()));
+            if let (Some(first), Some(last)) = (self.unchecked.first(), self.unchecked.last()) {
+                ck.insert("not_checked_first_sequence".into(), json!(first));
+                ck.insert("not_checked_last_sequence".into(), json!(last));
+                ck.insert(
+                    "note".into(),
+                    json!("checkpoints older than the newest and outside the replayed range are not rehashed by default; validate --full checks every one"),
+                );
+            }
+            metrics.insert("checkpoint_hashes".into(), Value::Object(ck));
+        }
+        Ok((self, diffs))
+    }
+}
