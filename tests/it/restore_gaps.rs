@@ -445,3 +445,32 @@ fn a_40k_event_chain_with_a_lost_segment_in_its_first_third_restores_latest_exac
     assert_eq!(replayed, expected, "the large replay across the gap: {v}");
     assert!(replayed >= 30_000, "{replayed}");
 }
+
+#[test]
+fn a_real_restore_with_data_loss_applies_the_best_point_keeps_the_old_database_and_exits_5() {
+    let c = small_chain();
+    let seg = c.segment_of_step(4);
+    std::fs::remove_file(c.env.repo().join(seg.object_key())).unwrap();
+    for e in c.manifests(ObjectKind::Events) {
+        if e.txid_max >= seg.txid_min {
+            std::fs::remove_file(c.env.repo().join(e.object_key())).unwrap();
+        }
+    }
+    // A stray manifest whose name says nothing: reported, not a gap.
+    std::fs::write(c.env.repo().join("manifests/stray.json"), b"{}").unwrap();
+    let (code, v) = c.env.json(&["restore", "--latest"]);
+    assert_eq!(code, EXIT_DATA_LOSS, "{v}");
+    assert_eq!(v["applied"], true, "{v}");
+    assert_eq!(v["data_loss"], true, "{v}");
+    assert!(v["rpo_gap_seconds"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(v["unplaced_manifests"][0]["id"], "stray", "{v}");
+    assert_state(&c.env.db(), c.state_at_step(3), "applied", &v);
+    let pre = v["pre_recovery_backup"]
+        .as_str()
+        .expect("a pre-recovery backup");
+    assert_eq!(
+        crate::exact_event::full_state(std::path::Path::new(pre)),
+        c.last_state,
+        "the pre-recovery backup is not the old live database"
+    );
+}
