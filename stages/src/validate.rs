@@ -278,3 +278,20 @@ impl Stage for Validate {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replayed_range_is_the_sequence_before_the_replay() {
+        let mut staged = genesis_core::pipeline::StagedDatabase::default();
+        assert_eq!(replayed_after(&staged), None, "nothing replayed");
+        staged.replay = Some(serde_json::json!({"after_sequence": 4200, "applied": 7}));
+        assert_eq!(replayed_after(&staged), None, "no event replayed");
+        staged.events_replayed = 7;
+        assert_eq!(replayed_after(&staged), Some(4200));
+        staged.replay = Some(serde_json::json!({"skipped": "not a time"}));
+        assert_eq!(replayed_after(&staged), None);
+    }
+}

@@ -28,18 +28,6 @@ fn latest_point_time(env: &Env) -> Option<DateTime<Utc>> {
     repo.catalog().ok()?.latest_point().map(|p| p.time)
 }
 
-fn wait_for_lock(env: &Env) {
-    let lock = genesis_core::capture::capture_lock_path(&env.db());
-    let t0 = Instant::now();
-    while genesis_core::lock::LockFile::holder(&lock).is_none() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "replicate never took its lock"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn item6_two_sigkills_of_the_capturer_keep_restores_exact_to_the_event() {
     let env = Env::new();
@@ -60,7 +48,7 @@ fn item6_two_sigkills_of_the_capturer_keep_restores_exact_to_the_event() {
         )
     };
     let mut rep = Some(spawn());
-    wait_for_lock(&env);
+    crate::common::wait_for_capture_lock(&env);
     std::thread::sleep(Duration::from_millis(500));
 
     // A concurrent reader, as the application's own readers.
@@ -147,7 +135,7 @@ fn item6_two_sigkills_of_the_capturer_keep_restores_exact_to_the_event() {
                 std::thread::sleep(Duration::from_millis(5));
             }
             rep = Some(spawn());
-            wait_for_lock(&env);
+            crate::common::wait_for_capture_lock(&env);
             if mid_work {
                 kills.push((killed_at, Utc::now()));
             }

@@ -26,15 +26,8 @@ fn kv_database(env: &Env, record: &Path, seed: u64) -> rusqlite::Connection {
 }
 
 fn wait_for_capturer(env: &Env) {
-    let lock = genesis_core::capture::capture_lock_path(&env.db());
+    crate::common::wait_for_capture_lock(env);
     let t0 = Instant::now();
-    while genesis_core::lock::LockFile::holder(&lock).is_none() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "replicate never took its lock"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
     // And its first step: a restore point exists.
     while !env.repo().join("manifests").is_dir() {
         assert!(

@@ -359,3 +359,16 @@ pub fn files_starting(dir: &Path, prefix: &str) -> Vec<PathBuf> {
         Err(_) => Vec::new(),
     }
 }
+
+/// Waits (up to a minute) until a capturer holds the database's capture lock.
+pub fn wait_for_capture_lock(env: &Env) {
+    let lock = genesis_core::capture::capture_lock_path(&env.db());
+    let t0 = std::time::Instant::now();
+    while genesis_core::lock::LockFile::holder(&lock).is_none() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "replicate never took its lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

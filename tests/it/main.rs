@@ -13,6 +13,7 @@ mod capture_full;
 mod capture_hostile;
 mod capture_issue11;
 mod capture_matrix;
+mod capture_metrics;
 mod common;
 mod exact_event;
 mod kv_oracle;

@@ -147,7 +147,24 @@ pub const KNOWN_EVENT_TYPES: [&str; 14] = [
 
 /// Whether DOMAIN.md defines an effect for this event type.
 pub fn is_known(event_type: &str) -> bool {
-    KNOWN_EVENT_TYPES.contains(&event_type)
+    // A match, not a scan of KNOWN_EVENT_TYPES: it runs for every event.
+    matches!(
+        event_type,
+        "BALANCE_UPDATED"
+            | "ORDER_CREATED"
+            | "ORDER_PARTIALLY_FILLED"
+            | "ORDER_FILLED"
+            | "ORDER_CANCELLED"
+            | "ORDER_REJECTED"
+            | "ORDER_EXPIRED"
+            | "POSITION_OPENED"
+            | "POSITION_UPDATED"
+            | "POSITION_CLOSED"
+            | "TIER_CHANGED"
+            | "RISK_LIMIT_SET"
+            | "SYSTEM_STATE_SET"
+            | "CHECKPOINT"
+    )
 }
 
 /// A value as it is bound to SQLite.
@@ -808,6 +825,16 @@ pub fn apply(conn: &Connection, ev: &Event) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn is_known_is_exactly_the_list() {
+        for t in KNOWN_EVENT_TYPES {
+            assert!(is_known(t), "{t}");
+        }
+        for t in ["", "CHECKPOINTS", "order_created", "MARGIN_CALL"] {
+            assert!(!is_known(t), "{t}");
+        }
+    }
 
     fn ev(ty: &str, id: &str, data: &str) -> Event {
         Event {

@@ -495,7 +495,7 @@ fn chunk_error(tx: &Transaction<'_>, chunk: &[Event], before: i64, e: &rusqlite:
 
 /// A small fast hasher for the fold's maps (keys are short ids).
 #[derive(Default)]
-struct FxHasher(u64);
+pub(crate) struct FxHasher(u64);
 
 impl Hasher for FxHasher {
     fn finish(&self) -> u64 {
@@ -526,7 +526,7 @@ impl FxHasher {
     }
 }
 
-type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 fn partition_of(table: Table, key: &str, parts: usize) -> usize {
     let mut h = FxHasher::default();

@@ -54,9 +54,18 @@ impl Capturer {
         for pgno in sample {
             let idx = (pgno - 1) as usize;
             match (self.gen.wal_pages.get(&(pgno as u32)), &wal_file) {
-                (Some(off), Some(f)) => f
-                    .read_exact_at(&mut buf, *off)
-                    .map_err(|e| Error::io("read", &wal_path, e))?,
+                (Some(off), Some(f)) => {
+                    if let Err(e) = f.read_exact_at(&mut buf, *off) {
+                        // Cut short by a restart or truncation: inconclusive.
+                        if wal_header
+                            .as_ref()
+                            .is_some_and(|h| !wal::header_unchanged(&wal_path, h).unwrap_or(false))
+                        {
+                            return Ok(None);
+                        }
+                        return Err(Error::io("read", &wal_path, e));
+                    }
+                }
                 _ => snapshot::read_page_or_zero(
                     &self.db_file,
                     self.db(),

@@ -138,20 +138,28 @@ impl CaptureMetrics {
     }
 }
 
-/// Serves `metrics` at `http://ADDR/metrics` on a background thread for the
-/// life of the process. Returns the address bound (a port of 0 picks one).
+/// Binds the metrics address (before anything else starts, so that a bad
+/// address fails the command at once).
 ///
 /// # Errors
 /// `Error::Usage` when the address cannot be bound.
-pub fn serve(addr: &str, metrics: Arc<CaptureMetrics>) -> Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).map_err(|e| {
+pub fn bind(addr: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr).map_err(|e| {
         Error::Usage(format!(
             "cannot serve metrics on {addr}: {e}; pass --metrics-addr HOST:PORT with a free port"
         ))
-    })?;
+    })
+}
+
+/// Serves `metrics` at `http://ADDR/metrics` from `listener` on a background
+/// thread for the life of the process. Returns the address served.
+///
+/// # Errors
+/// `Error::Failed` when the thread cannot start.
+pub fn start(listener: TcpListener, metrics: Arc<CaptureMetrics>) -> Result<SocketAddr> {
     let bound = listener
         .local_addr()
-        .map_err(|e| Error::Usage(format!("cannot serve metrics on {addr}: {e}")))?;
+        .map_err(|e| Error::Failed(format!("the metrics listener has no address: {e}")))?;
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
@@ -163,6 +171,14 @@ pub fn serve(addr: &str, metrics: Arc<CaptureMetrics>) -> Result<SocketAddr> {
         })
         .map_err(|e| Error::Failed(format!("start the metrics server: {e}")))?;
     Ok(bound)
+}
+
+/// [`bind`] and [`start`] together.
+///
+/// # Errors
+/// As theirs.
+pub fn serve(addr: &str, metrics: Arc<CaptureMetrics>) -> Result<SocketAddr> {
+    start(bind(addr)?, metrics)
 }
 
 fn answer(stream: TcpStream, metrics: &CaptureMetrics) -> std::io::Result<()> {

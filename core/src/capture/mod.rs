@@ -512,7 +512,12 @@ impl Capturer {
             )?));
         }
         match wal::read_wal(&wal_path, Some(&self.gen.wal))? {
-            WalState::Empty => Ok(Ok(StepReport::default())),
+            WalState::Empty => {
+                // A WAL is emptied only after every frame was checkpointed:
+                // the database file alone holds the pages again.
+                self.gen.wal_pages.clear();
+                Ok(Ok(StepReport::default()))
+            }
             WalState::Continues(r) => {
                 if r.header.page_size != self.gen.page_size {
                     return Ok(Err(self.restart_generation("the page size changed")?));

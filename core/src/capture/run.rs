@@ -292,10 +292,15 @@ pub fn replicate(
     mut on_step: impl FnMut(&StepReport),
 ) -> Result<ReplicateSummary> {
     let started = Instant::now();
+    let listener = ropts
+        .metrics_addr
+        .as_deref()
+        .map(super::metrics::bind)
+        .transpose()?;
     let mut cap = Capturer::open(opts, repo)?;
     let metrics = cap.metrics();
-    if let Some(addr) = &ropts.metrics_addr {
-        let bound = super::metrics::serve(addr, metrics.clone())?;
+    if let Some(l) = listener {
+        let bound = super::metrics::start(l, metrics.clone())?;
         tracing::info!("serving capture metrics at http://{bound}/metrics");
     }
     let mut sum = ReplicateSummary::default();

@@ -33,9 +33,14 @@ impl Capturer {
             let mut pages = Vec::with_capacity(t.pages.len());
             for (pgno, off) in &t.pages {
                 let mut buf = vec![0u8; ps];
-                wal_file
-                    .read_exact_at(&mut buf, *off)
-                    .map_err(|e| Error::io("read", &wal_path, e))?;
+                if let Err(e) = wal_file.read_exact_at(&mut buf, *off) {
+                    // A WAL cut short under the read was restarted or
+                    // truncated: the read is torn, not an I/O failure.
+                    if !wal::header_unchanged(&wal_path, &read.header)? {
+                        return Err(torn(self.db()));
+                    }
+                    return Err(Error::io("read", &wal_path, e));
+                }
                 hashes.set(*pgno, &buf);
                 pages.push((*pgno, buf));
             }
@@ -58,11 +63,7 @@ impl Capturer {
             });
         }
         if !wal::header_unchanged(&wal_path, &read.header)? {
-            return Err(Error::Failed(format!(
-                "the WAL of {} was restarted while its frames were being read; \
-                 nothing was shipped, the step is retried",
-                self.db().display()
-            )));
+            return Err(torn(self.db()));
         }
         let raw = formats::encode_segment(self.gen.page_size, &txns);
         let compressed = formats::compress(&raw)?;
@@ -115,4 +116,12 @@ impl Capturer {
         report.segments.push(manifest.id);
         Ok(report)
     }
+}
+
+fn torn(db: &Path) -> Error {
+    Error::Failed(format!(
+        "the WAL of {} was restarted while its frames were being read; \
+         nothing was shipped, the step is retried",
+        db.display()
+    ))
 }

@@ -15,14 +15,15 @@
 //! of every row changed afterwards, so the state at an earlier checkpoint can
 //! be hashed once the pass knows it was the newest.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
-use rusqlite::types::Value;
+use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
 
 use crate::effects::{self, OpKind, SqlVal, Table};
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::replay::FxMap;
 
 /// The hashed tables, in hashing order.
 pub(super) const HASHED: [Table; 3] = [Table::Positions, Table::Orders, Table::Balances];
@@ -159,6 +160,29 @@ impl Sqlite {
     }
 }
 
+fn owned(v: ValueRef<'_>) -> Value {
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Integer(i),
+        ValueRef::Real(f) => Value::Real(f),
+        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+    }
+}
+
+/// Whether a stored value is the folded one (exactly; renderings are
+/// compared only when this says no).
+fn same(have: ValueRef<'_>, want: &Value) -> bool {
+    match (have, want) {
+        (ValueRef::Null, Value::Null) => true,
+        (ValueRef::Integer(a), Value::Integer(b)) => a == *b,
+        (ValueRef::Real(a), Value::Real(b)) => a == *b,
+        (ValueRef::Text(a), Value::Text(b)) => a == b.as_bytes(),
+        (ValueRef::Blob(a), Value::Blob(b)) => a == b.as_slice(),
+        _ => false,
+    }
+}
+
 /// A folded row: its columns after the key, in table order.
 #[derive(Debug, Clone)]
 pub(super) struct Row {
@@ -169,11 +193,78 @@ pub(super) struct Row {
     seen: bool,
 }
 
-type Undo = HashMap<(usize, Box<str>), Option<Row>>;
+/// Per hashed table: the first prior version of each row changed since
+/// [`State::start_undo`] (`None`: the row did not exist).
+type Undo = [FxMap<Box<str>, Option<Row>>; 3];
+
+/// One folded table: its rows by key, and its keys in order as of the last
+/// time they were needed in order (the hash), with the keys added since.
+#[derive(Default)]
+struct Rows {
+    map: FxMap<Box<str>, Row>,
+    sorted: Vec<Box<str>>,
+    added: Vec<Box<str>>,
+    /// A key was removed: `sorted` is rebuilt when next needed.
+    removed: bool,
+}
+
+impl Rows {
+    fn get(&self, key: &str) -> Option<&Row> {
+        self.map.get(key)
+    }
+    fn get_mut(&mut self, key: &str) -> Option<&mut Row> {
+        self.map.get_mut(key)
+    }
+    fn contains_key(&self, key: &str) -> bool {
+        self.map.contains_key(key)
+    }
+    fn insert(&mut self, key: Box<str>, row: Row) {
+        if self.map.insert(key.clone(), row).is_none() {
+            self.added.push(key);
+        }
+    }
+    fn remove(&mut self, key: &str) {
+        if self.map.remove(key).is_some() {
+            self.removed = true;
+        }
+    }
+    /// Calls `f` on every row in key order: the keys added since the last
+    /// call are sorted and merged in, O(rows + added x log added).
+    fn for_each_sorted(&mut self, mut f: impl FnMut(&str, &mut Row) -> Result<()>) -> Result<()> {
+        if self.removed {
+            self.sorted = self.map.keys().cloned().collect();
+            self.sorted.sort_unstable();
+            self.added.clear();
+            self.removed = false;
+        } else if !self.added.is_empty() {
+            self.added.sort_unstable();
+            let old = std::mem::take(&mut self.sorted);
+            let mut merged = Vec::with_capacity(old.len() + self.added.len());
+            let mut a = old.into_iter().peekable();
+            let mut b = self.added.drain(..).peekable();
+            loop {
+                let take_a = match (a.peek(), b.peek()) {
+                    (Some(x), Some(y)) => x <= y,
+                    (Some(_), None) => true,
+                    (None, Some(_)) => false,
+                    (None, None) => break,
+                };
+                merged.extend(if take_a { a.next() } else { b.next() });
+            }
+            self.sorted = merged;
+        }
+        for key in &self.sorted {
+            if let Some(row) = self.map.get_mut(key) {
+                f(key, row)?;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The folded projections.
 pub(super) struct State {
-    tables: [BTreeMap<Box<str>, Row>; 3],
+    tables: [Rows; 3],
     /// Keys that must stay unique outside the hashed rows.
     checkpoint_ids: HashSet<Box<str>>,
     client_order_ids: HashSet<Box<str>>,
@@ -248,16 +339,22 @@ impl State {
                 }
             }
             if let Some(undo) = &mut self.undo {
-                undo.entry((t, op.key.as_ref().into()))
-                    .or_insert_with(|| self.tables[t].get(op.key.as_ref()).cloned());
+                if !undo[t].contains_key(op.key.as_ref()) {
+                    let before = self.tables[t].get(op.key.as_ref()).cloned();
+                    undo[t].insert(op.key.as_ref().into(), before);
+                }
             }
-            let row = self.tables[t]
-                .entry(op.key.as_ref().into())
-                .or_insert_with(|| Row {
+            if !exists {
+                let row = Row {
                     vals: vec![Value::Null; cols.len()],
                     line: None,
                     seen: false,
-                });
+                };
+                self.tables[t].insert(op.key.as_ref().into(), row);
+            }
+            let Some(row) = self.tables[t].get_mut(op.key.as_ref()) else {
+                continue;
+            };
             row.line = None;
             for (c, v) in vals {
                 row.vals[c] = v;
@@ -268,7 +365,10 @@ impl State {
 
     /// From now on, remember the first prior version of each changed row.
     pub(super) fn start_undo(&mut self) {
-        self.undo = Some(Undo::new());
+        match &mut self.undo {
+            Some(undo) => undo.iter_mut().for_each(FxMap::clear),
+            None => self.undo = Some(Undo::default()),
+        }
     }
 
     /// Stops remembering prior versions.
@@ -278,13 +378,13 @@ impl State {
 
     /// Puts back the rows as they were at [`State::start_undo`].
     pub(super) fn roll_back(&mut self) {
-        for ((t, key), before) in self.undo.take().unwrap_or_default() {
-            match before {
-                Some(row) => {
-                    self.tables[t].insert(key, row);
-                }
-                None => {
-                    self.tables[t].remove(&key);
+        for (t, undo) in self.undo.take().unwrap_or_default().into_iter().enumerate() {
+            for (key, before) in undo {
+                match before {
+                    Some(row) => {
+                        self.tables[t].insert(key, row);
+                    }
+                    None => self.tables[t].remove(&key),
                 }
             }
         }
@@ -300,7 +400,7 @@ impl State {
         for (t, table) in HASHED.iter().enumerate() {
             hasher.update(table.name().as_bytes());
             hasher.update(b"\n");
-            for (key, row) in self.tables[t].iter_mut() {
+            self.tables[t].for_each_sorted(|key, row| {
                 if row.line.is_none() {
                     let mut line = String::new();
                     sqlite.quote(&Value::Text(key.to_string()), &mut line)?;
@@ -314,7 +414,8 @@ impl State {
                     hasher.update(line.as_bytes());
                 }
                 hasher.update(b"\n");
-            }
+                Ok(())
+            })?;
         }
         Ok(format!("blake3:{}", hasher.finalize().to_hex()))
     }
@@ -335,48 +436,64 @@ impl State {
                 .collect();
             let sql = format!("SELECT {} FROM {}", names.join(", "), table.name());
             let action = format!("reading {} for the replay comparison", table.name());
-            let mut stmt = conn.prepare(&sql).map_err(Error::sqlite(action.clone()))?;
-            let mut rows = stmt.query([]).map_err(Error::sqlite(action.clone()))?;
+            let fail = |source| Error::Sqlite {
+                action: action.clone(),
+                source,
+            };
+            let mut stmt = conn.prepare(&sql).map_err(fail)?;
+            let mut rows = stmt.query([]).map_err(fail)?;
             let mut found: Vec<(String, String)> = Vec::new();
             let sqlite = &mut self.sqlite;
             let folded = &mut self.tables[t];
-            while let Some(r) = rows.next().map_err(Error::sqlite(action.clone()))? {
-                let key: Value = r.get(0).map_err(Error::sqlite(action.clone()))?;
-                let mut qk = String::new();
-                sqlite.quote(&key, &mut qk)?;
-                let row = match &key {
-                    Value::Text(k) => folded.get_mut(k.as_str()),
+            while let Some(r) = rows.next().map_err(fail)? {
+                let key = r.get_ref(0).map_err(fail)?;
+                let row = match key {
+                    ValueRef::Text(k) => {
+                        std::str::from_utf8(k).ok().and_then(|k| folded.get_mut(k))
+                    }
                     _ => None,
                 };
+                let mut qk = String::new();
                 let Some(row) = row else {
+                    sqlite.quote(&owned(key), &mut qk)?;
                     let m = format!("{noun} {qk} is in the database but no event creates it");
                     found.push((qk, m));
                     continue;
                 };
                 row.seen = true;
                 for (i, want) in row.vals.iter().enumerate() {
-                    let have: Value = r.get(i + 1).map_err(Error::sqlite(action.clone()))?;
-                    if have != *want {
-                        let (mut a, mut b) = (String::new(), String::new());
-                        sqlite.quote(&have, &mut a)?;
-                        sqlite.quote(want, &mut b)?;
-                        if a != b {
-                            let m = format!("{noun} {qk}: {} is {a} in the database but {b} after replaying the events", cols[i]);
-                            found.push((qk.clone(), m));
+                    let have = r.get_ref(i + 1).map_err(fail)?;
+                    if same(have, want) {
+                        continue;
+                    }
+                    let (mut a, mut b) = (String::new(), String::new());
+                    sqlite.quote(&owned(have), &mut a)?;
+                    sqlite.quote(want, &mut b)?;
+                    if a != b {
+                        if qk.is_empty() {
+                            sqlite.quote(&owned(key), &mut qk)?;
                         }
+                        let m = format!("{noun} {qk}: {} is {a} in the database but {b} after replaying the events", cols[i]);
+                        found.push((qk.clone(), m));
                     }
                 }
             }
             found.sort_by(|a, b| a.0.cmp(&b.0));
             out.extend(found.into_iter().map(|(_, m)| m));
-            for (key, row) in folded.iter_mut() {
-                if !std::mem::replace(&mut row.seen, false) {
-                    let mut qk = String::new();
-                    sqlite.quote(&Value::Text(key.to_string()), &mut qk)?;
-                    out.push(format!(
-                        "{noun} {qk} is missing from the database but replaying the events creates it"
-                    ));
-                }
+            let mut missing: Vec<&str> = folded
+                .map
+                .iter_mut()
+                .filter_map(|(key, row)| {
+                    (!std::mem::replace(&mut row.seen, false)).then_some(&**key)
+                })
+                .collect();
+            missing.sort_unstable();
+            for key in missing {
+                let mut qk = String::new();
+                sqlite.quote(&Value::Text(key.to_string()), &mut qk)?;
+                out.push(format!(
+                    "{noun} {qk} is missing from the database but replaying the events creates it"
+                ));
             }
         }
         Ok(out)

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use rusqlite::types::Value as SqlValue;
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -197,6 +197,26 @@ fn text(v: &SqlValue) -> Option<String> {
     }
 }
 
+/// Calls `f` on each row of `sql`, one buffer reused: a table is never held whole.
+fn each_row(
+    conn: &Connection,
+    sql: &str,
+    mut f: impl FnMut(&[SqlValue]) -> Result<()>,
+) -> Result<()> {
+    let mut stmt = conn.prepare(sql).map_err(q(sql))?;
+    let n = stmt.column_count();
+    let mut rows = stmt.query([]).map_err(q(sql))?;
+    let mut buf = Vec::with_capacity(n);
+    while let Some(r) = rows.next().map_err(q(sql))? {
+        buf.clear();
+        for i in 0..n {
+            buf.push(r.get::<_, SqlValue>(i).map_err(q(sql))?);
+        }
+        f(&buf)?;
+    }
+    Ok(())
+}
+
 fn rows(conn: &Connection, sql: &str) -> Result<Vec<Vec<SqlValue>>> {
     let mut stmt = conn.prepare(sql).map_err(q(sql))?;
     let n = stmt.column_count();
@@ -237,41 +257,56 @@ pub fn validate_state(conn: &Connection, opts: &ValidateOptions) -> Result<Valid
         );
     }
 
-    // One pass in rowid order; again through SQLite's sorter only when the
-    // table is not in sequence order.
-    let mut pass = pass::Pass::new(opts)?;
-    let mut event_warnings = Sink::new(opts.max_findings_per_rule);
-    let read = stream::each_event(conn, stream::Order::Rowid, |ev| {
-        pass.event(ev, &mut event_warnings)
-    })?;
-    if read == stream::Streamed::OutOfOrder {
-        tracing::debug!("events are not in sequence order by rowid: reading them sorted");
-        pass = pass::Pass::new(opts)?;
-        event_warnings = Sink::new(opts.max_findings_per_rule);
-        stream::each_event(conn, stream::Order::Sorted, |ev| {
-            pass.event(ev, &mut event_warnings)
-        })?;
-    }
-    warnings.append(event_warnings);
-    let (pass, diffs) = pass.finish(conn, &mut warnings, &mut metrics)?;
+    // The table rules (4-8) read only the projections: on a database file
+    // they run on a second connection beside the pass over the events.
+    let second = conn
+        .path()
+        .filter(|p| !p.is_empty())
+        .and_then(|p| Connection::open_with_flags(p, OpenFlags::SQLITE_OPEN_READ_ONLY).ok());
+    let t0 = std::time::Instant::now();
+    let (events, tables) = std::thread::scope(|s| {
+        let beside = second.map(|c| s.spawn(move || table_rules(&c, opts)));
+        let events = events_pass(conn, opts, t0);
+        let tables = match beside {
+            Some(h) => h
+                .join()
+                .unwrap_or_else(|p| Err(Error::internal("the table rules", p.as_ref()))),
+            None => table_rules(conn, opts),
+        };
+        (events, tables)
+    });
+    let (mut pass, event_warnings, diffs) = events?;
+    let tables = tables?;
+    metrics.extend(std::mem::take(&mut pass.metrics));
+    // Open orders older than the age before the last event (or the target).
     let reference = pass
         .last_time()
         .and_then(crate::time::parse_opt)
         .map(|t| opts.target.map_or(t, |target| target.min(t)));
+
+    tracing::debug!("events and tables checked in {:?}", t0.elapsed());
+    warnings.append(event_warnings);
     pass.sequence.into_sink(codes::EVENT_SEQUENCE, &mut errors);
     duplicate_event_ids(conn, &mut errors)?;
     pass.after_target
         .into_sink(codes::EVENT_AFTER_TARGET, &mut errors);
-    check_balances(conn, &mut errors, &mut metrics)?;
-    check_orders(
-        conn,
-        opts,
-        reference,
-        &mut errors,
-        &mut warnings,
-        &mut metrics,
-    )?;
-    check_positions(conn, &mut errors, &mut metrics)?;
+    errors.append(tables.errors);
+    if let Some(reference) = reference {
+        for (id, created, t) in &tables.open_since {
+            if reference - *t > opts.max_open_order_age {
+                warnings.push(
+                    codes::STALE_OPEN_ORDER,
+                    format!(
+                        "order {id} has been open since {created} (more than {} hours before {})",
+                        opts.max_open_order_age.num_hours(),
+                        crate::time::format(reference)
+                    ),
+                );
+            }
+        }
+    }
+    warnings.append(tables.warnings);
+    metrics.extend(tables.metrics);
     pass.checkpoint_errors
         .into_sink(codes::CHECKPOINT_HASH, &mut errors);
     if let Some(m) = pass.replay_failed {
@@ -288,6 +323,61 @@ pub fn validate_state(conn: &Connection, opts: &ValidateOptions) -> Result<Valid
         warnings: warnings.finish(),
         metrics,
     })
+}
+
+/// The pass over the events (rules 2, 3, 9, 10, the event warnings and
+/// metrics): in rowid order, again through SQLite's sorter only when the
+/// table is not in sequence order.
+fn events_pass<'o>(
+    conn: &Connection,
+    opts: &'o ValidateOptions,
+    t0: std::time::Instant,
+) -> Result<(pass::Pass<'o>, Sink, Vec<String>)> {
+    let mut pass = pass::Pass::new(opts)?;
+    let mut warnings = Sink::new(opts.max_findings_per_rule);
+    let read = stream::each_event(conn, stream::Order::Rowid, |ev| {
+        pass.event(ev, &mut warnings)
+    })?;
+    if read == stream::Streamed::OutOfOrder {
+        tracing::debug!("events are not in sequence order by rowid: reading them sorted");
+        pass = pass::Pass::new(opts)?;
+        warnings = Sink::new(opts.max_findings_per_rule);
+        stream::each_event(conn, stream::Order::Sorted, |ev| {
+            pass.event(ev, &mut warnings)
+        })?;
+    }
+    tracing::debug!("events read and folded in {:?}", t0.elapsed());
+    let mut metrics = Map::new();
+    let (mut pass, diffs) = pass.finish(conn, &mut warnings, &mut metrics)?;
+    pass.metrics = metrics;
+    tracing::debug!(
+        "replay comparison and newest checkpoint done in {:?}",
+        t0.elapsed()
+    );
+    Ok((pass, warnings, diffs))
+}
+
+/// What rules 4-8 found: errors, the open orders with their opening time
+/// (the age warning needs the last event's time), the locked-balance
+/// warnings, and the table metrics.
+struct TableRules {
+    errors: Sink,
+    open_since: Vec<(String, String, DateTime<Utc>)>,
+    warnings: Sink,
+    metrics: Map<String, Value>,
+}
+
+fn table_rules(conn: &Connection, opts: &ValidateOptions) -> Result<TableRules> {
+    let mut t = TableRules {
+        errors: Sink::new(opts.max_findings_per_rule),
+        open_since: Vec::new(),
+        warnings: Sink::new(opts.max_findings_per_rule),
+        metrics: Map::new(),
+    };
+    check_balances(conn, &mut t.errors, &mut t.metrics)?;
+    check_orders(conn, &mut t)?;
+    check_positions(conn, &mut t.errors, &mut t.metrics)?;
+    Ok(t)
 }
 
 /// Rule 2's duplicate event ids, through the primary-key index.
@@ -354,21 +444,15 @@ fn check_balances(
     Ok(())
 }
 
-fn check_orders(
-    conn: &Connection,
-    opts: &ValidateOptions,
-    reference: Option<DateTime<Utc>>,
-    errors: &mut Sink,
-    warnings: &mut Sink,
-    metrics: &mut Map<String, Value>,
-) -> Result<()> {
+fn check_orders(conn: &Connection, t: &mut TableRules) -> Result<()> {
+    let (errors, warnings, metrics) = (&mut t.errors, &mut t.warnings, &mut t.metrics);
     let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
     // Held back by open orders, per asset.
     let mut held: BTreeMap<String, f64> = BTreeMap::new();
-    for r in rows(
+    each_row(
         conn,
         "SELECT order_id, status, quantity, filled_quantity, price, order_type, side, symbol, created_at FROM orders ORDER BY order_id",
-    )? {
+        |r| {
         let id = text(&r[0]).unwrap_or_else(|| "NULL".into());
         let status = text(&r[1]).unwrap_or_else(|| "NULL".into());
         *by_status.entry(status.clone()).or_default() += 1;
@@ -409,14 +493,9 @@ fn check_orders(
         }
         // Warnings on open orders.
         if status == "new" || status == "partially_filled" {
-            if let (Some(created), Some(reference)) = (text(&r[8]), reference) {
-                if let Some(t) = crate::time::parse_opt(&created) {
-                    if reference - t > opts.max_open_order_age {
-                        warnings.push(
-                            codes::STALE_OPEN_ORDER,
-                            format!("order {id} has been open since {created} (more than {} hours before {})", opts.max_open_order_age.num_hours(), crate::time::format(reference)),
-                        );
-                    }
+            if let Some(created) = text(&r[8]) {
+                if let Some(at) = crate::time::parse_opt(&created) {
+                    t.open_since.push((id.clone(), created, at));
                 }
             }
             let symbol = text(&r[7]).unwrap_or_default();
@@ -432,7 +511,8 @@ fn check_orders(
                 }
             }
         }
-    }
+        Ok(())
+    })?;
     for (asset, need) in &held {
         let locked: Option<f64> = rows(
             conn,
@@ -479,10 +559,10 @@ fn check_positions(
     let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
     let mut exposure: BTreeMap<String, f64> = BTreeMap::new();
     let (mut realized, mut unrealized) = (0.0, 0.0);
-    for r in rows(
+    each_row(
         conn,
         "SELECT position_id, status, quantity, closed_at, symbol, entry_price, realized_pnl, unrealized_pnl FROM positions ORDER BY position_id",
-    )? {
+        |r| {
         let id = text(&r[0]).unwrap_or_else(|| "NULL".into());
         let status = text(&r[1]).unwrap_or_else(|| "NULL".into());
         *by_status.entry(status.clone()).or_default() += 1;
@@ -498,7 +578,8 @@ fn check_positions(
         } else if status == "closed" && text(&r[3]).is_none_or(|s| s.is_empty()) {
             errors.push(codes::POSITION_INVALID, format!("position {id}: closed without closed_at"));
         }
-    }
+        Ok(())
+    })?;
     metrics.insert("positions_by_status".into(), json!(by_status));
     metrics.insert("open_exposure".into(), json!(exposure));
     metrics.insert("realized_pnl".into(), json!(realized));

@@ -78,6 +78,8 @@ pub(super) struct Pass<'o> {
     pending: Option<Checkpoint>,
     checked: u64,
     unchecked: Vec<i64>,
+    /// The pass's metrics, once finished.
+    pub(super) metrics: Map<String, Value>,
 }
 
 impl<'o> Pass<'o> {
@@ -104,6 +106,7 @@ impl<'o> Pass<'o> {
             pending: None,
             checked: 0,
             unchecked: Vec::new(),
+            metrics: Map::new(),
         })
     }
 
@@ -148,7 +151,12 @@ impl<'o> Pass<'o> {
             None => self.prev = Some((s, ev.event_id.clone())),
         }
         self.times(ev, warnings);
-        *self.by_type.entry(ev.event_type.clone()).or_default() += 1;
+        match self.by_type.get_mut(ev.event_type.as_str()) {
+            Some(n) => *n += 1,
+            None => {
+                self.by_type.insert(ev.event_type.clone(), 1);
+            }
+        }
         match &mut self.last {
             Some((ls, lt)) => {
                 *ls = s;
@@ -307,6 +315,9 @@ impl<'o> Pass<'o> {
                 let actual = state.hash()?;
                 self.verdict(&ck, &actual);
             }
+            // The state is a few hundred thousand allocations of the fold's
+            // thread: freed beside the rest of the validation, not before it.
+            std::thread::spawn(move || drop(state));
         }
         if self.opts.check_checkpoints {
             let mut ck = Map::new();

@@ -38,7 +38,10 @@ fn text_into(row: &rusqlite::Row<'_>, i: usize, out: &mut String) -> rusqlite::R
     match v {
         ValueRef::Text(t) => {
             out.clear();
-            out.push_str(&String::from_utf8_lossy(t));
+            match std::str::from_utf8(t) {
+                Ok(t) => out.push_str(t),
+                Err(_) => out.push_str(&String::from_utf8_lossy(t)),
+            }
             Ok(())
         }
         other => Err(rusqlite::Error::InvalidColumnType(
@@ -57,16 +60,64 @@ fn text_into(row: &rusqlite::Row<'_>, i: usize, out: &mut String) -> rusqlite::R
     }
 }
 
-/// Calls `f` on every event in sequence order (ties by event id); one
-/// [`Event`] is reused, so memory does not grow with the table.
+/// Events per batch handed from the reading thread to the folding one.
+const BATCH: usize = 1024;
+
+/// Calls `f` on every event in sequence order (ties by event id), on another
+/// thread while this one reads the next rows from SQLite. Batches of events
+/// are recycled, so memory does not grow with the table.
 ///
 /// # Errors
 /// [`Error::Sqlite`] when `events` cannot be read or holds a value of the
-/// wrong type; whatever `f` returns.
+/// wrong type; the first error `f` returns (the reading then stops);
+/// [`Error::Internal`] if `f` panics.
 pub(super) fn each_event(
     conn: &Connection,
     order: Order,
-    mut f: impl FnMut(&Event) -> Result<()>,
+    f: impl FnMut(&Event) -> Result<()> + Send,
+) -> Result<Streamed> {
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<Event>>(4);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<Event>>();
+    std::thread::scope(|s| {
+        let worker = s.spawn(move || -> Result<()> {
+            let mut f = f;
+            for batch in full_rx {
+                for ev in &batch {
+                    f(ev)?;
+                }
+                // The reader may be gone already; the batch is then freed.
+                let _ = empty_tx.send(batch);
+            }
+            Ok(())
+        });
+        let read = read_rows(conn, order, &full_tx, &empty_rx);
+        drop(full_tx);
+        let worked = worker
+            .join()
+            .map_err(|p| Error::internal("the validation fold", p.as_ref()))?;
+        worked?;
+        read
+    })
+}
+
+fn empty_event() -> Event {
+    Event {
+        event_id: String::new(),
+        event_type: String::new(),
+        aggregate_id: String::new(),
+        event_data: String::new(),
+        sequence_number: 0,
+        created_at: String::new(),
+    }
+}
+
+/// Reads the rows into batches and sends them; stops early (`Ok`) when the
+/// receiver is gone (it failed, and says why).
+fn read_rows(
+    conn: &Connection,
+    order: Order,
+    full: &std::sync::mpsc::SyncSender<Vec<Event>>,
+    empty: &std::sync::mpsc::Receiver<Vec<Event>>,
 ) -> Result<Streamed> {
     let sql = match order {
         Order::Rowid => COLUMNS.to_string(),
@@ -76,16 +127,22 @@ pub(super) fn each_event(
         .prepare(&sql)
         .map_err(Error::sqlite("reading events"))?;
     let mut rows = stmt.query([]).map_err(Error::sqlite("reading events"))?;
-    let mut ev = Event {
-        event_id: String::new(),
-        event_type: String::new(),
-        aggregate_id: String::new(),
-        event_data: String::new(),
-        sequence_number: 0,
-        created_at: String::new(),
-    };
     let mut prev: Option<(i64, String)> = None;
+    let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
+    let mut n = 0;
+    let send = |batch: &mut Vec<Event>, n: &mut usize| -> bool {
+        batch.truncate(*n);
+        *n = 0;
+        let next = empty
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(BATCH));
+        full.send(std::mem::replace(batch, next)).is_ok()
+    };
     while let Some(row) = rows.next().map_err(Error::sqlite("reading events"))? {
+        if n == batch.len() {
+            batch.push(empty_event());
+        }
+        let ev = &mut batch[n];
         (|| -> rusqlite::Result<()> {
             text_into(row, 0, &mut ev.event_id)?;
             text_into(row, 1, &mut ev.event_type)?;
@@ -110,7 +167,13 @@ pub(super) fn each_event(
                 None => prev = Some((ev.sequence_number, ev.event_id.clone())),
             }
         }
-        f(&ev)?;
+        n += 1;
+        if n == BATCH && !send(&mut batch, &mut n) {
+            return Ok(Streamed::Done);
+        }
+    }
+    if n > 0 {
+        send(&mut batch, &mut n);
     }
     Ok(Streamed::Done)
 }
