@@ -58,6 +58,9 @@ pub struct RestorePlan {
     /// unreadable, the newest time the repository knows before it: the true
     /// instant is later).
     pub requested_time: Option<DateTime<Utc>>,
+    /// Unreadable manifests whose key names no object, so whose place in the
+    /// chain cannot be told (reported with the restore; refused by strict).
+    pub unplaced_manifests: Vec<LostObject>,
 }
 
 /// How a restore got around a gap (the `fallback` of a restore result).

@@ -181,3 +181,43 @@ pub fn describe_error(err: &anyhow::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_core_error_kind_has_its_exit_code() {
+        use genesis_core::Error as E;
+        let cases: Vec<(E, &str, i32)> = vec![
+            (E::Usage("u".into()), "usage", EXIT_USAGE),
+            (E::Config(Vec::new()), "config", EXIT_USAGE),
+            (
+                E::io("read", "/x", std::io::Error::other("boom")),
+                "io",
+                EXIT_FAILED,
+            ),
+            (E::corrupt("obj", "bad"), "corrupt", EXIT_FAILED),
+            (E::Locked("l".into()), "locked", EXIT_FAILED),
+            (E::Cancelled("c".into()), "cancelled", EXIT_FAILED),
+            (
+                E::Plugin {
+                    library: "/p.so".into(),
+                    detail: "d".into(),
+                },
+                "plugin",
+                EXIT_FAILED,
+            ),
+            (E::Failed("f".into()), "failed", EXIT_FAILED),
+        ];
+        for (e, kind, code) in cases {
+            let err = anyhow::Error::from(e);
+            assert_eq!(classify(&err), (kind, code), "{err}");
+            let doc = failure_document(kind, &describe_error(&err), code);
+            assert_eq!(doc["success"], false);
+            assert_eq!(doc["exit_code"], code);
+        }
+        let other = anyhow::anyhow!("something else");
+        assert_eq!(classify(&other), ("failed", EXIT_FAILED));
+    }
+}

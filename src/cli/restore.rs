@@ -125,6 +125,12 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> anyhow::Result<i32> {
                 }
             ));
         }
+        for m in &r.unplaced_manifests {
+            s.push_str(&format!(
+                "WARNING: {} {}: which restore points it breaks cannot be told; run verify-backups\n",
+                m.id, m.problem
+            ));
+        }
         s.push_str(&format!(
             "{} to txid {} ({}), generation {}\n",
             if r.dry_run {

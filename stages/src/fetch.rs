@@ -9,7 +9,7 @@
 //!   offset is given); `txid:N`; or `backup:ID` (a snapshot or segment id as
 //!   `list-backups` shows it);
 //! * `strict`: when the chain to the target has a gap, fail instead of
-//!   falling back to the last restore point before the gap (default false).
+//!   falling back (default false).
 //!
 //! The restore point is the last commit observed at or before the target
 //! ([`Catalog::point_at_or_before`]); a named backup restores to its last
@@ -17,7 +17,17 @@
 //! target in the future is refused, naming the latest restore point (a time
 //! that has not happened yet is almost always a typo in the date, and
 //! restoring "the latest" silently could hide it). Event objects are fetched
-//! only for a time target: they let event-replay reach the target exactly.
+//! for a time target (they let event-replay reach the target exactly) and
+//! for any fallback (they bridge the gap).
+//!
+//! **Gaps are found before anything is emitted.** Unreadable manifests are
+//! lost objects from the start; then every object the plan needs is checked
+//! to exist with its manifest's size, read, and checked against its BLAKE3.
+//! Any that fails is lost too and the plan is resolved again without it
+//! ([`crate::resolve`]: the furthest-reaching chain, the event archive
+//! replayed across the gap). So a missing or damaged object never fails a
+//! restore that a fallback can serve, and never reaches wal-apply. (verify
+//! checks the BLAKE3 again, for pipelines that read objects another way.)
 //!
 //! Emits `plan` first, then every object's compressed bytes in plan order
 //! (snapshot, segments, event objects).

@@ -304,11 +304,26 @@ pub fn resolve_plan(
             }
         }
     }
-    for l in lost.unplaced() {
-        gaps.push(format!(
+    // An unreadable manifest whose key names no object cannot be placed in
+    // the chain: reported with every restore (and refused under strict),
+    // but not counted as a gap of this restore.
+    let unplaced: Vec<_> = lost.unplaced().cloned().collect();
+    if strict && !unplaced.is_empty() {
+        return Err(Error::Failed(format!(
+            "the repository holds unreadable manifests whose place in the chain cannot be told: {}; strict mode refuses to restore past them: run `genesis-recovery verify-backups`, or restore without --strict",
+            unplaced
+                .iter()
+                .map(|l| format!("{} ({})", l.id, l.problem))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )));
+    }
+    for l in &unplaced {
+        tracing::warn!(
             "{} {}: which restore points it breaks cannot be told",
-            l.id, l.problem
-        ));
+            l.id,
+            l.problem
+        );
     }
 
     let target_time = match target {
@@ -340,9 +355,18 @@ pub fn resolve_plan(
             (events, until, complete)
         }
     };
-    if !archive_complete {
-        if let Some(why) = run_break {
-            gaps.push(why);
+    let lost_events_after = generation
+        .events
+        .iter()
+        .any(|e| e.txid_max >= reached.txid && lost.contains(&e.id));
+    let replay_needed = matches!(target, Target::Time { .. }) || !gaps.is_empty();
+    if !archive_complete
+        && replay_needed
+        && (run_break.is_some() || lost_events_after || !gaps.is_empty())
+    {
+        match run_break {
+            Some(why) => gaps.push(why),
+            None => gaps.push(archive_shortfall(generation, reached.txid, lost)),
         }
     }
     let fell_back = !gaps.is_empty();
@@ -353,23 +377,24 @@ pub fn resolve_plan(
             req.txid
         ),
         _ => match req.time {
-            Some(t) => format!("txid {} at {}", req.txid, format_rfc3339(t)),
+            Some(t) => format!("txid {} at {}", req.txid, format_exact(t)),
             None => format!("txid {} (its manifest is unreadable)", req.txid),
         },
     };
     let fallback = if fell_back {
         let gap = gaps.join("; ");
+        if strict {
+            return Err(Error::Failed(format!(
+                "cannot restore {requested_text}: {gap}; the last point reachable is {} (the event archive {} the target from there); strict mode refuses to fall back: run without --strict (`strict = false`) to restore it",
+                describe(&reached),
+                if archive_complete { "reaches" } else { "does not reach" }
+            )));
+        }
         let bridge = if archive_complete {
             "the event archive is contiguous from there to the target: its events are replayed, so the trading tables are exact; other tables stay at the point used"
         } else {
-            "the event archive does not reach the target either: the history after the point used (and the events replayed) is lost"
+            "the event archive does not bridge the gap: history between the point used (or the last event replayed) and the target is lost"
         };
-        if strict {
-            return Err(Error::Failed(format!(
-                "cannot restore {requested_text}: {gap}; the last point reachable is {} ({bridge}); strict mode refuses to fall back: run without --strict (`strict = false`) to restore it",
-                describe(&reached)
-            )));
-        }
         tracing::warn!(
             "{gap}: restoring {} instead of {requested_text}; {bridge}",
             describe(&reached)
@@ -407,8 +432,33 @@ pub fn resolve_plan(
         requested_txid: req.txid,
         archive_complete,
         requested_time,
+        unplaced_manifests: unplaced,
         point: reached,
     })
+}
+
+/// Why the event archive stops short of the target when no hole inside
+/// the run explains it: lost event objects after the point, or nothing
+/// archived after it.
+fn archive_shortfall(g: &Generation, from_txid: u64, lost: &LostSet) -> String {
+    let gone: Vec<String> = g
+        .events
+        .iter()
+        .filter(|e| e.txid_max >= from_txid && lost.contains(&e.id))
+        .map(|e| e.id.clone())
+        .collect();
+    if gone.is_empty() {
+        format!(
+            "the event archive of generation {} holds nothing read after txid {from_txid} that reaches the target",
+            g.id
+        )
+    } else {
+        format!(
+            "the event objects after txid {from_txid} are lost ({} of them, from {})",
+            gone.len(),
+            gone[0]
+        )
+    }
 }
 
 /// The newest instant any readable manifest of the generation records.

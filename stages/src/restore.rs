@@ -150,6 +150,9 @@ pub struct RestoreResult {
     /// the point used, whether the event archive bridged it, the events
     /// replayed from there.
     pub fallback: Option<Fallback>,
+    /// Unreadable manifests whose place in the chain cannot be told (a
+    /// manifest key that names no object): reported, not a gap of this restore.
+    pub unplaced_manifests: Vec<genesis_core::repo::lost::LostObject>,
     /// The live database as it was before the restore.
     pub pre_recovery_backup: Option<PathBuf>,
     /// Why the database was not applied, when it was not.
@@ -762,6 +765,10 @@ pub fn restore(opts: &RestoreOptions, progress: Arc<dyn Progress>) -> Result<Res
         replayed_until: staged.replayed_until.map(format_rfc3339),
         replay: staged.replay.clone(),
         fallback,
+        unplaced_manifests: plan
+            .as_ref()
+            .map(|p| p.unplaced_manifests.clone())
+            .unwrap_or_default(),
         data_loss,
         non_event_tables_at: point_time.map(format_exact).unwrap_or_default(),
         pre_recovery_backup,

@@ -217,6 +217,21 @@ fn a_lost_event_object_costs_only_the_restores_that_need_it() {
             .is_some_and(|g| g.contains(&ev.id)),
         "{v}"
     );
+    // The newest event object lost: a time after the last capture but one
+    // needs it, and nothing after it says so but its manifest.
+    let last = last_step(&c);
+    let newest = c.events_of_step(last);
+    std::fs::remove_file(c.env.repo().join(newest.object_key())).unwrap();
+    let kl = event_inside(&c, last);
+    let (code, v, out) = c.restore("newest-events", &["--timestamp", &c.event_time(kl)]);
+    assert_eq!(code, EXIT_DATA_LOSS, "{v}");
+    assert_state(&out, c.state_at_step(last - 1), "newest-events", &v);
+    assert!(
+        v["fallback"]["gap"]
+            .as_str()
+            .is_some_and(|g| g.contains("event objects")),
+        "{v}"
+    );
     // The same with its manifest gone too: found by the sequence numbers.
     std::fs::remove_file(c.env.repo().join(format!("manifests/{}.json", ev.id))).unwrap();
     let (code, v, out) = c.restore("inside-no-manifest", &["--timestamp", &c.event_time(k)]);
@@ -429,4 +444,33 @@ fn a_40k_event_chain_with_a_lost_segment_in_its_first_third_restores_latest_exac
     let expected = c.steps.last().unwrap().1 - c.steps[steps / 4 - 1].1;
     assert_eq!(replayed, expected, "the large replay across the gap: {v}");
     assert!(replayed >= 30_000, "{replayed}");
+}
+
+#[test]
+fn a_real_restore_with_data_loss_applies_the_best_point_keeps_the_old_database_and_exits_5() {
+    let c = small_chain();
+    let seg = c.segment_of_step(4);
+    std::fs::remove_file(c.env.repo().join(seg.object_key())).unwrap();
+    for e in c.manifests(ObjectKind::Events) {
+        if e.txid_max >= seg.txid_min {
+            std::fs::remove_file(c.env.repo().join(e.object_key())).unwrap();
+        }
+    }
+    // A stray manifest whose name says nothing: reported, not a gap.
+    std::fs::write(c.env.repo().join("manifests/stray.json"), b"{}").unwrap();
+    let (code, v) = c.env.json(&["restore", "--latest"]);
+    assert_eq!(code, EXIT_DATA_LOSS, "{v}");
+    assert_eq!(v["applied"], true, "{v}");
+    assert_eq!(v["data_loss"], true, "{v}");
+    assert!(v["rpo_gap_seconds"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(v["unplaced_manifests"][0]["id"], "stray", "{v}");
+    assert_state(&c.env.db(), c.state_at_step(3), "applied", &v);
+    let pre = v["pre_recovery_backup"]
+        .as_str()
+        .expect("a pre-recovery backup");
+    assert_eq!(
+        crate::exact_event::full_state(std::path::Path::new(pre)),
+        c.last_state,
+        "the pre-recovery backup is not the old live database"
+    );
 }

@@ -23,6 +23,8 @@ pub struct TradingChain {
     /// After each capture step: the txid reached and how many events were
     /// committed by then.
     pub steps: Vec<(u64, usize)>,
+    /// The state each capture step captured (when every event is recorded).
+    pub step_states: Vec<String>,
     /// The live database's state at the end.
     pub last_state: String,
 }
@@ -70,6 +72,7 @@ pub fn trading_chain(spec: &ChainSpec) -> TradingChain {
     let mut cap = Capturer::open(CaptureOptions::new(env.db()), repo).expect("capturer");
     let mut events = Vec::new();
     let mut steps = Vec::new();
+    let mut step_states = Vec::new();
     let mut n_events = 0usize;
     for step in 0..spec.steps {
         for _ in 0..spec.per_step {
@@ -87,6 +90,9 @@ pub fn trading_chain(spec: &ChainSpec) -> TradingChain {
             )
             .expect("note");
         }
+        if spec.record_every_event {
+            step_states.push(full_state_conn(&conn));
+        }
         cap.step(spec.snapshots_at.contains(&step))
             .expect("capture step");
         steps.push((cap.last_txid(), n_events));
@@ -98,6 +104,7 @@ pub fn trading_chain(spec: &ChainSpec) -> TradingChain {
         env,
         events,
         steps,
+        step_states,
         last_state,
     }
 }
@@ -144,7 +151,7 @@ impl TradingChain {
 
     /// The state at the end of capture step `step`.
     pub fn state_at_step(&self, step: usize) -> &str {
-        self.state_after(self.steps[step].1)
+        &self.step_states[step]
     }
 
     /// `created_at` of the `k`-th event (1-based), as the trading system writes it.
