@@ -199,3 +199,35 @@ fn a_database_changed_behind_the_wal_is_caught_by_the_sampled_check() {
         "the new generation's snapshot is the database as it is"
     );
 }
+
+#[test]
+fn a_resumed_capture_with_nothing_uncopied_continues_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("db.sqlite");
+    let w = Connection::open(&db).expect("open");
+    w.execute_batch(
+        "PRAGMA auto_vacuum=FULL; PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; \
+         CREATE TABLE kv(k INTEGER PRIMARY KEY, v INTEGER, pad BLOB); \
+         INSERT INTO kv VALUES (1, 1, randomblob(9000));",
+    )
+    .expect("setup");
+    let repo = Repository::open_local(&dir.path().join("repo"), true).expect("repo");
+    backup_sync(CaptureOptions::new(&db), repo.clone()).expect("first capture");
+    let (busy, log, done): (i64, i64, i64) = w
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .expect("checkpoint");
+    assert_eq!((busy, log), (0, done), "the WAL is wholly backfilled");
+    let mut cap = Capturer::open(CaptureOptions::new(&db), repo.clone()).expect("resume");
+    assert!(cap.opened().new_generation.is_none(), "it resumed");
+    w.execute("INSERT INTO kv VALUES (2, 2, randomblob(10))", [])
+        .expect("the write that restarts the WAL");
+    let r = cap.step(false).expect("step");
+    assert!(r.new_generation.is_none(), "nothing was uncopied: {r:?}");
+    assert_eq!(r.txns, 1);
+    cap.finish().expect("finish");
+    let out = dir.path().join("restored.db");
+    latest(&repo, &out);
+    assert_eq!(dump(&out), dump(&db));
+}

@@ -380,8 +380,9 @@ impl Capturer {
 
     /// The saved generation, when the database is provably the one it left
     /// (same file, same WAL or none), and whether continuity is already
-    /// proven: only with no WAL at all; otherwise the frames after the saved
-    /// position still have to be copied before a restart is lossless.
+    /// proven: with no WAL, or no commit after the saved position; otherwise
+    /// the frames after it still have to be copied before a restart is
+    /// lossless.
     fn try_resume(&mut self) -> Result<Option<(GenState, bool)>> {
         let saved = match SavedState::load(&self.repo)? {
             Some(s) => s,
@@ -415,6 +416,24 @@ impl Capturer {
         }
         let mut wal_pages = HashMap::new();
         let proven = match wal::read_wal(&wal::wal_path(self.db()), Some(&saved.wal))? {
+            // No commit after the saved position: nothing uncopied existed
+            // when the read transaction began (a frame can only vanish with a
+            // restart, which changes the salts), and frames appended since
+            // cannot be checkpointed past that read, so none can be lost.
+            WalState::Continues(r) if r.txns.is_empty() => {
+                if saved.wal.frame > 0 {
+                    if let WalState::Continues(r) =
+                        wal::read_wal_upto(&wal::wal_path(self.db()), saved.wal.frame)?
+                    {
+                        for t in &r.txns {
+                            for (p, off) in &t.pages {
+                                wal_pages.insert(*p, *off);
+                            }
+                        }
+                    }
+                }
+                true
+            }
             WalState::Continues(_) => {
                 if saved.wal.frame > 0 {
                     if let WalState::Continues(r) =
