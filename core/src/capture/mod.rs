@@ -3,9 +3,11 @@
 //!
 //! The capturer always holds an open read transaction on the database. While
 //! a reader holds a read mark above zero SQLite cannot restart the WAL, and a
-//! reader holding mark 0 blocks every backfill; in both cases frames the
-//! capturer has not copied cannot disappear (SQLite `src/wal.c`:
-//! `walRestartLog`, `walCheckpoint`, `walTryBeginRead`). Each step copies the
+//! reader holding mark 0 blocks every backfill (SQLite `src/wal.c`:
+//! `walRestartLog`, `walCheckpoint`, `walTryBeginRead`). A mark-0 reader does
+//! not block a restart, so frames that existed uncopied when its read began
+//! are not protected: continuity is proven by a copy to the WAL's end under a
+//! read begun before it (see `continuous`). Each step copies the
 //! valid committed frames after its position, ships them as a segment, then
 //! opens a new read transaction on its second connection *before* ending the
 //! old one. When the WAL grows past a limit it checkpoints itself under the
