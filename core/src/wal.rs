@@ -225,6 +225,14 @@ fn open_wal(path: &Path) -> Result<Option<(File, u64, WalHeader)>> {
     Ok(parse_header(&hbuf).map(|h| (file, len, h)))
 }
 
+/// The WAL's header, `None` when there is no valid one (no frames).
+///
+/// # Errors
+/// I/O failures.
+pub fn read_header(path: &Path) -> Result<Option<WalHeader>> {
+    Ok(open_wal(path)?.map(|(_, _, h)| h))
+}
+
 /// Whether the WAL still has `header` (the same salts and checkpoint
 /// sequence). A restart or truncation rewrites the header before any frame
 /// is overwritten, so frames read before a check that finds the header

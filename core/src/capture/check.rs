@@ -35,9 +35,9 @@ impl Capturer {
         let wal_header = if self.gen.wal_pages.is_empty() {
             None
         } else {
-            match wal::read_wal_upto(&wal_path, 0)? {
-                WalState::Continues(r) | WalState::Restarted(r) => Some(r.header),
-                WalState::Empty => return Ok(None),
+            match wal::read_header(&wal_path)? {
+                Some(h) => Some(h),
+                None => return Ok(None),
             }
         };
         if let Some(h) = &wal_header {
