@@ -423,31 +423,11 @@ impl Capturer {
             // restart, which changes the salts), and frames appended since
             // cannot be checkpointed past that read, so none can be lost.
             WalState::Continues(r) if r.txns.is_empty() => {
-                if saved.wal.frame > 0 {
-                    if let WalState::Continues(r) =
-                        wal::read_wal_upto(&wal::wal_path(self.db()), saved.wal.frame)?
-                    {
-                        for t in &r.txns {
-                            for (p, off) in &t.pages {
-                                wal_pages.insert(*p, *off);
-                            }
-                        }
-                    }
-                }
+                wal_pages = self.wal_pages_upto(saved.wal.frame)?;
                 true
             }
             WalState::Continues(_) => {
-                if saved.wal.frame > 0 {
-                    if let WalState::Continues(r) =
-                        wal::read_wal_upto(&wal::wal_path(self.db()), saved.wal.frame)?
-                    {
-                        for t in &r.txns {
-                            for (p, off) in &t.pages {
-                                wal_pages.insert(*p, *off);
-                            }
-                        }
-                    }
-                }
+                wal_pages = self.wal_pages_upto(saved.wal.frame)?;
                 false
             }
             WalState::Empty => {
@@ -561,6 +541,20 @@ impl Capturer {
                 Ok(Ok(self.ship(&r)?))
             }
         }
+    }
+
+    /// The pages the WAL's frames up to `frame` hold, each at the offset of
+    /// its newest frame.
+    fn wal_pages_upto(&self, frame: u32) -> Result<HashMap<u32, u64>> {
+        if frame == 0 {
+            return Ok(HashMap::new());
+        }
+        Ok(
+            match wal::read_wal_upto(&wal::wal_path(self.db()), frame)? {
+                WalState::Continues(r) | WalState::Restarted(r) => newest_frames(&r),
+                WalState::Empty => HashMap::new(),
+            },
+        )
     }
 
     /// Sets the WAL size gauge.
@@ -793,6 +787,18 @@ impl Capturer {
         let _ = end_read(&self.readers[self.active], &self.opts.db);
         Ok(report)
     }
+}
+
+/// Each page of a WAL read's committed transactions, at the offset of its
+/// newest frame.
+fn newest_frames(r: &WalRead) -> HashMap<u32, u64> {
+    let mut pages = HashMap::new();
+    for t in &r.txns {
+        for (p, off) in &t.pages {
+            pages.insert(*p, *off);
+        }
+    }
+    pages
 }
 
 /// Shared handle type used by the CLI to stop a replicate loop.

@@ -29,11 +29,7 @@ impl Capturer {
             let mut overlay = HashMap::new();
             let (db_pages, position, page_size) = match &read {
                 Some(r) if !r.txns.is_empty() => {
-                    for t in &r.txns {
-                        for (p, off) in &t.pages {
-                            overlay.insert(*p, *off);
-                        }
-                    }
+                    overlay = newest_frames(r);
                     let pages = r
                         .txns
                         .last()
@@ -288,11 +284,7 @@ impl Capturer {
                         ));
                     }
                     header = Some(r.header);
-                    for t in &r.txns {
-                        for (p, off) in &t.pages {
-                            overlay.insert(*p, *off);
-                        }
-                    }
+                    overlay = newest_frames(&r);
                 }
             }
             let seq = if self.has_events {
