@@ -118,8 +118,14 @@ fn a_resumed_capture_that_sees_the_wal_restarted_before_its_first_copy_starts_a_
     }
 }
 
-#[test]
-fn a_resumed_capture_copies_what_was_committed_while_it_was_stopped() {
+/// An auto_vacuum=FULL database with one row, captured once (`backup sync`),
+/// and the application's connection to it.
+fn captured_once() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Connection,
+    Repository,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("db.sqlite");
     let w = Connection::open(&db).expect("open");
@@ -131,6 +137,12 @@ fn a_resumed_capture_copies_what_was_committed_while_it_was_stopped() {
     .expect("setup");
     let repo = Repository::open_local(&dir.path().join("repo"), true).expect("repo");
     backup_sync(CaptureOptions::new(&db), repo.clone()).expect("first capture");
+    (dir, db, w, repo)
+}
+
+#[test]
+fn a_resumed_capture_copies_what_was_committed_while_it_was_stopped() {
+    let (dir, db, w, repo) = captured_once();
     w.execute_batch("INSERT INTO kv VALUES (2, 2, randomblob(9000)); DELETE FROM kv WHERE k = 1;")
         .expect("commits while stopped");
     let mut cap = Capturer::open(CaptureOptions::new(&db), repo.clone()).expect("resume");
@@ -202,17 +214,7 @@ fn a_database_changed_behind_the_wal_is_caught_by_the_sampled_check() {
 
 #[test]
 fn a_resumed_capture_with_nothing_uncopied_continues_across_a_restart() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("db.sqlite");
-    let w = Connection::open(&db).expect("open");
-    w.execute_batch(
-        "PRAGMA auto_vacuum=FULL; PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; \
-         CREATE TABLE kv(k INTEGER PRIMARY KEY, v INTEGER, pad BLOB); \
-         INSERT INTO kv VALUES (1, 1, randomblob(9000));",
-    )
-    .expect("setup");
-    let repo = Repository::open_local(&dir.path().join("repo"), true).expect("repo");
-    backup_sync(CaptureOptions::new(&db), repo.clone()).expect("first capture");
+    let (dir, db, w, repo) = captured_once();
     let (busy, log, done): (i64, i64, i64) = w
         .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
