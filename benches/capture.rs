@@ -52,6 +52,7 @@ fn lag_run(dir: &Path, rate: f64, secs: f64) -> (f64, f64, f64, u64) {
                     interval: Duration::from_secs(1),
                     run_for: None,
                     metrics_addr: None,
+                    compaction: Vec::new(),
                 },
                 &stop,
                 |r| {

@@ -6,6 +6,7 @@
 
 pub mod capture;
 pub mod checksum;
+pub mod compact;
 pub mod error;
 pub mod lock;
 pub mod objects;

@@ -136,6 +136,8 @@ mod tests {
             wal: None,
             event_count: 0,
             source_db: None,
+            level: 0,
+            min_db_pages: None,
         }
     }
 

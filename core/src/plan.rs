@@ -84,6 +84,20 @@ pub struct Fallback {
 }
 
 impl RestorePlan {
+    /// How many objects the plan reads, by kind and level: `snapshot`,
+    /// `L0` (what capture steps wrote), `L1` and up (compacted), `events`.
+    pub fn objects_by_level(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut n = std::collections::BTreeMap::new();
+        n.insert("snapshot".to_string(), 1);
+        for s in &self.segments {
+            *n.entry(format!("L{}", s.level)).or_default() += 1;
+        }
+        if !self.events.is_empty() {
+            n.insert("events".to_string(), self.events.len());
+        }
+        n
+    }
+
     /// Ids of the objects the plan reads, in order.
     pub fn object_ids(&self) -> Vec<String> {
         std::iter::once(&self.snapshot)

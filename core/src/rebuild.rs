@@ -67,6 +67,23 @@ pub fn build_database(input: &RebuildInput<'_>, out: &Path) -> Result<RebuildRes
                 ),
             ));
         }
+        if m.is_compacted() {
+            // One point, the span's end: the chain must start it exactly and
+            // may not stop inside it; pages its span cut off go first.
+            if m.txid_min != next || m.txid_max > input.target_txid {
+                return Err(Error::corrupt(
+                    &m.id,
+                    format!(
+                        "compacted txids {}..={} do not continue the chain at txid {next} toward txid {}",
+                        m.txid_min, m.txid_max, input.target_txid
+                    ),
+                ));
+            }
+            let cut = m.min_db_pages.unwrap_or(m.db_pages);
+            newest.retain(|p, _| u64::from(*p) <= cut);
+            min_pages = min_pages.min(cut);
+            next = m.txid_max;
+        }
         for t in txns {
             if t.txid > input.target_txid {
                 break 'segs;

@@ -12,6 +12,9 @@
 //! [retention]
 //! keep_days = 7
 //! keep_full = 2
+//! [compaction]
+//! levels = ["30s", "5m", "1h"]   # [] turns compaction off
+//! l0_retention = "24h"           # per-transaction points kept this long
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -37,6 +40,46 @@ pub struct RetentionSettings {
     pub keep_full: Option<usize>,
 }
 
+/// Compaction settings (`core/src/compact`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CompactionSettings {
+    /// Spans of levels 1, 2, ... (default 30s, 5m, 1h; empty: off).
+    pub levels: Option<Vec<String>>,
+    /// How long level-0 objects (every transaction a restore point) are
+    /// kept once compacted objects cover them (default 24h).
+    pub l0_retention: Option<String>,
+}
+
+impl CompactionSettings {
+    /// The level spans, checked.
+    ///
+    /// # Errors
+    /// `Error::Usage` naming a bad span.
+    pub fn level_spans(&self) -> Result<Vec<std::time::Duration>> {
+        let spans = match &self.levels {
+            None => crate::compact::DEFAULT_LEVELS.to_vec(),
+            Some(v) => v
+                .iter()
+                .map(|t| crate::time::parse_duration(t))
+                .collect::<Result<Vec<_>>>()?,
+        };
+        crate::compact::check_levels(&spans)?;
+        Ok(spans)
+    }
+
+    /// The level-0 retention.
+    ///
+    /// # Errors
+    /// `Error::Usage` for a bad duration.
+    pub fn l0_retention(&self) -> Result<std::time::Duration> {
+        match &self.l0_retention {
+            None => Ok(std::time::Duration::from_secs(24 * 3600)),
+            Some(t) => crate::time::parse_duration(t),
+        }
+    }
+}
+
 /// The settings file.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +91,8 @@ pub struct Settings {
     pub capture: CaptureSettings,
     #[serde(default)]
     pub retention: RetentionSettings,
+    #[serde(default)]
+    pub compaction: CompactionSettings,
 }
 
 /// The default settings file name.

@@ -69,6 +69,7 @@ pub fn verify_repository(repo: &Repository, backup_id: Option<&str>) -> Result<V
                 .snapshots
                 .iter()
                 .chain(gen.segments.iter())
+                .chain(gen.compacted.iter())
                 .chain(gen.events.iter())
                 .collect(),
         };
@@ -84,6 +85,11 @@ pub fn verify_repository(repo: &Repository, backup_id: Option<&str>) -> Result<V
             .collect();
         let mut gen_problems = found;
         gen_problems.extend(check_chain(gen));
+        if backup_id.is_none() {
+            gen_problems.extend(crate::compact::check::check_levels_against_inputs(
+                repo, gen,
+            ));
+        }
         let damaged: BTreeSet<String> = gen_problems.iter().map(|p| p.object.clone()).collect();
         let broken = broken_ranges(gen, &damaged);
         for p in &mut gen_problems {
@@ -106,33 +112,25 @@ pub fn verify_repository(repo: &Repository, backup_id: Option<&str>) -> Result<V
 
 /// The objects a restore to `id` reads: its chain from the snapshot before it.
 fn chain_objects<'a>(gen: &'a Generation, id: &str) -> Vec<&'a Arc<Manifest>> {
-    let target = gen
-        .snapshots
-        .iter()
-        .chain(gen.segments.iter())
-        .chain(gen.events.iter())
-        .find(|m| m.id == id);
+    let target = gen.manifests().find(|m| m.id == id);
     let Some(target) = target else {
         return Vec::new();
     };
     if target.kind == ObjectKind::Events {
         return vec![target];
     }
-    let txid = target.txid_max;
-    let Some(snap) = gen
-        .snapshots
-        .iter()
-        .filter(|s| s.txid_max <= txid)
-        .max_by_key(|s| s.txid_max)
-    else {
-        return vec![target];
-    };
-    let mut out = vec![snap];
-    out.extend(
-        gen.segments
-            .iter()
-            .filter(|s| s.txid_min > snap.txid_max && s.txid_min <= txid),
-    );
+    // The objects a restore to its end reads (compacted ones where they
+    // exist), and the object itself.
+    let mut out: Vec<&'a Arc<Manifest>> = Vec::new();
+    if let Ok(chain) = gen.chain_to(target.txid_max) {
+        let ids: BTreeSet<&str> = std::iter::once(chain.snapshot.id.as_str())
+            .chain(chain.segments.iter().map(|s| s.id.as_str()))
+            .collect();
+        out.extend(gen.manifests().filter(|m| ids.contains(m.id.as_str())));
+    }
+    if !out.iter().any(|m| m.id == target.id) {
+        out.push(target);
+    }
     out
 }
 
@@ -168,6 +166,10 @@ fn check_object(repo: &Repository, m: &Manifest) -> std::result::Result<(), Stri
                     "the snapshot's pages hash to {checksum:016x}, manifest says {want}"
                 ));
             }
+        }
+        ObjectKind::Segment if m.is_compacted() => {
+            let raw = frames.first().map(Vec::as_slice).unwrap_or_default();
+            crate::compact::check::check_compacted_content(m, raw)?;
         }
         ObjectKind::Segment => {
             let raw = frames.first().map(Vec::as_slice).unwrap_or_default();
@@ -227,7 +229,7 @@ fn check_object(repo: &Repository, m: &Manifest) -> std::result::Result<(), Stri
     Ok(())
 }
 
-fn strip(id: &str, e: Error) -> String {
+pub(crate) fn strip(id: &str, e: Error) -> String {
     match e {
         Error::Corrupt { object, detail } if object == id => detail,
         other => other.to_string(),
@@ -334,43 +336,48 @@ fn check_chain(gen: &Generation) -> Vec<Problem> {
 }
 
 /// Restore points of a generation that no undamaged chain reaches, as ranges.
+///
+/// One pass in txid order: a txid is a reachable end when an undamaged
+/// snapshot is at it, or an undamaged segment (of any level) ends at it and
+/// starts right after a reachable end; a level-0 segment so reached makes
+/// every one of its transactions a reachable point. Objects are looked at by
+/// their ranges' ends only, never by expanding a range (a damaged manifest
+/// may claim 2^63 txids).
 fn broken_ranges(gen: &Generation, damaged: &BTreeSet<String>) -> Vec<String> {
-    let points = gen.restore_points();
-    let mut reachable_from_snapshot: Option<u64> = None;
-    let good_snap: BTreeSet<u64> = gen
+    let mut snaps: Vec<u64> = gen
         .snapshots
         .iter()
         .filter(|s| !damaged.contains(&s.id))
         .map(|s| s.txid_max)
         .collect();
-    // The segment holding a txid: of those whose range contains it, the last
-    // in catalog order. Looked up per restore point, never by expanding the
-    // ranges: a damaged manifest may claim 2^63 txids.
-    let mut seg_by_start: BTreeMap<u64, &Arc<Manifest>> = BTreeMap::new();
-    for s in &gen.segments {
-        seg_by_start.insert(s.txid_min, s);
+    snaps.sort_unstable();
+    let mut segs: Vec<&Arc<Manifest>> = gen
+        .segments
+        .iter()
+        .chain(&gen.compacted)
+        .filter(|s| !damaged.contains(&s.id))
+        .collect();
+    segs.sort_by_key(|s| (s.txid_min, s.txid_max));
+    let mut ends: BTreeSet<u64> = BTreeSet::new();
+    let mut ok_points: BTreeSet<u64> = BTreeSet::new();
+    let mut next_snap = snaps.iter().peekable();
+    for s in segs {
+        while let Some(t) = next_snap.next_if(|t| **t < s.txid_min) {
+            ends.insert(*t);
+            ok_points.insert(*t);
+        }
+        let after_reachable = s.txid_min.checked_sub(1).is_some_and(|e| ends.contains(&e));
+        if after_reachable {
+            ends.insert(s.txid_max);
+            ok_points.extend(s.transactions.iter().map(|t| t.txid));
+        }
     }
-    let holder = |txid: u64| {
-        seg_by_start
-            .range(..=txid)
-            .rev()
-            .map(|(_, s)| *s)
-            .find(|s| s.txid_max >= txid)
-    };
+    ok_points.extend(next_snap.copied());
     let mut ranges = Vec::new();
     let mut run: Option<(u64, u64, String, String)> = None;
-    let mut reachable = false;
-    for p in &points {
-        if good_snap.contains(&p.txid) {
-            reachable = true;
-            reachable_from_snapshot = Some(p.txid);
-        } else {
-            let ok = holder(p.txid).is_some_and(|s| !damaged.contains(&s.id));
-            reachable = reachable && ok;
-        }
-        let _ = reachable_from_snapshot;
+    for p in &gen.restore_points() {
         let t = crate::time::format_rfc3339(p.time);
-        if !reachable {
+        if !ok_points.contains(&p.txid) {
             run = Some(match run.take() {
                 Some((a, _, ta, _)) => (a, p.txid, ta, t),
                 None => (p.txid, p.txid, t.clone(), t),
@@ -443,6 +450,8 @@ mod tests {
             wal: None,
             event_count: 0,
             source_db: None,
+            level: 0,
+            min_db_pages: None,
         }
     }
 

@@ -55,6 +55,8 @@ fuzz_target!(|data: &[u8]| {
         wal: None,
         event_count: 0,
         source_db: None,
+        level: 0,
+        min_db_pages: None,
     };
     if verify_compressed(&m, input.stored).is_err() {
         return;

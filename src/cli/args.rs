@@ -114,6 +114,15 @@ pub enum BackupCommand {
     Replicate(ReplicateArgs),
     /// Remove whole chains older than the retention.
     Prune(PruneArgs),
+    /// Compact every complete window of every level once (replicate does it as it goes).
+    Compact(CompactArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// Level spans, comma-separated (default: compaction.levels of the settings file, else 30s,5m,1h).
+    #[arg(long, value_name = "LIST")]
+    pub levels: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -142,6 +151,10 @@ pub struct ReplicateArgs {
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9090).
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
+    /// Compaction level spans while capturing, comma-separated (default:
+    /// compaction.levels of the settings file, else 30s,5m,1h; "none": off).
+    #[arg(long, value_name = "LIST")]
+    pub compaction_levels: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -59,6 +59,23 @@ fn open_repo(ctx: &Ctx) -> anyhow::Result<Repository> {
     Ok(Repository::open_local(&ctx.repo, true)?)
 }
 
+/// Compaction level spans: `--levels`/`--compaction-levels` (comma-separated,
+/// `none` for off), else the settings file, else the defaults.
+fn compaction_levels(ctx: &Ctx, flag: Option<&str>) -> anyhow::Result<Vec<Duration>> {
+    let Some(list) = flag else {
+        return Ok(ctx.settings.compaction.level_spans()?);
+    };
+    if list.trim() == "none" {
+        return Ok(Vec::new());
+    }
+    let spans = list
+        .split(',')
+        .map(|t| parse_duration(t.trim()))
+        .collect::<genesis_core::Result<Vec<_>>>()?;
+    genesis_core::compact::check_levels(&spans)?;
+    Ok(spans)
+}
+
 /// A flag set on SIGINT or SIGTERM.
 pub fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -124,6 +141,7 @@ pub fn backup(ctx: &Ctx, cmd: BackupCommand) -> anyhow::Result<i32> {
                 interval: interval.unwrap_or(Duration::from_secs(1)),
                 run_for: a.run_for.as_deref().map(parse_duration).transpose()?,
                 metrics_addr: a.metrics_addr.clone(),
+                compaction: compaction_levels(ctx, a.compaction_levels.as_deref())?,
             };
             let repo = open_repo(ctx)?;
             let stop = stop_on_signals()?;
@@ -150,6 +168,27 @@ pub fn backup(ctx: &Ctx, cmd: BackupCommand) -> anyhow::Result<i32> {
                     sum.generation
                 )
             })?;
+        }
+        BackupCommand::Compact(a) => {
+            let levels = compaction_levels(ctx, a.levels.as_deref())?;
+            let repo = Repository::open_local(&ctx.repo, false)?;
+            let r = genesis_core::compact::compact_repository(&repo, &levels, chrono::Utc::now())?;
+            print(ctx, &r, || {
+                let mut s = format!(
+                    "compacted {} objects into {} ({:?}, {})",
+                    r.inputs,
+                    r.created.len(),
+                    r.per_level,
+                    bytes(r.bytes_written)
+                );
+                for k in &r.skipped {
+                    s.push_str(&format!("\nskipped: {k}"));
+                }
+                s
+            })?;
+            if !r.skipped.is_empty() {
+                return Ok(super::EXIT_FAILED);
+            }
         }
         BackupCommand::Prune(a) => {
             let keep_days = a.keep_days.or(ctx.settings.retention.keep_days).ok_or_else(|| {

@@ -159,6 +159,7 @@ pub fn demo(
             interval: opts.interval,
             run_for: None,
             metrics_addr: None,
+            compaction: Vec::new(),
         };
         std::thread::spawn(move || {
             capture::replicate(CaptureOptions::new(&db), repo, &ropts, &stop, |_| {})

@@ -113,6 +113,9 @@ pub struct RestoreResult {
     pub full_backup_used: String,
     /// Segments applied on top of it.
     pub incremental_count: usize,
+    /// The objects the restore read, by kind and level (`snapshot`, `L0`,
+    /// `L1`, ..., `events`).
+    pub objects_read: std::collections::BTreeMap<String, usize>,
     pub recovery_time_seconds: f64,
     pub dry_run: bool,
     /// Where the recovered database is: the staged file (dry run, or not
@@ -752,6 +755,10 @@ pub fn restore(opts: &RestoreOptions, progress: Arc<dyn Progress>) -> Result<Res
             .map(|p| p.snapshot.id.clone())
             .unwrap_or_default(),
         incremental_count: plan.as_ref().map_or(0, |p| p.segments.len()),
+        objects_read: plan
+            .as_ref()
+            .map(|p| p.objects_by_level())
+            .unwrap_or_default(),
         recovery_time_seconds: started.elapsed().as_secs_f64(),
         dry_run: opts.dry_run,
         recovered_db_path,

@@ -68,7 +68,14 @@ pub struct Cell {
     /// its last close does not checkpoint and delete the WAL before the
     /// capture starts.
     pub hold_app: bool,
+    /// Compaction level spans `replicate` runs with, then `backup compact`
+    /// once more after it (short, so that a cell's seconds of capture make
+    /// objects of every level, which the checks below then restore through).
+    pub compaction: &'static str,
 }
+
+/// The compaction spans of the matrix: 150 ms, 600 ms, 1.8 s.
+pub const SHORT_LEVELS: &str = "150ms,600ms,1800ms";
 
 impl Cell {
     pub fn new(page_size: u32, auto_vacuum: &'static str, commits: u64) -> Cell {
@@ -88,6 +95,7 @@ impl Cell {
             cli_txids: 3,
             write_during_full: false,
             hold_app: true,
+            compaction: SHORT_LEVELS,
         }
     }
     fn name(&self) -> String {
@@ -223,6 +231,8 @@ pub fn run_cell(cell: &Cell, seed: u64) -> CellReport {
             cell.interval,
             "--checkpoint-frames",
             &cell.checkpoint_frames.to_string(),
+            "--compaction-levels",
+            cell.compaction,
         ],
     );
     let writer = early.unwrap_or_else(|| {
@@ -287,8 +297,43 @@ pub fn run_cell(cell: &Cell, seed: u64) -> CellReport {
         && (log.contains("the WAL was restarted while continuity was not held")
             || log.contains("no saved capture state could be proven continuous"));
     let generations = (!restarted_unwatched).then_some(1);
+    compact_and_verify(&env, cell, &mut report);
     check_capture(&env, cell, &rec, generations, seed, &mut report, &summary);
     report
+}
+
+/// `backup compact` after the capture (the windows `replicate` left
+/// incomplete), then `verify-backups`, which compares each compacted
+/// object with the objects it merged.
+pub fn compact_and_verify(env: &Env, cell: &Cell, report: &mut CellReport) {
+    if cell.compaction == "none" {
+        return;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, v) = json_try(env, &["backup", "compact", "--levels", cell.compaction]);
+    if code != 0 {
+        report
+            .problems
+            .push(format!("backup compact exited {code}: {v}"));
+    }
+    let repo = genesis_core::repo::Repository::open_local(&env.repo(), false).expect("repo");
+    let catalog = repo.catalog().expect("catalog");
+    let levels: std::collections::BTreeSet<u32> = catalog
+        .generations
+        .iter()
+        .flat_map(|g| g.compacted.iter().map(|m| m.level))
+        .collect();
+    if cell.commits >= 30 && !levels.contains(&1) {
+        report.problems.push(format!(
+            "no compacted object after the capture (levels {levels:?}): the test did not test compaction"
+        ));
+    }
+    let (code, v) = json_try(env, &["verify-backups"]);
+    if code != 0 {
+        report.problems.push(format!(
+            "verify-backups exited {code} after compaction: {v}"
+        ));
+    }
 }
 
 /// Checks a finished capture of the kv writer's database against the

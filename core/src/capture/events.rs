@@ -298,6 +298,8 @@ impl Capturer {
             wal: None,
             event_count: rows.len() as u64,
             source_db: Some(self.db().display().to_string()),
+            level: 0,
+            min_db_pages: None,
         };
         self.repo.write_object(&manifest, &compressed)?;
         self.gen.last_seq = last;

@@ -30,6 +30,8 @@ pub struct CaptureMetrics {
     repository_lost: AtomicU64,
     events_archived: AtomicU64,
     early_steps: AtomicU64,
+    compacted: AtomicU64,
+    compaction_errors: AtomicU64,
 }
 
 fn now_ms() -> i64 {
@@ -72,6 +74,14 @@ impl CaptureMetrics {
         self.events_archived.fetch_add(events, Ordering::Relaxed);
     }
 
+    pub(crate) fn compacted(&self, objects: u64) {
+        self.compacted.fetch_add(objects, Ordering::Relaxed);
+    }
+
+    pub(crate) fn compaction_error(&self) {
+        self.compaction_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn wal_size(&self, bytes: u64) {
         self.wal_bytes.store(bytes, Ordering::Relaxed);
     }
@@ -111,7 +121,7 @@ impl CaptureMetrics {
         } else {
             secs(now - last_ok)
         };
-        let rows: [(&str, &str, &str, String); 15] = [
+        let rows: [(&str, &str, &str, String); 17] = [
             ("genesis_capture_txid", "gauge", "Last txid shipped to the repository.", g(&self.txid).to_string()),
             ("genesis_capture_last_commit_timestamp_seconds", "gauge", "Unix time of the last shipped commit, as observed by the capturer.", secs(self.last_commit_ms.load(Ordering::Relaxed)).to_string()),
             ("genesis_capture_lag_seconds", "gauge", "Seconds since the last capture step that succeeded: how far behind the database the repository may be.", lag.to_string()),
@@ -126,6 +136,8 @@ impl CaptureMetrics {
             ("genesis_capture_repository_lost_total", "counter", "Times the repository lost the generation's snapshot under the capturer.", g(&self.repository_lost).to_string()),
             ("genesis_capture_events_archived_total", "counter", "Event rows archived.", g(&self.events_archived).to_string()),
             ("genesis_capture_early_steps_total", "counter", "Steps taken early to let a waiting checkpointer through.", g(&self.early_steps).to_string()),
+            ("genesis_capture_compacted_objects_total", "counter", "Compacted objects written (levels 1 and up).", g(&self.compacted).to_string()),
+            ("genesis_capture_compaction_errors_total", "counter", "Compaction runs that failed or skipped a window (each logged).", g(&self.compaction_errors).to_string()),
             ("genesis_capture_up", "gauge", "1 while the capturer runs.", "1".to_string()),
         ];
         let mut out = String::new();

@@ -218,6 +218,8 @@ pub struct ReplicateOptions {
     pub run_for: Option<Duration>,
     /// Serve Prometheus metrics at `http://ADDR/metrics`.
     pub metrics_addr: Option<String>,
+    /// Compaction level spans (empty: no compaction while capturing).
+    pub compaction: Vec<Duration>,
 }
 
 /// Totals of a `replicate` run.
@@ -297,8 +299,17 @@ pub fn replicate(
         .as_deref()
         .map(super::metrics::bind)
         .transpose()?;
+    let compact_repo = repo.clone();
     let mut cap = Capturer::open(opts, repo)?;
     let metrics = cap.metrics();
+    let compaction = (!ropts.compaction.is_empty()).then(|| {
+        crate::compact::worker::Background::spawn(
+            compact_repo,
+            ropts.compaction.clone(),
+            metrics.clone(),
+            ropts.interval.max(Duration::from_millis(200)),
+        )
+    });
     if let Some(l) = listener {
         let bound = super::metrics::start(l, metrics.clone())?;
         tracing::info!("serving capture metrics at http://{bound}/metrics");
@@ -327,6 +338,9 @@ pub fn replicate(
                 }
                 failures = 0;
                 metrics.step_ok();
+                if let Some(c) = &compaction {
+                    c.shipped(&r.segments);
+                }
                 add(&mut sum, &r);
                 on_step(&r);
                 wait = ropts.interval;
@@ -373,6 +387,9 @@ pub fn replicate(
     }
     sum.generation = cap.generation().to_string();
     sum.last_txid = sum.last_txid.max(cap.last_txid());
+    if let Some(c) = compaction {
+        c.finish();
+    }
     let last = cap.finish()?;
     add(&mut sum, &last);
     on_step(&last);

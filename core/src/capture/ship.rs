@@ -93,6 +93,8 @@ impl Capturer {
             wal: Some(read.end),
             event_count: 0,
             source_db: Some(self.db().display().to_string()),
+            level: 0,
+            min_db_pages: None,
         };
         self.repo.write_object(&manifest, &compressed)?;
         // Only once the segment is durable does the capture position advance.

@@ -249,6 +249,8 @@ impl Capturer {
             wal: Some(self.gen.wal),
             event_count: 0,
             source_db: Some(self.db().display().to_string()),
+            level: 0,
+            min_db_pages: None,
         };
         self.repo.write_object(&manifest, &compressed)?;
         self.metrics.shipped(compressed.len() as u64);

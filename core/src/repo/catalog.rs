@@ -30,8 +30,10 @@ pub struct Generation {
     pub id: String,
     /// Snapshots by txid.
     pub snapshots: Vec<Arc<Manifest>>,
-    /// Segments by first txid.
+    /// Segments of level 0 (what capture steps wrote) by first txid.
     pub segments: Vec<Arc<Manifest>>,
+    /// Compacted segments (level 1 and up) by first txid, then level.
+    pub compacted: Vec<Arc<Manifest>>,
     /// Event objects by first sequence number.
     pub events: Vec<Arc<Manifest>>,
 }
@@ -41,7 +43,9 @@ pub struct Generation {
 pub struct Chain {
     pub generation: String,
     pub snapshot: Arc<Manifest>,
-    /// Segments after the snapshot, contiguous, up to the one holding `point`.
+    /// Segments after the snapshot, contiguous, up to the one holding
+    /// `point`: at each step the object of the highest level that extends
+    /// the range furthest without passing the target.
     pub segments: Vec<Arc<Manifest>>,
     /// The restore point the chain reaches.
     pub point: RestorePoint,
@@ -65,7 +69,7 @@ impl Generation {
                 });
             }
         }
-        for s in &self.segments {
+        for s in self.compacted.iter().chain(&self.segments) {
             for t in &s.transactions {
                 by_txid.insert(
                     t.txid,
@@ -80,6 +84,15 @@ impl Generation {
             }
         }
         by_txid.into_values().collect()
+    }
+
+    /// Every manifest of the generation, every kind and level.
+    pub fn manifests(&self) -> impl Iterator<Item = &Arc<Manifest>> {
+        self.snapshots
+            .iter()
+            .chain(&self.segments)
+            .chain(&self.compacted)
+            .chain(&self.events)
     }
 
     /// The first and last txid and time the generation covers.
@@ -173,12 +186,7 @@ impl Generation {
         let mut next = snapshot.txid_max + 1;
         let mut gap = None;
         while next <= txid {
-            // Prefer the segment that starts exactly at `next`.
-            match self
-                .segments
-                .iter()
-                .find(|s| s.txid_min == next && !lost.contains(&s.id))
-            {
+            match self.next_object(next, txid, lost) {
                 Some(seg) => {
                     segments.push(seg.clone());
                     for t in &seg.transactions {
@@ -207,6 +215,29 @@ impl Generation {
             point,
             gap,
         })
+    }
+
+    /// The usable object that starts at `next` and reaches furthest toward
+    /// `target`: a compacted one only when its end (its one restore point)
+    /// is at or before the target, else the level-0 segment, which holds
+    /// every transaction. Compaction merges whole runs of the level below,
+    /// so objects never overlap partly and this greedy choice reads the
+    /// fewest objects.
+    fn next_object(&self, next: u64, target: u64, lost: &LostSet) -> Option<&Arc<Manifest>> {
+        let compacted = self
+            .compacted
+            .iter()
+            .filter(|s| s.txid_min == next && s.txid_max <= target && !lost.contains(&s.id))
+            .max_by_key(|s| (s.txid_max, s.level));
+        let level0 = self
+            .segments
+            .iter()
+            .find(|s| s.txid_min == next && !lost.contains(&s.id));
+        match (compacted, level0) {
+            (Some(c), Some(l)) if l.txid_max.min(target) > c.txid_max => Some(l),
+            (Some(c), _) => Some(c),
+            (None, l) => l,
+        }
     }
 
     /// What keeps txid `next` out of reach.
@@ -267,6 +298,7 @@ impl Catalog {
             let m = Arc::new(m);
             match m.kind {
                 ObjectKind::Snapshot => g.snapshots.push(m),
+                ObjectKind::Segment if m.is_compacted() => g.compacted.push(m),
                 ObjectKind::Segment => g.segments.push(m),
                 ObjectKind::Events => g.events.push(m),
             }
@@ -275,6 +307,8 @@ impl Catalog {
         for g in &mut generations {
             g.snapshots.sort_by_key(|s| s.txid_max);
             g.segments.sort_by_key(|s| (s.txid_min, s.txid_max));
+            g.compacted
+                .sort_by_key(|s| (s.txid_min, s.level, s.txid_max));
             g.events.sort_by_key(|e| (e.seq_min, e.seq_max));
         }
         Catalog { generations, bad }
@@ -282,12 +316,7 @@ impl Catalog {
 
     /// All manifests, every kind.
     pub fn manifests(&self) -> impl Iterator<Item = &Arc<Manifest>> {
-        self.generations.iter().flat_map(|g| {
-            g.snapshots
-                .iter()
-                .chain(g.segments.iter())
-                .chain(g.events.iter())
-        })
+        self.generations.iter().flat_map(|g| g.manifests())
     }
 
     /// A manifest by id.

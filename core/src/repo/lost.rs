@@ -30,6 +30,10 @@ pub fn parse_object_id(id: &str) -> Option<IdParts> {
     let kind = match parts.next()? {
         "full" => ObjectKind::Snapshot,
         "incr" => ObjectKind::Segment,
+        // A compacted segment (`l1` to `l9`, core/src/compact).
+        l if l.len() == 2 && l.starts_with('l') && l[1..].parse::<u32>().is_ok_and(|k| k >= 1) => {
+            ObjectKind::Segment
+        }
         "events" => ObjectKind::Events,
         _ => return None,
     };
@@ -185,6 +189,8 @@ mod tests {
         assert_eq!(p.kind, ObjectKind::Segment);
         assert_eq!(p.generation, g);
         assert_eq!(p.txids, Some((807, 1001)));
+        let p = parse_object_id(&format!("l2_{g}_000000000807_000000001001")).unwrap();
+        assert_eq!((p.kind, p.txids), (ObjectKind::Segment, Some((807, 1001))));
         let p = parse_object_id(&format!("full_{g}_000000000001")).unwrap();
         assert_eq!(p.txids, Some((1, 1)));
         let p = parse_object_id(&format!("events_{g}_000000000010_000000000020")).unwrap();
@@ -197,6 +203,8 @@ mod tests {
             "full__1",
             "events_g_a_b",
             "full_g_1_2_3",
+            "l0_g_1_2",
+            "lx_g_1_2",
         ] {
             assert_eq!(parse_object_id(bad), None, "{bad}");
         }

@@ -123,7 +123,25 @@ pub struct Manifest {
     /// The database file the capture read, for information.
     #[serde(default)]
     pub source_db: Option<String>,
+    /// Compaction level of a segment: 0 for what one capture step wrote;
+    /// k > 0 for an object that merges level k-1's objects over a longer
+    /// span (`core/src/compact.rs`), holding only the newest version of each
+    /// page and one restore point, its span's end.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub level: u32,
+    /// A compacted segment only: the smallest database size, in pages, after
+    /// any transaction of its span. Pages above it that the span did not
+    /// write again are cut off, as the transactions one by one would.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_db_pages: Option<u64>,
 }
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// The highest compaction level a manifest may carry.
+pub const MAX_LEVEL: u32 = 9;
 
 impl Manifest {
     /// The key of the object's data.
@@ -133,6 +151,10 @@ impl Manifest {
     /// The key of the manifest itself.
     pub fn manifest_key(id: &str) -> String {
         format!("manifests/{id}.json")
+    }
+    /// Whether this is a compacted segment (level above 0).
+    pub fn is_compacted(&self) -> bool {
+        self.level > 0
     }
 
     /// Parses and checks a manifest read from `key`.
@@ -204,6 +226,7 @@ impl Manifest {
                 ));
             }
         }
+        self.check_level()?;
         if let (Some(lo), Some(hi)) = (self.seq_min, self.seq_max) {
             if lo > hi {
                 return Err("sequence range is reversed".to_string());
@@ -219,6 +242,38 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+}
+
+impl Manifest {
+    /// A compacted segment holds one restore point, its span's end, and the
+    /// smallest size its span had; nothing else may carry a level.
+    fn check_level(&self) -> std::result::Result<(), String> {
+        if self.level == 0 {
+            return match self.min_db_pages {
+                None => Ok(()),
+                Some(_) => Err("min_db_pages is set on an object of level 0".into()),
+            };
+        }
+        if self.level > MAX_LEVEL || self.kind != ObjectKind::Segment {
+            return Err(format!(
+                "level {} is not a compaction level of a segment (1 to {MAX_LEVEL})",
+                self.level
+            ));
+        }
+        let ends_at_max = self.transactions.len() == 1
+            && self.transactions.first().map(|t| t.txid) == Some(self.txid_max);
+        if !ends_at_max {
+            return Err("a compacted segment records exactly one point, its last txid".into());
+        }
+        match self.min_db_pages {
+            Some(m) if m <= self.db_pages => Ok(()),
+            Some(m) => Err(format!(
+                "min_db_pages {m} is more than the {} pages at the span's end",
+                self.db_pages
+            )),
+            None => Err("a compacted segment lacks min_db_pages".into()),
+        }
     }
 }
 
@@ -281,6 +336,8 @@ mod tests {
             wal: None,
             event_count: 0,
             source_db: None,
+            level: 0,
+            min_db_pages: None,
         };
         serde_json::to_value(&m).expect("json")
     }

@@ -15,7 +15,7 @@ pub use backend::{Backend, LocalBackend, ObjectBytes};
 pub use catalog::Catalog;
 pub use manifest::{
     checksum_hex, parse_checksum, FrameEntry, Manifest, ObjectKind, TxnEntry, WalPosition,
-    FORMAT_VERSION,
+    FORMAT_VERSION, MAX_LEVEL,
 };
 
 use crate::error::{Error, Result};
