@@ -81,6 +81,8 @@ pub struct PruneReport {
     pub orphans_removed: Vec<String>,
     /// The oldest restore point still available afterwards.
     pub oldest_kept: Option<String>,
+    /// Level-0 retention (filled in by the caller).
+    pub level0: crate::compact::prune::Level0Prune,
 }
 
 struct ChainSet {
@@ -115,6 +117,7 @@ pub fn prune(
             objects.extend(
                 g.segments
                     .iter()
+                    .chain(&g.compacted)
                     .filter(|x| x.txid_min > s.txid_max && x.txid_min <= end)
                     .cloned(),
             );
@@ -148,7 +151,16 @@ pub fn prune(
         }
     }
     let mut removed_ids = BTreeSet::new();
+    let leased = crate::repo::leases::leased_objects(repo)?;
     for c in &chains[..removable] {
+        if c.objects.iter().any(|m| leased.contains(&m.id)) {
+            tracing::info!(
+                "a restore in progress reads the chain of {}: kept",
+                c.objects[0].id
+            );
+            report.kept_snapshots += 1;
+            continue;
+        }
         for m in &c.objects {
             if !removed_ids.insert(m.id.clone()) {
                 continue;
@@ -161,7 +173,7 @@ pub fn prune(
             }
         }
     }
-    report.kept_snapshots = total - removable;
+    report.kept_snapshots += total - removable;
     report.oldest_kept = chains
         .get(removable)
         .and_then(|c| c.objects.first())

@@ -165,6 +165,11 @@ pub struct PruneArgs {
     /// Keep at least this many full backups (with their chains).
     #[arg(long)]
     pub keep_full: Option<usize>,
+    /// Keep every level-0 segment (each transaction a restore point) newer
+    /// than this; older ones go once a verified compacted object covers them
+    /// (default: compaction.l0_retention of the settings file, else 24h).
+    #[arg(long, value_name = "DUR")]
+    pub keep_l0: Option<String>,
     /// Say what would be removed, remove nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -198,17 +198,31 @@ pub fn backup(ctx: &Ctx, cmd: BackupCommand) -> anyhow::Result<i32> {
                 .keep_full
                 .or(ctx.settings.retention.keep_full)
                 .unwrap_or(1);
+            let keep_l0 = match &a.keep_l0 {
+                Some(t) => parse_duration(t)?,
+                None => ctx.settings.compaction.l0_retention()?,
+            };
             let repo = Repository::open_local(&ctx.repo, false)?;
-            let r = genesis_core::retention::prune(&repo, keep_days, keep_full, a.dry_run)?;
+            let mut r = genesis_core::retention::prune(&repo, keep_days, keep_full, a.dry_run)?;
+            r.level0 = genesis_core::compact::prune::prune_level0(&repo, keep_l0, a.dry_run)?;
             print(ctx, &r, || {
-                format!(
-                    "{} {} objects ({}); {} full backups kept; oldest restore point now {}",
+                let mut s = format!(
+                    "{} {} objects ({}); {} full backups kept; oldest restore point now {}; {} {} level-0 segments ({}) that compacted objects cover",
                     if r.dry_run { "would remove" } else { "removed" },
                     r.removed.len(),
                     bytes(r.removed_bytes),
                     r.kept_snapshots,
-                    r.oldest_kept.clone().unwrap_or_else(|| "-".into())
-                )
+                    r.oldest_kept.clone().unwrap_or_else(|| "-".into()),
+                    if r.dry_run { "would remove" } else { "removed" },
+                    r.level0.removed.len(),
+                    bytes(r.level0.removed_bytes),
+                );
+                for c in &r.level0.unverified {
+                    s.push_str(&format!(
+                        "\n{c} differs from the objects it compacted: they are kept; run `genesis-recovery verify-backups`"
+                    ));
+                }
+                s
             })?;
         }
     }

@@ -201,9 +201,22 @@ impl Fetch {
             tracing::warn!(key = %bad.key, problem = %bad.problem, "unreadable manifest: a gap in the chain");
         }
         let now = Utc::now();
+        // Prune keeps what a live lease names, for as long as this reads.
+        let mut lease: Option<genesis_core::repo::leases::ReadLease> = None;
         for _ in 0..MAX_REPLANS {
             let plan = resolve::resolve_plan(&catalog, &target, strict, now, &lost)?;
             let manifests = plan_manifests(&plan);
+            let ids: Vec<String> = manifests.iter().map(|m| m.id.clone()).collect();
+            // Best effort: a read-only repository takes no lease (an object
+            // pruned under the read is then found missing and planned around).
+            let taken = match &lease {
+                Some(l) => l.update(&ids),
+                None => genesis_core::repo::leases::ReadLease::take(&repo, &ids)
+                    .map(|l| lease = Some(l)),
+            };
+            if let Err(e) = taken {
+                tracing::warn!("no read lease on the repository ({e}): a prune meanwhile could remove what this restore reads");
+            }
             let mut found = false;
             for m in &manifests {
                 match repo.backend().size(&m.object_key())? {

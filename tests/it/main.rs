@@ -15,6 +15,7 @@ mod capture_issue11;
 mod capture_matrix;
 mod capture_metrics;
 mod common;
+mod compaction;
 mod exact_event;
 mod kv_oracle;
 mod pipelines_bad;

@@ -86,8 +86,29 @@ pub fn check_levels_against_inputs(
     problems
 }
 
+/// Whether `c`'s stored object is intact and equals a merge, done again, of
+/// the objects of the level below that tile its range (`None`: they do not
+/// all exist any more, or one of them fails its own checks).
+pub fn matches_inputs(
+    repo: &crate::repo::Repository,
+    gen: &Generation,
+    c: &Manifest,
+) -> Option<bool> {
+    let inputs = inputs_of(gen, c)?;
+    let merged = super::merge::merge_run(repo, &inputs).ok()?;
+    let (_, again) = super::merge::encode_compacted(&inputs, c.level, &merged).ok()?;
+    let stored_ok = repo
+        .read_object(c)
+        .and_then(|b| {
+            crate::objects::verify_compressed(c, &b)?;
+            crate::objects::decompress_object(c, &b)
+        })
+        .is_ok();
+    Some(stored_ok && differs(c, &again).is_none())
+}
+
 /// The objects of the level below that tile `c`'s range exactly, if all exist.
-fn inputs_of(gen: &Generation, c: &Manifest) -> Option<Vec<Arc<Manifest>>> {
+pub(crate) fn inputs_of(gen: &Generation, c: &Manifest) -> Option<Vec<Arc<Manifest>>> {
     let below: Vec<Arc<Manifest>> = if c.level == 1 {
         gen.segments.clone()
     } else {

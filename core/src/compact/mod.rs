@@ -22,6 +22,7 @@
 
 pub mod check;
 pub mod merge;
+pub mod prune;
 pub mod worker;
 
 use std::collections::BTreeMap;

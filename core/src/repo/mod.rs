@@ -5,6 +5,7 @@ pub mod backend;
 pub mod catalog;
 pub mod formats;
 pub mod ids;
+pub mod leases;
 pub mod lost;
 pub mod manifest;
 
