@@ -49,46 +49,91 @@ pub fn verify_compressed(m: &Manifest, bytes: &[u8]) -> Result<()> {
 pub fn decompress_object(m: &Manifest, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
     let frames: Vec<Vec<u8>> = match m.kind {
         ObjectKind::Snapshot => {
-            let mut expect_raw = 0u64;
-            for f in &m.frames {
-                if f.raw_offset != expect_raw {
-                    return Err(Error::corrupt(&m.id, "snapshot frames are not contiguous"));
-                }
-                expect_raw = expect_raw.checked_add(f.raw_len).ok_or_else(|| {
-                    Error::corrupt(&m.id, "snapshot frames add up to more than 2^64 bytes")
-                })?;
-                let end = f.comp_offset.checked_add(f.comp_len);
-                if end.is_none_or(|e| e > bytes.len() as u64) {
-                    return Err(Error::corrupt(
-                        &m.id,
-                        "a snapshot frame lies beyond the end of the object",
-                    ));
-                }
-            }
-            if expect_raw != m.raw_size {
-                return Err(Error::corrupt(
-                    &m.id,
-                    "snapshot frames do not add up to the raw size",
-                ));
-            }
-            m.frames
-                .par_iter()
-                .map(|f| {
-                    let s = &bytes[f.comp_offset as usize..(f.comp_offset + f.comp_len) as usize];
-                    formats::decompress(&m.id, s, f.raw_len)
-                })
-                .collect::<Result<Vec<_>>>()?
+            check_snapshot_layout(m, bytes)?;
+            decompress_frames(m, bytes, 0..m.frames.len())?
         }
         _ => vec![formats::decompress(&m.id, bytes, m.raw_size)?],
     };
     let mut h = blake3::Hasher::new();
     for f in &frames {
-        if f.len() > 1 << 20 {
-            h.update_rayon(f);
-        } else {
-            h.update(f);
+        hash_raw(&mut h, f);
+    }
+    check_raw_hash(m, h)?;
+    Ok(frames)
+}
+
+/// Checks that a snapshot's frames tile its raw content and lie inside
+/// its compressed bytes (before any frame is decompressed).
+///
+/// # Errors
+/// `Error::Corrupt` naming the object.
+pub fn check_snapshot_layout(m: &Manifest, bytes: &[u8]) -> Result<()> {
+    let mut expect_raw = 0u64;
+    for f in &m.frames {
+        if f.raw_offset != expect_raw {
+            return Err(Error::corrupt(&m.id, "snapshot frames are not contiguous"));
+        }
+        expect_raw = expect_raw.checked_add(f.raw_len).ok_or_else(|| {
+            Error::corrupt(&m.id, "snapshot frames add up to more than 2^64 bytes")
+        })?;
+        let end = f.comp_offset.checked_add(f.comp_len);
+        if end.is_none_or(|e| e > bytes.len() as u64) {
+            return Err(Error::corrupt(
+                &m.id,
+                "a snapshot frame lies beyond the end of the object",
+            ));
         }
     }
+    if expect_raw != m.raw_size {
+        return Err(Error::corrupt(
+            &m.id,
+            "snapshot frames do not add up to the raw size",
+        ));
+    }
+    Ok(())
+}
+
+/// Decompresses the snapshot frames `range` in parallel (the layout checked
+/// first with [`check_snapshot_layout`]).
+///
+/// # Errors
+/// `Error::Corrupt` naming the object.
+pub fn decompress_frames(
+    m: &Manifest,
+    bytes: &[u8],
+    range: std::ops::Range<usize>,
+) -> Result<Vec<Vec<u8>>> {
+    let frames = m
+        .frames
+        .get(range)
+        .ok_or_else(|| Error::corrupt(&m.id, "asked for frames the snapshot does not have"))?;
+    frames
+        .par_iter()
+        .map(|f| {
+            let s = bytes
+                .get(f.comp_offset as usize..(f.comp_offset + f.comp_len) as usize)
+                .ok_or_else(|| {
+                    Error::corrupt(&m.id, "a snapshot frame lies beyond the end of the object")
+                })?;
+            formats::decompress(&m.id, s, f.raw_len)
+        })
+        .collect()
+}
+
+/// Adds raw content to a BLAKE3 of an object's raw content.
+pub fn hash_raw(h: &mut blake3::Hasher, raw: &[u8]) {
+    if raw.len() > 1 << 20 {
+        h.update_rayon(raw);
+    } else {
+        h.update(raw);
+    }
+}
+
+/// Compares a finished BLAKE3 of the raw content with the manifest's.
+///
+/// # Errors
+/// `Error::Corrupt` naming the object.
+pub fn check_raw_hash(m: &Manifest, h: blake3::Hasher) -> Result<()> {
     let got = h.finalize().to_hex();
     if got.as_str() != m.blake3_raw {
         return Err(Error::corrupt(
@@ -99,7 +144,7 @@ pub fn decompress_object(m: &Manifest, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
             ),
         ));
     }
-    Ok(frames)
+    Ok(())
 }
 
 #[cfg(test)]

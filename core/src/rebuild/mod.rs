@@ -51,73 +51,13 @@ pub struct RebuildInput<'a> {
 pub fn build_database(input: &RebuildInput<'_>, out: &Path) -> Result<RebuildResult> {
     let snap = input.snapshot;
     let ps = snap.page_size as usize;
-    let mut newest: HashMap<u32, &[u8]> = HashMap::new();
-    let mut final_pages = snap.db_pages;
-    let mut min_pages = snap.db_pages;
-    let mut next = snap.txid_max + 1;
-    let mut reached = snap.txid_max;
-    'segs: for (m, raw) in &input.segments {
-        let (seg_ps, txns) = decode_segment(&m.id, raw)?;
-        if seg_ps != snap.page_size {
-            return Err(Error::corrupt(
-                &m.id,
-                format!(
-                    "page size {seg_ps} differs from the snapshot's {}",
-                    snap.page_size
-                ),
-            ));
-        }
-        if m.is_compacted() {
-            // One point, the span's end: the chain must start it exactly and
-            // may not stop inside it; pages its span cut off go first.
-            if m.txid_min != next || m.txid_max > input.target_txid {
-                return Err(Error::corrupt(
-                    &m.id,
-                    format!(
-                        "compacted txids {}..={} do not continue the chain at txid {next} toward txid {}",
-                        m.txid_min, m.txid_max, input.target_txid
-                    ),
-                ));
-            }
-            let cut = m.min_db_pages.unwrap_or(m.db_pages);
-            newest.retain(|p, _| u64::from(*p) <= cut);
-            min_pages = min_pages.min(cut);
-            next = m.txid_max;
-        }
-        for t in txns {
-            if t.txid > input.target_txid {
-                break 'segs;
-            }
-            if t.txid != next {
-                return Err(Error::corrupt(
-                    &m.id,
-                    format!(
-                        "holds txid {} where txid {next} was expected: the chain has a gap",
-                        t.txid
-                    ),
-                ));
-            }
-            for (pgno, data) in t.pages {
-                newest.insert(pgno, data);
-            }
-            if t.db_pages < final_pages.max(t.db_pages) || t.db_pages < min_pages {
-                newest.retain(|p, _| u64::from(*p) <= t.db_pages);
-            }
-            min_pages = min_pages.min(t.db_pages);
-            final_pages = t.db_pages;
-            reached = t.txid;
-            next += 1;
-        }
-    }
-    if reached != input.target_txid {
-        return Err(Error::corrupt(
-            &snap.id,
-            format!(
-                "the chain reaches txid {reached}, not the requested {}",
-                input.target_txid
-            ),
-        ));
-    }
+    let walk = newest_pages(snap, &input.segments, input.target_txid)?;
+    let Walk {
+        newest,
+        min_pages,
+        final_pages,
+        reached,
+    } = walk;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -208,6 +148,97 @@ pub fn build_database(input: &RebuildInput<'_>, out: &Path) -> Result<RebuildRes
         pages_from_snapshot: from_snapshot,
         pages_from_segments: pages.len() as u64,
         bytes_written: (from_snapshot + pages.len() as u64) * ps as u64,
+    })
+}
+
+/// The segments walked up to the target: the newest version of each page,
+/// the smallest size on the way, the size at the end and the txid reached.
+pub(crate) struct Walk<'a> {
+    pub newest: HashMap<u32, &'a [u8]>,
+    pub min_pages: u64,
+    pub final_pages: u64,
+    pub reached: u64,
+}
+
+/// Walks `segments` (level 0 and compacted) after `snap` up to `target`.
+///
+/// # Errors
+/// `Error::Corrupt` when the chain is not contiguous, a segment is
+/// malformed, or it does not reach the target.
+pub(crate) fn newest_pages<'a>(
+    snap: &Manifest,
+    segments: &[(&'a Manifest, &'a [u8])],
+    target: u64,
+) -> Result<Walk<'a>> {
+    let mut newest: HashMap<u32, &[u8]> = HashMap::new();
+    let mut final_pages = snap.db_pages;
+    let mut min_pages = snap.db_pages;
+    let mut next = snap.txid_max + 1;
+    let mut reached = snap.txid_max;
+    'segs: for (m, raw) in segments {
+        let (seg_ps, txns) = decode_segment(&m.id, raw)?;
+        if seg_ps != snap.page_size {
+            return Err(Error::corrupt(
+                &m.id,
+                format!(
+                    "page size {seg_ps} differs from the snapshot's {}",
+                    snap.page_size
+                ),
+            ));
+        }
+        if m.is_compacted() {
+            // One point, the span's end: the chain must start it exactly and
+            // may not stop inside it; pages its span cut off go first.
+            if m.txid_min != next || m.txid_max > target {
+                return Err(Error::corrupt(
+                    &m.id,
+                    format!(
+                        "compacted txids {}..={} do not continue the chain at txid {next} toward txid {target}",
+                        m.txid_min, m.txid_max
+                    ),
+                ));
+            }
+            let cut = m.min_db_pages.unwrap_or(m.db_pages);
+            newest.retain(|p, _| u64::from(*p) <= cut);
+            min_pages = min_pages.min(cut);
+            next = m.txid_max;
+        }
+        for t in txns {
+            if t.txid > target {
+                break 'segs;
+            }
+            if t.txid != next {
+                return Err(Error::corrupt(
+                    &m.id,
+                    format!(
+                        "holds txid {} where txid {next} was expected: the chain has a gap",
+                        t.txid
+                    ),
+                ));
+            }
+            for (pgno, data) in t.pages {
+                newest.insert(pgno, data);
+            }
+            if t.db_pages < final_pages.max(t.db_pages) || t.db_pages < min_pages {
+                newest.retain(|p, _| u64::from(*p) <= t.db_pages);
+            }
+            min_pages = min_pages.min(t.db_pages);
+            final_pages = t.db_pages;
+            reached = t.txid;
+            next += 1;
+        }
+    }
+    if reached != target {
+        return Err(Error::corrupt(
+            &snap.id,
+            format!("the chain reaches txid {reached}, not the requested {target}"),
+        ));
+    }
+    Ok(Walk {
+        newest,
+        min_pages,
+        final_pages,
+        reached,
     })
 }
 
