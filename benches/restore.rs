@@ -21,6 +21,14 @@
 //!
 //! Our result and the naive one are compared with the source's final state.
 //!
+//! With `GENESIS_BENCH_COMPACT=1` (the default when there are 60 segments or
+//! more) the chain is then compacted as the default levels would compact it,
+//! each capture step standing for one second (the spans scaled to the
+//! bench's measured time per step), and ours prints the objects it read per
+//! level. Ours also runs once as the real binary in a child process, for its
+//! peak RSS. A long chain, an hour of 1 s syncs: `GENESIS_BENCH_SEGMENTS=3600
+//! GENESIS_BENCH_TXNS=1`.
+//!
 //! Run: `cargo bench --bench restore` (env: GENESIS_BENCH_DB_MB=1024,
 //! GENESIS_BENCH_SEGMENTS=30, GENESIS_BENCH_TXNS=50,
 //! GENESIS_BENCH_CHANGE_PCT=10, GENESIS_BENCH_ROUNDS=3 (best of)). The
@@ -28,6 +36,7 @@
 //! (`scripts/setup.sh --bench` installs them); a missing tool skips its line.
 
 mod common;
+use common::restore_extra::{child_peak_rss, scaled_levels};
 use common::{checkpoint_truncate, env_num, fast, file_len};
 
 use std::collections::hash_map::DefaultHasher;
@@ -228,6 +237,8 @@ struct Data {
     /// Each WAL file the writer produced, in order.
     wals: Vec<PathBuf>,
     repo: PathBuf,
+    /// Mean time per capture step of the chain (writes included).
+    per_step: std::time::Duration,
 }
 
 fn build(dir: &Path, mb: u64, segments: usize, txns: usize, change_pct: f64) -> Data {
@@ -339,6 +350,7 @@ fn build(dir: &Path, mb: u64, segments: usize, txns: usize, change_pct: f64) -> 
         base_zst,
         wals,
         repo,
+        per_step: t.elapsed() / segments as u32,
     }
 }
 
@@ -400,6 +412,29 @@ fn main() {
     );
     let out = dir.path().join("out");
     fs::create_dir_all(&out).expect("mkdir");
+    if env_num(
+        "GENESIS_BENCH_COMPACT",
+        if segments >= 60 { 1.0 } else { 0.0 },
+    ) > 0.0
+    {
+        let levels = scaled_levels(data.per_step);
+        let repo = Repository::open_local(&data.repo, false).expect("repo");
+        let t = Instant::now();
+        // Every window is complete: compacted as the defaults would once
+        // the chain's hour has passed.
+        let later = chrono::Utc::now() + chrono::Duration::days(1);
+        let r = genesis_core::compact::compact_repository(&repo, &levels, later).expect("compact");
+        println!(
+            "compacted (levels {levels:?}: 30s, 5m, 1h at {:.1} ms per step): {} objects into {} {:?} in {:.1}s, {:.0} MiB; repository now {:.0} MiB",
+            data.per_step.as_secs_f64() * 1000.0,
+            r.inputs,
+            r.created.len(),
+            r.per_level,
+            t.elapsed().as_secs_f64(),
+            mib(r.bytes_written),
+            mib(dir_size(&data.repo)),
+        );
+    }
 
     // cp: the baseline every ratio refers to.
     let cp = if have("cp") {
@@ -561,10 +596,10 @@ fn main() {
             s,
             cp,
             &format!(
-                "(success {}, txid {}, {} segments; equals the source: {}; byte-identical: {})",
+                "(success {}, txid {}, objects read {:?}; equals the source: {}; byte-identical: {})",
                 r.success,
                 r.restored_txid,
-                r.incremental_count,
+                r.objects_read,
                 if fp == source { "yes" } else { "NO" },
                 if identical { "yes" } else { "no" },
             ),
@@ -575,4 +610,35 @@ fn main() {
         }
         remove_db(&to);
     }
+
+    // The real binary in a child process: wall time and peak RSS.
+    let to = out.join("child.db");
+    remove_db(&to);
+    warm_dir(&data.repo);
+    let bin = Path::new(env!("CARGO_BIN_EXE_genesis-recovery"));
+    let db = dir.path().join("live.db");
+    let (s, rss) = child_peak_rss(
+        bin,
+        &[
+            "--db",
+            &db.display().to_string(),
+            "--repo",
+            &data.repo.display().to_string(),
+            "restore",
+            "--latest",
+            "--no-validate",
+            "--output",
+            &to.display().to_string(),
+        ],
+    );
+    line(
+        "genesis-recovery restore (child)",
+        s,
+        cp,
+        &format!(
+            "(peak RSS {rss:.0} MiB; database {:.0} MiB)",
+            mib(file_len(&data.live))
+        ),
+    );
+    remove_db(&to);
 }

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod restore_extra;
+
 use std::fs;
 use std::path::Path;
 

@@ -12,6 +12,19 @@ use crate::repo::{formats, Manifest, ObjectKind};
 /// # Errors
 /// `Error::Corrupt` naming the object and what differs.
 pub fn verify_compressed(m: &Manifest, bytes: &[u8]) -> Result<()> {
+    verify_compressed_with(m, bytes, |_| {})
+}
+
+/// [`verify_compressed`] hashing in 64 MiB chunks, calling `done` with each
+/// chunk's range once hashed (to release it from memory).
+///
+/// # Errors
+/// As [`verify_compressed`].
+pub fn verify_compressed_with(
+    m: &Manifest,
+    bytes: &[u8],
+    mut done: impl FnMut(std::ops::Range<usize>),
+) -> Result<()> {
     if bytes.len() as u64 != m.compressed_size {
         return Err(Error::corrupt(
             &m.id,
@@ -23,10 +36,13 @@ pub fn verify_compressed(m: &Manifest, bytes: &[u8]) -> Result<()> {
         ));
     }
     let mut h = blake3::Hasher::new();
-    if bytes.len() > 1 << 20 {
-        h.update_rayon(bytes);
-    } else {
-        h.update(bytes);
+    const CHUNK: usize = 64 << 20;
+    let mut at = 0;
+    while at < bytes.len() {
+        let end = (at + CHUNK).min(bytes.len());
+        hash_raw(&mut h, &bytes[at..end]);
+        done(at..end);
+        at = end;
     }
     let got = h.finalize().to_hex();
     if got.as_str() != m.blake3_compressed {

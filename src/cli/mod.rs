@@ -55,7 +55,7 @@ impl Ctx {
             staging: settings
                 .staging_dir
                 .clone()
-                .unwrap_or_else(|| PathBuf::from(".genesis/recovery")),
+                .unwrap_or_else(|| PathBuf::from(genesis_stages::wal_apply::DEFAULT_STAGING_DIR)),
             settings,
             json: g.json,
             quiet: g.quiet,

@@ -264,7 +264,7 @@ impl Fetch {
             let damaged: Vec<(Arc<genesis_core::repo::Manifest>, String)> = fetched
                 .par_iter()
                 .filter_map(|o| {
-                    objects::verify_compressed(&o.manifest, &o.bytes)
+                    objects::verify_compressed_with(&o.manifest, &o.bytes, |r| o.bytes.release(r))
                         .err()
                         .map(|e| (o.manifest.clone(), e.to_string()))
                 })

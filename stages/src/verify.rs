@@ -66,6 +66,8 @@ struct Verify {
     /// Database checksum and last txid after the previous snapshot/segment.
     db_after: Option<(String, u64)>,
     last_seq: Option<i64>,
+    /// The snapshot whose parts are arriving.
+    in_parts: Option<String>,
 }
 
 impl Verify {
@@ -186,9 +188,24 @@ impl Stage for Verify {
                 out.emit(Artifact::Plan(plan))
             }
             Artifact::DecompressedObject(o) => {
-                objects::verify_compressed(&o.manifest, &o.compressed)?;
-                self.check(&o.manifest)?;
-                ctx.progress.advance(1);
+                // The parts of a snapshot after its first belong to the
+                // object already checked.
+                let later_part = o.part.is_some_and(|p| p.first_frame > 0);
+                if later_part {
+                    if self.in_parts.as_deref() != Some(o.manifest.id.as_str()) {
+                        return Err(Error::corrupt(
+                            &o.manifest.id,
+                            "a part of a snapshot arrived without its first part",
+                        ));
+                    }
+                } else {
+                    objects::verify_compressed_with(&o.manifest, &o.compressed, |r| {
+                        o.compressed.release(r)
+                    })?;
+                    self.check(&o.manifest)?;
+                    ctx.progress.advance(1);
+                }
+                self.in_parts = o.part.filter(|p| !p.last).map(|_| o.manifest.id.clone());
                 out.emit(Artifact::VerifiedObject(DecompressedObject { ..o }))
             }
             other => out.emit(other),
@@ -197,6 +214,9 @@ impl Stage for Verify {
 
     fn finish(&mut self, ctx: &StageContext, _out: &mut dyn Emit) -> Result<()> {
         ctx.progress.finish("verify");
+        if let Some(id) = &self.in_parts {
+            return Err(Error::corrupt(id, "the snapshot's last part never arrived"));
+        }
         if self.plan.is_some() && self.seen != self.expected.len() {
             let missing = &self.expected[self.seen.min(self.expected.len())..];
             return Err(Error::Failed(format!(

@@ -1,8 +1,8 @@
 //! The `wal-apply` stage: builds the database of the plan's restore point in
-//! the staging directory with [`rebuild::build_database`] (the snapshot, then
-//! each page's newest version up to the txid, written once, fsynced), which
-//! proves the result page-exactly against the database checksum the capture
-//! recorded. It then decodes the plan's event objects and hands them, with
+//! the staging directory with [`StreamingBuild`] (the snapshot's parts
+//! written as they arrive and dropped, then each page's newest version up
+//! to the txid over them, one fsync), which proves the result page-exactly
+//! against the database checksum the capture recorded. It then decodes the plan's event objects and hands them, with
 //! the target time, to event-replay on the emitted staged database.
 //!
 //! The file is `<staging_dir>/restore-<txid>-<pid>.db`; the pid lets the next
@@ -23,7 +23,7 @@ use genesis_core::pipeline::{
     StageContext, StageFactory, StagedDatabase,
 };
 use genesis_core::plan::RestorePlan;
-use genesis_core::rebuild::{build_database, RebuildInput};
+use genesis_core::rebuild::stream::StreamingBuild;
 use genesis_core::repo::formats::decode_events;
 use genesis_core::repo::ObjectKind;
 use genesis_core::{Error, Result};
@@ -82,6 +82,7 @@ impl StageFactory for WalApplyFactory {
             config,
             plan: None,
             objects: Vec::new(),
+            build: None,
         }))
     }
 }
@@ -89,7 +90,47 @@ impl StageFactory for WalApplyFactory {
 struct WalApply {
     config: WalApplyConfig,
     plan: Option<Arc<RestorePlan>>,
+    /// Segments and event objects (the snapshot goes to `build` as it comes).
     objects: Vec<DecompressedObject>,
+    /// The staged file being built, and its path.
+    build: Option<(StreamingBuild, PathBuf)>,
+}
+
+impl WalApply {
+    /// Writes a part (or the whole) of the plan's snapshot to the staged file,
+    /// which the first part creates.
+    fn snapshot_part(&mut self, o: &DecompressedObject, ctx: &StageContext) -> Result<()> {
+        let plan = self.plan.as_ref().ok_or_else(|| {
+            Error::Failed("wal-apply received a snapshot before the restore plan; put `fetch` first in the pipeline".into())
+        })?;
+        if o.manifest.id != plan.snapshot.id {
+            return Err(Error::corrupt(&o.manifest.id, "is not the plan's snapshot"));
+        }
+        let first = o.part.map_or(0, |p| p.first_frame);
+        if self.build.is_none() {
+            if first != 0 {
+                return Err(Error::corrupt(
+                    &o.manifest.id,
+                    "the snapshot's first part never arrived",
+                ));
+            }
+            let staging = PathBuf::from(
+                settings::text(&self.config.staging_dir, &ctx.params, "staging_dir")
+                    .unwrap_or_else(|| DEFAULT_STAGING_DIR.to_string()),
+            );
+            std::fs::create_dir_all(&staging)
+                .map_err(|e| Error::io("create the staging directory", &staging, e))?;
+            let path = staging.join(staged_file_name(plan.point.txid, std::process::id()));
+            // A stale -wal beside a fresh file would be replayed onto it by SQLite.
+            remove_staged(&path)?;
+            ctx.progress.start("wal-apply", Some(plan.point.db_pages));
+            self.build = Some((StreamingBuild::new(&plan.snapshot, &path)?, path));
+        }
+        if let Some((b, _)) = &mut self.build {
+            b.frames(first, &o.frames)?;
+        }
+        Ok(())
+    }
 }
 
 /// Removes a file if it exists.
@@ -110,9 +151,12 @@ pub(crate) fn remove_staged(path: &Path) -> Result<()> {
 }
 
 impl Stage for WalApply {
-    fn process(&mut self, input: Artifact, _ctx: &StageContext, _out: &mut dyn Emit) -> Result<()> {
+    fn process(&mut self, input: Artifact, ctx: &StageContext, _out: &mut dyn Emit) -> Result<()> {
         match input {
             Artifact::Plan(plan) => self.plan = Some(plan),
+            Artifact::VerifiedObject(o) if o.manifest.kind == ObjectKind::Snapshot => {
+                self.snapshot_part(&o, ctx)?
+            }
             Artifact::VerifiedObject(o) => self.objects.push(o),
             other => {
                 return Err(Error::Failed(format!(
@@ -130,13 +174,9 @@ impl Stage for WalApply {
                 "wal-apply received no restore plan; put `fetch` first in the pipeline".into(),
             )
         })?;
-        let snapshot = self
-            .objects
-            .iter()
-            .find(|o| o.manifest.kind == ObjectKind::Snapshot && o.manifest.id == plan.snapshot.id)
-            .ok_or_else(|| {
-                Error::corrupt(&plan.snapshot.id, "the snapshot never arrived at wal-apply")
-            })?;
+        let (build, path) = self.build.take().ok_or_else(|| {
+            Error::corrupt(&plan.snapshot.id, "the snapshot never arrived at wal-apply")
+        })?;
         // By id: a day-long chain has tens of thousands of objects.
         let by_id: HashMap<&str, &DecompressedObject> = self
             .objects
@@ -155,26 +195,7 @@ impl Stage for WalApply {
             segments.push((m.as_ref(), raw.as_slice()));
         }
 
-        let staging = PathBuf::from(
-            settings::text(&self.config.staging_dir, &ctx.params, "staging_dir")
-                .unwrap_or_else(|| DEFAULT_STAGING_DIR.to_string()),
-        );
-        std::fs::create_dir_all(&staging)
-            .map_err(|e| Error::io("create the staging directory", &staging, e))?;
-        let path = staging.join(staged_file_name(plan.point.txid, std::process::id()));
-        // A stale -wal beside a fresh file would be replayed onto it by SQLite.
-        remove_staged(&path)?;
-        ctx.progress.start("wal-apply", Some(plan.point.db_pages));
-        let built = build_database(
-            &RebuildInput {
-                snapshot: &plan.snapshot,
-                snapshot_frames: &snapshot.frames,
-                segments,
-                target_txid: plan.point.txid,
-                expected_checksum: &plan.point.checksum,
-            },
-            &path,
-        );
+        let built = build.finish(&segments, plan.point.txid, &plan.point.checksum);
         ctx.progress.finish("wal-apply");
         let built = match built {
             Ok(b) => b,

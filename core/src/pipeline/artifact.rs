@@ -123,6 +123,18 @@ pub struct DecompressedObject {
     pub frames: Arc<Vec<Vec<u8>>>,
     /// The compressed bytes, kept for verification of the stored checksum.
     pub compressed: Arc<ObjectBytes>,
+    /// A snapshot arrives in parts of a few frames each, so that wal-apply
+    /// writes each part and drops it (memory flat in the database's size):
+    /// the index of this part's first frame and whether it is the last part.
+    /// `None`: the whole object.
+    pub part: Option<FramePart>,
+}
+
+/// Where a part of a snapshot's frames sits (see [`DecompressedObject::part`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FramePart {
+    pub first_frame: usize,
+    pub last: bool,
 }
 
 impl DecompressedObject {

@@ -12,8 +12,8 @@ pub mod stage;
 mod tests;
 
 pub use artifact::{
-    Artifact, ArtifactKind, DecompressedObject, FetchedObject, Finding, ParamValue, Params,
-    StagedDatabase, ValidationReport,
+    Artifact, ArtifactKind, DecompressedObject, FetchedObject, Finding, FramePart, ParamValue,
+    Params, StagedDatabase, ValidationReport,
 };
 pub use compile::{
     compile_file, compile_str, CompiledPipeline, CompiledStage, OnError, PipelineSummary,

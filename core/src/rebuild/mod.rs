@@ -4,6 +4,8 @@
 //! checksum. The wal-apply stage wraps [`build_database`]; [`rebuild`] does
 //! the whole read-verify-build for callers outside a pipeline.
 
+pub mod stream;
+
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;

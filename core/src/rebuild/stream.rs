@@ -81,7 +81,10 @@ impl StreamingBuild {
             .zip(entries.par_iter())
             .map(|(raw, fe)| {
                 if raw.len() as u64 != fe.raw_len || raw.len() % ps != 0 {
-                    return Err(Error::corrupt(&snap.id, "a snapshot frame has the wrong size"));
+                    return Err(Error::corrupt(
+                        &snap.id,
+                        "a snapshot frame has the wrong size",
+                    ));
                 }
                 self.file
                     .write_all_at(raw, fe.raw_offset)
@@ -163,7 +166,7 @@ impl StreamingBuild {
             .map(|(pgno, data)| {
                 file.write_all_at(data, (u64::from(*pgno) - 1) * ps)
                     .map_err(|e| Error::io("write", path, e))?;
-                Ok(page_hash(*pgno, data))
+                Ok::<u64, Error>(page_hash(*pgno, data))
             })
             .try_reduce(|| 0, |a, b| Ok(a ^ b))?;
         self.file

@@ -25,6 +25,28 @@ impl std::fmt::Debug for ObjectBytes {
     }
 }
 
+impl ObjectBytes {
+    /// Lets the kernel drop the resident pages of `range` of a mapped object
+    /// (nothing for owned bytes): a restore that has hashed or decompressed
+    /// part of a large snapshot then holds no more than the part in flight.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        if let ObjectBytes::Mapped(m) = self {
+            let start = range.start.min(m.len());
+            let len = range.end.min(m.len()).saturating_sub(start);
+            if len == 0 {
+                return;
+            }
+            // SAFETY: the mapping is read-only and shared (`Mmap`) of a file
+            // that is immutable once written (objects are written under a
+            // temporary name and renamed into place), so a page dropped here
+            // is read again from the same file with the same bytes at its
+            // next access; nothing observes a change.
+            let _ =
+                unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
+        }
+    }
+}
+
 impl std::ops::Deref for ObjectBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
