@@ -474,3 +474,31 @@ fn a_real_restore_with_data_loss_applies_the_best_point_keeps_the_old_database_a
         "the pre-recovery backup is not the old live database"
     );
 }
+
+/// The snapshot reaches wal-apply in parts that are written as they come
+/// (issue 14, bounded memory); its raw BLAKE3 is checked as the last part
+/// leaves decompress. A snapshot whose raw content differs from its
+/// manifest's BLAKE3 (stored bytes intact) fails the restore, leaving no
+/// staged file and the live database untouched (the removal of a partly
+/// written staged file is `StreamingBuild`'s unit test).
+#[test]
+fn a_snapshot_whose_raw_content_differs_from_its_manifest_leaves_no_staged_file() {
+    let c = small_chain();
+    let repo = genesis_core::repo::Repository::open_local(&c.env.repo(), false).unwrap();
+    let catalog = repo.catalog().unwrap();
+    let snap = catalog.generations[0].snapshots[0].clone();
+    let key = c.env.repo().join(format!("manifests/{}.json", snap.id));
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&key).unwrap()).unwrap();
+    m["blake3_raw"] = blake3::hash(b"other content").to_hex().to_string().into();
+    std::fs::write(&key, serde_json::to_vec(&m).unwrap()).unwrap();
+    let live_before = crate::common::file_hash(&c.env.db());
+    let (code, v, out) = c.restore("raw", &["--latest"]);
+    assert_ne!(code, 0, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("BLAKE3 of the raw content"), "{v}");
+    assert!(!out.exists());
+    let staging = c.env.path().join(".genesis/recovery");
+    let left = crate::common::files_starting(&staging, "restore-");
+    assert!(left.is_empty(), "staged files left behind: {left:?}");
+    assert_eq!(crate::common::file_hash(&c.env.db()), live_before);
+}

@@ -203,3 +203,93 @@ impl Drop for StreamingBuild {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::{FrameEntry, ObjectKind, FORMAT_VERSION};
+
+    fn snapshot(pages: u64, ps: u32) -> Manifest {
+        let t = chrono::Utc::now();
+        Manifest {
+            format_version: FORMAT_VERSION,
+            id: "full_g_1".into(),
+            kind: ObjectKind::Snapshot,
+            generation: "g".into(),
+            created_at: t,
+            page_size: ps,
+            txid_min: 1,
+            txid_max: 1,
+            time_min: t,
+            time_max: t,
+            seq_min: None,
+            seq_max: None,
+            raw_size: pages * u64::from(ps),
+            compressed_size: 0,
+            blake3_compressed: String::new(),
+            blake3_raw: String::new(),
+            db_checksum_before: None,
+            db_checksum_after: None,
+            db_pages: pages,
+            frames: (0..pages / 2)
+                .map(|i| FrameEntry {
+                    raw_offset: i * 2 * u64::from(ps),
+                    raw_len: 2 * u64::from(ps),
+                    comp_offset: 0,
+                    comp_len: 0,
+                })
+                .collect(),
+            transactions: Vec::new(),
+            wal: None,
+            event_count: 0,
+            source_db: None,
+            level: 0,
+            min_db_pages: None,
+        }
+    }
+
+    fn frame(first_page: u8, ps: usize) -> Vec<u8> {
+        (0..2 * ps)
+            .map(|i| first_page.wrapping_add((i / ps) as u8))
+            .collect()
+    }
+
+    #[test]
+    fn frames_written_as_they_come_give_the_image_and_its_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("s.db");
+        let m = snapshot(4, 512);
+        let mut b = StreamingBuild::new(&m, &out).unwrap();
+        b.frames(0, &[frame(1, 512)]).unwrap();
+        // Out of order: refused.
+        assert!(b.frames(0, &[frame(1, 512)]).is_err());
+        b.frames(1, &[frame(3, 512)]).unwrap();
+        let image: Vec<u8> = [frame(1, 512), frame(3, 512)].concat();
+        let want = crate::checksum::image_checksum(&image, 512);
+        let r = b.finish(&[], 1, &checksum_hex(want)).unwrap();
+        assert_eq!(r.pages, 4);
+        assert_eq!(std::fs::read(&out).unwrap(), image);
+    }
+
+    #[test]
+    fn an_unfinished_or_unproven_build_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("s.db");
+        let m = snapshot(4, 512);
+        let mut b = StreamingBuild::new(&m, &out).unwrap();
+        b.frames(0, &[frame(1, 512)]).unwrap();
+        assert!(out.exists());
+        drop(b);
+        assert!(!out.exists(), "a build dropped before finish left its file");
+        let mut b = StreamingBuild::new(&m, &out).unwrap();
+        b.frames(0, &[frame(1, 512), frame(3, 512)]).unwrap();
+        let err = b.finish(&[], 1, &checksum_hex(1)).unwrap_err().to_string();
+        assert!(err.contains("does not reproduce the source"), "{err}");
+        assert!(!out.exists(), "a build whose checksum failed left its file");
+        // A frame missing: refused at finish.
+        let mut b = StreamingBuild::new(&m, &out).unwrap();
+        b.frames(0, &[frame(1, 512)]).unwrap();
+        assert!(b.finish(&[], 1, &checksum_hex(0)).is_err());
+        assert!(!out.exists());
+    }
+}
