@@ -21,6 +21,8 @@ fn replicate_never_loses_a_commit_under_a_hostile_writer() {
         "50ms",
         "--checkpoint-frames",
         "200",
+        "--compaction-levels",
+        crate::capture_matrix::SHORT_LEVELS,
     ]);
     let mut w = env.hostile_writer(&record, commits, 8, 97, 3);
     let st = w.wait().expect("writer");

@@ -43,7 +43,16 @@ fn restores_to_the_last_commit_the_capturer_observed_by_the_target() {
     let record = env.path().join("record.txt");
     let mut w = env.hostile_writer(&record, 1, 11, 0, 0);
     assert!(w.wait().expect("writer").success());
-    let mut rep = env.spawn(&["backup", "replicate", "--interval", "200ms"]);
+    // Compaction at short spans (issue 14): the points restored below are
+    // reached through compacted objects of every level.
+    let mut rep = env.spawn(&[
+        "backup",
+        "replicate",
+        "--interval",
+        "200ms",
+        "--compaction-levels",
+        crate::capture_matrix::SHORT_LEVELS,
+    ]);
     // ~400 commits with a 100 ms pause every 20: about 3 s of writing.
     let commits = 400;
     let mut w = env.hostile_writer(&record, commits, 12, 20, 100);
