@@ -34,7 +34,11 @@ pub struct BackupEntry {
     pub txid_max: u64,
     /// Database checksum after the backup (full and incremental).
     pub db_checksum: Option<String>,
+    /// Restore points the object holds: every transaction of a level-0
+    /// segment, the span's end of a compacted one.
     pub transactions: usize,
+    /// Compaction level of a segment (0: written by a capture step).
+    pub level: u32,
 }
 
 /// Lists backups newest first, those reaching `since` or later.
@@ -63,6 +67,7 @@ pub fn list_backups(
             txid_max: m.txid_max,
             db_checksum: m.db_checksum_after.clone(),
             transactions: m.transactions.len(),
+            level: m.level,
         })
         .collect();
     rows.sort_by(|a, b| {

@@ -21,14 +21,19 @@ pub fn list_backups(ctx: &Ctx, a: ListArgs) -> anyhow::Result<i32> {
             return "no backups".to_string();
         }
         let mut out = format!(
-            "{:<32} {:<12} {:>10} {:>8}  {}\n",
-            "timestamp", "type", "size", "txns", "backup_id"
+            "{:<32} {:<14} {:>10} {:>8}  {}\n",
+            "timestamp", "type", "size", "points", "backup_id"
         );
         for r in &rows {
+            let kind = if r.level > 0 {
+                format!("compacted L{}", r.level)
+            } else {
+                r.backup_type.clone()
+            };
             out.push_str(&format!(
-                "{:<32} {:<12} {:>10} {:>8}  {}\n",
+                "{:<32} {:<14} {:>10} {:>8}  {}\n",
                 r.timestamp,
-                r.backup_type,
+                kind,
                 bytes(r.size_bytes),
                 r.transactions,
                 r.backup_id
