@@ -27,8 +27,6 @@ pub enum Target {
 #[derive(Debug, Clone, Serialize)]
 pub struct RestorePlan {
     pub target: Target,
-    /// The instant events are replayed up to (the target time, or the point's time).
-    pub target_time: Option<DateTime<Utc>>,
     /// The restore point the chain reaches.
     pub point: RestorePoint,
     #[serde(skip)]

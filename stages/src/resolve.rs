@@ -326,10 +326,6 @@ pub fn resolve_plan(
         );
     }
 
-    let target_time = match target {
-        Target::Time { at } => Some(*at),
-        _ => Some(reached.time),
-    };
     let requested_time = match target {
         Target::Time { at } => Some(*at),
         _ => req.time.or_else(|| newest_time(generation)),
@@ -413,7 +409,6 @@ pub fn resolve_plan(
     };
     Ok(RestorePlan {
         target: target.clone(),
-        target_time,
         page_size: chain.snapshot.page_size,
         snapshot: chain.snapshot.clone(),
         segments: chain
