@@ -5,6 +5,7 @@ pub mod args;
 pub mod bounds;
 mod capture;
 mod demo;
+mod entry;
 mod inspect;
 pub mod logging;
 mod output;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use genesis_core::settings::Settings;
 
 use args::{Cli, Command};
+pub use entry::{run, run_captured, Captured};
 
 /// Exit codes (DESIGN.md §6, and 5 for a restore with data loss).
 pub const EXIT_OK: i32 = 0;
@@ -39,7 +41,12 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn new(g: &args::Global) -> anyhow::Result<Ctx> {
+    /// The paths and settings of the global flags `g` (flags, then the
+    /// settings file, then the defaults).
+    ///
+    /// # Errors
+    /// An unreadable or invalid settings file.
+    pub fn new(g: &args::Global) -> anyhow::Result<Ctx> {
         let settings = Settings::load(g.config.as_deref())?;
         Ok(Ctx {
             db: g
