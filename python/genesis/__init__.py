@@ -7,17 +7,3 @@ reconciles orders; ``genesis.recovery.StateReconstructor`` validates a
 database; ``python -m genesis.recovery COMMAND`` is the ``genesis-recovery``
 command line. Errors are the exceptions of ``genesis.errors``.
 """
-
-from genesis.errors import (
-    BadInputError,
-    ReconciliationError,
-    RecoveryError,
-    ValidationFailedError,
-)
-
-__all__ = [
-    "BadInputError",
-    "ReconciliationError",
-    "RecoveryError",
-    "ValidationFailedError",
-]

@@ -1,7 +1,9 @@
 //! The two ways in: [`run`], the binary's `main` (and `python -m
 //! genesis.recovery`), printing like a command line; and [`run_captured`],
 //! the Python API's, which keeps the `--json` document instead of printing
-//! it. Both parse with the same flags and dispatch with [`super::dispatch`].
+//! it and leaves the allocator's defaults alone (its host, a trading
+//! application, runs for days: memory a restore freed goes back to the
+//! system). Both parse with the same flags and dispatch with [`super::dispatch`].
 
 use std::ffi::OsString;
 
@@ -35,6 +37,11 @@ where
         }
     };
     let json = cli.global.json;
+    // A command line ends when its command does, so it keeps freed memory
+    // for reuse (not `backup replicate`, which runs for days).
+    if !matches!(cli.command, Command::Backup(BackupCommand::Replicate(_))) {
+        crate::keep_freed_memory();
+    }
     match start(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -76,11 +83,8 @@ where
     Captured { document, outcome }
 }
 
-/// What both do after parsing: the allocator option, logging, dispatch.
+/// What both do after parsing: logging, dispatch.
 fn start(cli: Cli) -> anyhow::Result<i32> {
-    if !matches!(cli.command, Command::Backup(BackupCommand::Replicate(_))) {
-        crate::keep_freed_memory();
-    }
     super::logging::init(&cli.global);
     super::dispatch(cli)
 }
