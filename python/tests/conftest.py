@@ -96,8 +96,8 @@ def captured(captured_once: Captured, tmp_path: Path, monkeypatch: pytest.Monkey
 
 def cli_binary() -> Path:
     """The `genesis-recovery` binary cargo built (GENESIS_RECOVERY_BIN, else
-    target/debug)."""
-    path = Path(os.environ.get("GENESIS_RECOVERY_BIN", REPO_ROOT / "target/debug/genesis-recovery"))
+    target/debug; a relative path is from the repository's root)."""
+    path = REPO_ROOT / os.environ.get("GENESIS_RECOVERY_BIN", "target/debug/genesis-recovery")
     if not path.exists():
         pytest.fail(f"{path} is missing: run `cargo build` first (scripts/test.sh does)")
     return path
