@@ -220,8 +220,9 @@ class StateReconstructor:
         path = _main_file(conn)
         if conn.in_transaction:
             raise BadInputError(
-                f"the connection to {path} has an open transaction with uncommitted changes: "
-                "validate_state reads the committed database, so commit or roll back first",
+                f"the connection to {path} has an open transaction, whose uncommitted changes "
+                "validate_state would not see (it reads the committed database file): "
+                "commit or roll back first",
                 kind="usage",
                 exit_code=2,
             )
