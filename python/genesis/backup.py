@@ -67,7 +67,8 @@ class BackupManager:
     Args:
         repository: the repository's folder (default: ``repository`` of the
             settings file, else ``.genesis/backups``). Only local folders are
-            supported by the engine today.
+            supported by the engine today: an ``s3://`` URL raises
+            BadInputError saying so.
         database_path: the live database (default: ``database`` of the
             settings file, else ``.genesis/data/genesis.db``).
         config: a ``genesis-recovery.toml`` settings file instead of (or
@@ -80,7 +81,11 @@ class BackupManager:
         database_path: Optional[PathLike] = None,
         config: Optional[PathLike] = None,
     ) -> None:
-        self.repository: Optional[Path] = _engine.path_or_none(repository)
+        # A URL is kept as given: pathlib would fold its `//`.
+        self.repository: Optional[Union[Path, str]] = (
+            repository if isinstance(repository, str) and "://" in repository
+            else _engine.path_or_none(repository)
+        )
         self.database_path: Optional[Path] = _engine.path_or_none(database_path)
         self.config: Optional[Path] = _engine.path_or_none(config)
 

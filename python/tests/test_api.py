@@ -172,3 +172,13 @@ def test_python_m_genesis_recovery_is_the_cli(captured: Captured) -> None:
     keys = ("success", "restored_txid", "restore_point_timestamp", "events_replayed", "checksum")
     docs = [json.loads(d.stdout) for d in (binary, module)]
     assert [{k: d[k] for k in keys} for d in docs][0] == {k: docs[1][k] for k in keys}
+
+
+def test_an_object_store_url_is_refused_not_taken_for_a_folder(captured: Captured) -> None:
+    manager = BackupManager(repository="s3://bucket/backups")
+    with pytest.raises(BadInputError, match=r"s3:// repositories are not supported yet"):
+        asyncio.run(manager.list_backups())
+    with pytest.raises(BadInputError, match=r"s3:// repositories are not supported yet"):
+        asyncio.run(manager.get_backup_for_timestamp(captured.between(0.5)))
+    done = cli("--repo", "s3://bucket/backups", "backup", "full", cwd=captured.root, check=False)
+    assert done.returncode == 2 and not Path("s3:").exists()

@@ -48,7 +48,7 @@ impl Ctx {
     /// An unreadable or invalid settings file.
     pub fn new(g: &args::Global) -> anyhow::Result<Ctx> {
         let settings = Settings::load(g.config.as_deref())?;
-        Ok(Ctx {
+        let ctx = Ctx {
             db: g
                 .db
                 .clone()
@@ -66,7 +66,18 @@ impl Ctx {
             settings,
             json: g.json,
             quiet: g.quiet,
-        })
+        };
+        // A URL would be taken as a relative folder (`s3:/bucket/...`), and
+        // capture would create it: backups the user thinks are remote.
+        let repo = ctx.repo.to_string_lossy();
+        if let Some((scheme, _)) = repo.split_once("://") {
+            return Err(genesis_core::Error::Usage(format!(
+                "repository {repo}: {scheme}:// repositories are not supported yet; give a local folder \
+                 (--repo, `repository` in the settings file, or BackupManager(repository=...))"
+            ))
+            .into());
+        }
+        Ok(ctx)
     }
 }
 
