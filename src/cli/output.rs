@@ -23,9 +23,11 @@ pub fn document_printed() -> bool {
     DOCUMENT_PRINTED.get()
 }
 
-/// Forgets the previous command's document (a new run starts).
+/// Forgets the previous command's document and any capture left on by a
+/// run that did not finish (a new run starts).
 pub fn reset() {
     DOCUMENT_PRINTED.set(false);
+    CAPTURED.set(None);
 }
 
 /// Starts keeping this thread's stdout text (`on`), or stops and returns
