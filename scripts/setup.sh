@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Installs what the tests and benchmarks need beyond the Rust toolchain:
 # python3 (the independent hostile writer of the capture tests), and the
-# sqlite3 and zstd command-line tools (the baselines of the benchmarks).
-# Safe to run again; installs only what is missing.
+# sqlite3 and zstd command-line tools (the baselines of the benchmarks); and
+# the Python package (python/): a virtual environment in target/pyenv with
+# maturin and pytest, and the package's wheel built by maturin into it.
+# Safe to run again; installs only what is missing (the wheel is rebuilt
+# incrementally, in the workspace's target directory).
 set -euo pipefail
 need=()
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+# venv and pip (Debian splits them from python3).
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv python3-pip)
 if [ "${1:-}" = "--bench" ]; then
   command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
   command -v zstd >/dev/null 2>&1 || need+=(zstd)
@@ -19,3 +24,18 @@ if [ ${#need[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+
+# The Python package: maturin builds the abi3 wheel (dev profile, the same
+# artifacts `cargo test` uses), pip installs it into the venv.
+cd "$(dirname "$0")/.."
+venv=target/pyenv
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -c 'import maturin' >/dev/null 2>&1 \
+  || "$venv/bin/pip" install --quiet --disable-pip-version-check "maturin>=1.7,<2"
+"$venv/bin/python" -c 'import pytest' >/dev/null 2>&1 \
+  || "$venv/bin/pip" install --quiet --disable-pip-version-check "pytest>=7"
+rm -rf target/wheels/genesis_recovery-*.whl
+"$venv/bin/maturin" build --quiet --profile dev --manifest-path python/Cargo.toml \
+  --interpreter "$venv/bin/python" --out target/wheels
+"$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --force-reinstall \
+  target/wheels/genesis_recovery-*.whl

@@ -14,16 +14,14 @@ use rusqlite::Connection;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// The binary's allocator setting for its batch commands (see
-/// `keep_freed_memory` in src/main.rs): freed memory is kept for reuse.
+/// The binary's allocator setting for its batch commands
+/// (`genesis_recovery::keep_freed_memory`): freed memory is kept for reuse.
 /// `GENESIS_BENCH_PURGE=1` keeps mimalloc's default instead, to compare.
 pub fn keep_freed_memory() {
     if std::env::var("GENESIS_BENCH_PURGE").as_deref() == Ok("1") {
         return;
     }
-    // SAFETY: mi_option_set only stores the value; 15 is
-    // `mi_option_purge_delay` in mimalloc.h, -1 "never purge".
-    unsafe { libmimalloc_sys::mi_option_set(15, -1) }
+    genesis_recovery::keep_freed_memory();
 }
 
 /// `GENESIS_BENCH_LOG=debug` (any tracing filter) prints the library's

@@ -41,6 +41,26 @@ pub struct BackupEntry {
     pub level: u32,
 }
 
+impl BackupEntry {
+    /// The row of one manifest.
+    pub fn of(m: &Manifest) -> BackupEntry {
+        BackupEntry {
+            backup_id: m.id.clone(),
+            backup_type: m.kind.backup_type().to_string(),
+            // Every digit: given back to `restore --timestamp`, it restores this point.
+            timestamp: crate::time::format_exact(m.time_max),
+            size_bytes: m.compressed_size,
+            checksum: m.blake3_compressed.clone(),
+            generation: m.generation.clone(),
+            txid_min: m.txid_min,
+            txid_max: m.txid_max,
+            db_checksum: m.db_checksum_after.clone(),
+            transactions: m.transactions.len(),
+            level: m.level,
+        }
+    }
+}
+
 /// Lists backups newest first, those reaching `since` or later.
 ///
 /// # Errors
@@ -55,20 +75,7 @@ pub fn list_backups(
         .manifests()
         .filter(|m| include_events || m.kind != ObjectKind::Events)
         .filter(|m| since.is_none_or(|s| m.time_max >= s))
-        .map(|m| BackupEntry {
-            backup_id: m.id.clone(),
-            backup_type: m.kind.backup_type().to_string(),
-            // Every digit: given back to `restore --timestamp`, it restores this point.
-            timestamp: crate::time::format_exact(m.time_max),
-            size_bytes: m.compressed_size,
-            checksum: m.blake3_compressed.clone(),
-            generation: m.generation.clone(),
-            txid_min: m.txid_min,
-            txid_max: m.txid_max,
-            db_checksum: m.db_checksum_after.clone(),
-            transactions: m.transactions.len(),
-            level: m.level,
-        })
+        .map(|m| BackupEntry::of(m))
         .collect();
     rows.sort_by(|a, b| {
         (b.txid_max, &b.timestamp, &b.backup_id).cmp(&(a.txid_max, &a.timestamp, &a.backup_id))

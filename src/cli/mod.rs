@@ -5,6 +5,7 @@ pub mod args;
 pub mod bounds;
 mod capture;
 mod demo;
+mod entry;
 mod inspect;
 pub mod logging;
 mod output;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use genesis_core::settings::Settings;
 
 use args::{Cli, Command};
+pub use entry::{run, run_captured, Captured};
 
 /// Exit codes (DESIGN.md §6, and 5 for a restore with data loss).
 pub const EXIT_OK: i32 = 0;
@@ -39,9 +41,14 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn new(g: &args::Global) -> anyhow::Result<Ctx> {
+    /// The paths and settings of the global flags `g` (flags, then the
+    /// settings file, then the defaults).
+    ///
+    /// # Errors
+    /// An unreadable or invalid settings file.
+    pub fn new(g: &args::Global) -> anyhow::Result<Ctx> {
         let settings = Settings::load(g.config.as_deref())?;
-        Ok(Ctx {
+        let ctx = Ctx {
             db: g
                 .db
                 .clone()
@@ -59,7 +66,18 @@ impl Ctx {
             settings,
             json: g.json,
             quiet: g.quiet,
-        })
+        };
+        // A URL would be taken as a relative folder (`s3:/bucket/...`), and
+        // capture would create it: backups the user thinks are remote.
+        let repo = ctx.repo.to_string_lossy();
+        if let Some((scheme, _)) = repo.split_once("://") {
+            return Err(genesis_core::Error::Usage(format!(
+                "repository {repo}: {scheme}:// repositories are not supported yet; give a local folder \
+                 (--repo, `repository` in the settings file, or BackupManager(repository=...))"
+            ))
+            .into());
+        }
+        Ok(ctx)
     }
 }
 

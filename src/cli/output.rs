@@ -1,19 +1,45 @@
 //! Printing results: one JSON document with `--json`, a short human summary otherwise.
 
+use std::cell::{Cell, RefCell};
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
 use super::Ctx;
 
-/// Set once a command has printed its JSON document.
-static DOCUMENT_PRINTED: AtomicBool = AtomicBool::new(false);
+thread_local! {
+    /// Set once a command has printed its JSON document. Per thread and
+    /// reset by each run: the Python extension runs many commands in one
+    /// process, on whichever thread calls.
+    static DOCUMENT_PRINTED: Cell<bool> = const { Cell::new(false) };
+    /// While set, stdout text is kept here instead of printed (the Python
+    /// API's calls: the document becomes the call's return value).
+    static CAPTURED: RefCell<Option<String>> = const { RefCell::new(None) };
+}
 
 /// Whether a JSON document was printed already (so that a failure prints
 /// none of its own: `--json` always prints exactly one).
 pub fn document_printed() -> bool {
-    DOCUMENT_PRINTED.load(Ordering::SeqCst)
+    DOCUMENT_PRINTED.get()
+}
+
+/// Forgets the previous command's document and any capture left on by a
+/// run that did not finish (a new run starts).
+pub fn reset() {
+    DOCUMENT_PRINTED.set(false);
+    CAPTURED.set(None);
+}
+
+/// Starts keeping this thread's stdout text (`on`), or stops and returns
+/// what was kept.
+pub fn capture(on: bool) -> Option<String> {
+    CAPTURED.with_borrow_mut(|c| {
+        let kept = c.take();
+        if on {
+            *c = Some(String::new());
+        }
+        kept.filter(|t| !t.is_empty())
+    })
 }
 
 /// Prints `value` as JSON when asked, else the human text.
@@ -23,7 +49,7 @@ pub fn print<T: Serialize>(
     human: impl FnOnce() -> String,
 ) -> anyhow::Result<()> {
     let text = if ctx.json {
-        DOCUMENT_PRINTED.store(true, Ordering::SeqCst);
+        DOCUMENT_PRINTED.set(true);
         serde_json::to_string_pretty(value)?
     } else {
         human()
@@ -36,13 +62,22 @@ pub fn print<T: Serialize>(
 
 /// Writes a JSON document (already encoded) on stdout, once.
 pub fn write_document(text: &str) -> anyhow::Result<()> {
-    DOCUMENT_PRINTED.store(true, Ordering::SeqCst);
+    DOCUMENT_PRINTED.set(true);
     write_stdout(text)
 }
 
 /// Writes a line to stdout; a closed pipe (`| head`) ends the output quietly
 /// instead of panicking.
 pub fn write_stdout(text: &str) -> anyhow::Result<()> {
+    let kept = CAPTURED.with_borrow_mut(|c| {
+        c.as_mut().map(|buf| {
+            buf.push_str(text);
+            buf.push('\n');
+        })
+    });
+    if kept.is_some() {
+        return Ok(());
+    }
     let mut out = std::io::stdout().lock();
     match writeln!(out, "{text}").and_then(|_| out.flush()) {
         Ok(()) => Ok(()),
