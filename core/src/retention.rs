@@ -180,8 +180,7 @@ pub fn prune(
             report.removed.push(m.id.clone());
             report.removed_bytes += m.compressed_size;
             if !dry_run {
-                repo.backend().delete(&Manifest::manifest_key(&m.id))?;
-                repo.backend().delete(&m.object_key())?;
+                repo.delete_object(m)?;
             }
         }
     }

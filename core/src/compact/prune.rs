@@ -71,10 +71,7 @@ pub fn prune_level0(repo: &Repository, retention: Duration, dry_run: bool) -> Re
         report.removed.push(m.id.clone());
         report.removed_bytes += m.compressed_size;
         if !dry_run {
-            // The manifest first: an object without one is an orphan that
-            // prune removes later, never a restore point without its pages.
-            repo.backend().delete(&Manifest::manifest_key(&m.id))?;
-            repo.backend().delete(&m.object_key())?;
+            repo.delete_object(m)?;
         }
     }
     Ok(report)

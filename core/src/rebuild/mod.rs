@@ -1,24 +1,22 @@
 //! Rebuilding the database at any captured txid: the snapshot, then for every
-//! page only its newest version up to that txid (each page written once),
+//! page its newest version up to that txid (level-0 and compacted segments),
 //! truncated to the commit's size, fsynced, and proven with the database
-//! checksum. The wal-apply stage wraps [`build_database`]; [`rebuild`] does
-//! the whole read-verify-build for callers outside a pipeline.
+//! checksum. The wal-apply stage feeds [`stream::StreamingBuild`] the
+//! snapshot in parts; [`build_database`] does it with the snapshot in
+//! memory, and [`rebuild`] the whole read-verify-build for callers outside a
+//! pipeline.
 
 pub mod stream;
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::checksum::page_hash;
 use crate::error::{Error, Result};
 use crate::repo::catalog::{Chain, RestorePoint};
 use crate::repo::formats::decode_segment;
-use crate::repo::{checksum_hex, parse_checksum, Manifest, Repository};
+use crate::repo::{Manifest, Repository};
 
 /// What a rebuild produced.
 #[derive(Debug, Clone, Serialize)]
@@ -51,106 +49,9 @@ pub struct RebuildInput<'a> {
 /// `Error::Corrupt` when the chain is not contiguous, a segment is malformed,
 /// or the result's checksum differs from the expected one; I/O failures.
 pub fn build_database(input: &RebuildInput<'_>, out: &Path) -> Result<RebuildResult> {
-    let snap = input.snapshot;
-    let ps = snap.page_size as usize;
-    let walk = newest_pages(snap, &input.segments, input.target_txid)?;
-    let Walk {
-        newest,
-        min_pages,
-        final_pages,
-        reached,
-    } = walk;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(out)
-        .map_err(|e| Error::io("create", out, e))?;
-    file.set_len(final_pages * ps as u64)
-        .map_err(|e| Error::io("size", out, e))?;
-    let keep_snapshot_upto = min_pages.min(final_pages);
-    // Snapshot pages that no segment replaced, frame by frame in parallel.
-    let snap_stats: Vec<Result<(u64, u64)>> = input
-        .snapshot_frames
-        .par_iter()
-        .zip(snap.frames.par_iter())
-        .map(|(raw, fe)| {
-            let first = fe.raw_offset / ps as u64 + 1;
-            let mut x = 0u64;
-            let mut n = 0u64;
-            // Write runs of consecutive kept pages with one call each.
-            let mut run_start: Option<usize> = None;
-            let pages = raw.len() / ps;
-            let flush = |from: usize, to: usize| -> Result<()> {
-                let off = (first - 1 + from as u64) * ps as u64;
-                write_page(&file, out, &raw[from * ps..to * ps], off)
-            };
-            for i in 0..pages {
-                let pgno = first + i as u64;
-                let keep = pgno <= keep_snapshot_upto && !newest.contains_key(&(pgno as u32));
-                if keep {
-                    x ^= page_hash(pgno as u32, &raw[i * ps..(i + 1) * ps]);
-                    n += 1;
-                    run_start.get_or_insert(i);
-                } else if let Some(a) = run_start.take() {
-                    flush(a, i)?;
-                }
-            }
-            if let Some(a) = run_start {
-                flush(a, pages)?;
-            }
-            Ok((x, n))
-        })
-        .collect();
-    let mut checksum = 0u64;
-    let mut from_snapshot = 0u64;
-    for r in snap_stats {
-        let (x, n) = r?;
-        checksum ^= x;
-        from_snapshot += n;
-    }
-    let pages: Vec<(u32, &[u8])> = newest.iter().map(|(p, d)| (*p, *d)).collect();
-    let seg_x: Result<u64> = pages
-        .par_iter()
-        .map(|(pgno, data)| {
-            write_page(&file, out, data, (u64::from(*pgno) - 1) * ps as u64)?;
-            Ok(page_hash(*pgno, data))
-        })
-        .try_reduce(|| 0, |a, b| Ok(a ^ b));
-    checksum ^= seg_x?;
-    // Pages nobody wrote are zero-filled (as SQLite reads them).
-    let zero = vec![0u8; ps];
-    let mut zero_pages = 0u64;
-    for pgno in (keep_snapshot_upto + 1)..=final_pages {
-        if !newest.contains_key(&(pgno as u32)) {
-            checksum ^= page_hash(pgno as u32, &zero);
-            zero_pages += 1;
-        }
-    }
-    file.sync_all().map_err(|e| Error::io("fsync", out, e))?;
-    let expected = parse_checksum(&snap.id, input.expected_checksum)?;
-    if checksum != expected {
-        return Err(Error::corrupt(
-            &snap.id,
-            format!(
-                "the database rebuilt at txid {} has checksum {} but the capture recorded {}: the chain does not reproduce the source",
-                input.target_txid,
-                checksum_hex(checksum),
-                input.expected_checksum
-            ),
-        ));
-    }
-    let _ = zero_pages;
-    Ok(RebuildResult {
-        txid: reached,
-        checksum: checksum_hex(checksum),
-        pages: final_pages,
-        page_size: snap.page_size,
-        pages_from_snapshot: from_snapshot,
-        pages_from_segments: pages.len() as u64,
-        bytes_written: (from_snapshot + pages.len() as u64) * ps as u64,
-    })
+    let mut build = stream::StreamingBuild::new(input.snapshot, out)?;
+    build.frames(0, input.snapshot_frames)?;
+    build.finish(&input.segments, input.target_txid, input.expected_checksum)
 }
 
 /// The segments walked up to the target: the newest version of each page,
@@ -242,11 +143,6 @@ pub(crate) fn newest_pages<'a>(
         final_pages,
         reached,
     })
-}
-
-fn write_page(file: &File, path: &Path, data: &[u8], offset: u64) -> Result<()> {
-    file.write_all_at(data, offset)
-        .map_err(|e| Error::io("write", path, e))
 }
 
 /// Reads, verifies and decompresses a chain's objects and builds the database at `point`.

@@ -91,6 +91,17 @@ impl Repository {
         self.backend.put(&mkey, &json)
     }
 
+    /// Deletes an object: its manifest first (the commit point), so a crash
+    /// between the two leaves an orphan object, which prune removes, never
+    /// a manifest naming an object that is gone.
+    ///
+    /// # Errors
+    /// Backend failures.
+    pub fn delete_object(&self, manifest: &Manifest) -> Result<()> {
+        self.backend.delete(&Manifest::manifest_key(&manifest.id))?;
+        self.backend.delete(&manifest.object_key())
+    }
+
     /// Reads every manifest; unreadable ones are returned as problems, not errors.
     ///
     /// # Errors
