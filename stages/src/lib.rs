@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use genesis_core::pipeline::StageRegistry;
 
+pub mod bench;
 pub mod decompress;
 pub mod demo;
 pub mod drill;
