@@ -19,6 +19,7 @@ pub mod drill;
 pub mod event_replay;
 pub mod fetch;
 pub mod reconcile;
+pub mod report;
 mod resolve;
 pub mod restore;
 mod settings;

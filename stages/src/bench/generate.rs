@@ -13,8 +13,10 @@ use genesis_core::progress::Progress;
 use genesis_core::{Error, Result};
 use genesis_trading::{replay, schema, simulate, ReplayOptions};
 
-/// Events per transaction while loading.
+/// Most events per transaction while loading, and the first batch (which
+/// measures the bytes per event the next batches are sized by).
 const BATCH: usize = 50_000;
+const FIRST_BATCH: usize = 5_000;
 
 /// What [`generate`] built.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -100,8 +102,9 @@ pub fn generate(
     let mut stream = simulate::synthetic_events(seed);
     let mut events = 0u64;
     let mut bytes = 0;
+    let mut next = FIRST_BATCH;
     while bytes < target_bytes {
-        let batch: Vec<_> = stream.by_ref().take(BATCH).collect();
+        let batch: Vec<_> = stream.by_ref().take(next).collect();
         replay(&mut conn, &batch, &opts)
             .map_err(|e| Error::Failed(format!("{}: generating: {e}", path.display())))?;
         events += batch.len() as u64;
@@ -111,6 +114,10 @@ pub fn generate(
                 .min(target_bytes.saturating_sub(bytes)),
         );
         bytes = now;
+        // Size the next batch to what is left, at the bytes per event so far.
+        let per_event = bytes as f64 / events.max(1) as f64;
+        let left = target_bytes.saturating_sub(bytes) as f64 / per_event.max(1.0);
+        next = (left.ceil() as usize).clamp(100, BATCH);
     }
     progress.finish("generate");
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))

@@ -1,0 +1,296 @@
+//! Inline SVG charts: horizontal bars, lines over points with target lines,
+//! and a stage timeline (one bar per stage from its start to its end).
+
+use std::fmt::Write as _;
+
+use super::escape;
+
+/// Colours, cycled.
+pub const PALETTE: [&str; 12] = [
+    "#0969da", "#bf8700", "#1a7f37", "#8250df", "#cf222e", "#1b7c83", "#953800", "#57606a",
+    "#e85aad", "#6e7781", "#4d2d00", "#33b3ff",
+];
+
+/// A "nice" upper bound of an axis holding `max`.
+fn nice_max(max: f64) -> f64 {
+    if !(max.is_finite() && max > 0.0) {
+        return 1.0;
+    }
+    let mag = 10f64.powf(max.log10().floor());
+    for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
+        if m * mag >= max {
+            return m * mag;
+        }
+    }
+    10.0 * mag
+}
+
+fn fmt_tick(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// One horizontal bar.
+pub struct Bar {
+    pub label: String,
+    pub value: f64,
+    /// A note after the value (e.g. "2.1x cp").
+    pub note: String,
+    pub colour: &'static str,
+}
+
+/// Horizontal bars, one per row, on a shared axis of `unit`.
+pub fn bars(bars: &[Bar], unit: &str) -> String {
+    let (left, width, row) = (260.0, 760.0, 26.0);
+    let height = 40.0 + row * bars.len() as f64;
+    let max = nice_max(bars.iter().map(|b| b.value).fold(0.0, f64::max));
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" role=\"img\">",
+        left + width + 140.0
+    );
+    for i in 0..=4 {
+        let x = left + width * f64::from(i) / 4.0;
+        let _ = write!(
+            s,
+            "<line class=\"grid\" x1=\"{x}\" y1=\"10\" x2=\"{x}\" y2=\"{}\"/><text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{} {}</text>",
+            height - 22.0,
+            height - 6.0,
+            fmt_tick(max * f64::from(i) / 4.0),
+            escape(unit)
+        );
+    }
+    for (i, b) in bars.iter().enumerate() {
+        let y = 12.0 + row * i as f64;
+        let w = (b.value / max * width).max(1.0);
+        let _ = write!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text><rect class=\"bar\" x=\"{left}\" y=\"{y}\" width=\"{w:.1}\" height=\"{}\" fill=\"{}\"><title>{}: {} {}</title></rect><text x=\"{:.1}\" y=\"{}\">{} {} &#183; {}</text>",
+            left - 8.0,
+            y + 14.0,
+            escape(&b.label),
+            row - 8.0,
+            b.colour,
+            escape(&b.label),
+            fmt_tick(b.value),
+            escape(unit),
+            left + w + 6.0,
+            y + 14.0,
+            fmt_tick(b.value),
+            escape(unit),
+            escape(&b.note)
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+/// One line of a [`lines`] chart.
+pub struct Series {
+    pub name: String,
+    /// (x, y) points; x in the chart's unit.
+    pub points: Vec<(f64, f64)>,
+    pub colour: &'static str,
+    /// Drawn dashed (e.g. the baselines beside ours).
+    pub dashed: bool,
+}
+
+/// A horizontal target line.
+pub struct TargetLine {
+    pub value: f64,
+    pub label: String,
+}
+
+/// Lines over points (each point a circle of class `point`), x and y from
+/// zero, with optional target lines and x tick labels.
+pub fn lines(
+    series: &[Series],
+    x_label: &str,
+    y_label: &str,
+    targets: &[TargetLine],
+    x_ticks: &[(f64, String)],
+) -> String {
+    let (left, top, width, height) = (70.0, 16.0, 820.0, 260.0);
+    let all = series.iter().flat_map(|s| s.points.iter());
+    let x_max = nice_max(all.clone().map(|p| p.0).fold(0.0, f64::max));
+    let y_max = nice_max(
+        all.map(|p| p.1)
+            .chain(targets.iter().map(|t| t.value))
+            .fold(0.0, f64::max),
+    );
+    let px = |x: f64| left + x / x_max * width;
+    let py = |y: f64| top + height - y / y_max * height;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" role=\"img\">",
+        left + width + 240.0,
+        top + height + 48.0
+    );
+    for i in 0..=4 {
+        let v = y_max * f64::from(i) / 4.0;
+        let y = py(v);
+        let _ = write!(
+            s,
+            "<line class=\"grid\" x1=\"{left}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
+            left + width,
+            left - 6.0,
+            y + 4.0,
+            fmt_tick(v)
+        );
+    }
+    let ticks: Vec<(f64, String)> = if x_ticks.is_empty() {
+        (0..=4)
+            .map(|i| {
+                let v = x_max * f64::from(i) / 4.0;
+                (v, fmt_tick(v))
+            })
+            .collect()
+    } else {
+        x_ticks.to_vec()
+    };
+    for (v, label) in &ticks {
+        let _ = write!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            px(*v),
+            top + height + 16.0,
+            escape(label)
+        );
+    }
+    let _ = write!(
+        s,
+        "<line class=\"axis\" x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\"/><line class=\"axis\" x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\"/>\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text><text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">{}</text>",
+        top + height,
+        left + width,
+        top + height,
+        top + height,
+        left + width / 2.0,
+        top + height + 38.0,
+        escape(x_label),
+        top + height / 2.0,
+        top + height / 2.0,
+        escape(y_label)
+    );
+    for t in targets {
+        let y = py(t.value);
+        let _ = write!(
+            s,
+            "<line class=\"target\" x1=\"{left}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\"/><text x=\"{}\" y=\"{}\" fill=\"#cf222e\">{}</text>",
+            left + width,
+            left + width + 6.0,
+            y + 4.0,
+            escape(&t.label)
+        );
+    }
+    for (i, se) in series.iter().enumerate() {
+        let path: Vec<String> = se
+            .points
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .collect();
+        if path.len() > 1 {
+            let _ = write!(
+                s,
+                "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\"{} points=\"{}\"/>",
+                se.colour,
+                if se.dashed {
+                    " stroke-dasharray=\"5 4\""
+                } else {
+                    ""
+                },
+                path.join(" ")
+            );
+        }
+        for &(x, y) in &se.points {
+            let _ = write!(
+                s,
+                "<circle class=\"point\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"{}\"><title>{}: {}</title></circle>",
+                px(x),
+                py(y),
+                se.colour,
+                escape(&se.name),
+                fmt_tick(y)
+            );
+        }
+        let ly = top + 8.0 + 18.0 * i as f64;
+        let lx = left + width + 12.0;
+        let _ = write!(
+            s,
+            "<rect x=\"{lx}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text>",
+            ly + 20.0,
+            se.colour,
+            lx + 18.0,
+            ly + 30.0,
+            escape(&se.name)
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+/// One stage of a timeline: when it started working and when it ended,
+/// in seconds from the run's start.
+pub struct Span {
+    pub label: String,
+    pub start: f64,
+    pub end: f64,
+    pub seconds: f64,
+}
+
+/// A stage timeline: one bar (class `stage-bar`) per stage, on a shared
+/// time axis of `total` seconds.
+pub fn timeline(spans: &[Span], total: f64) -> String {
+    let (left, width, row) = (130.0, 820.0, 22.0);
+    let height = 36.0 + row * spans.len() as f64;
+    let max = nice_max(total.max(spans.iter().map(|s| s.end).fold(0.0, f64::max)));
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" role=\"img\">",
+        left + width + 120.0
+    );
+    for i in 0..=4 {
+        let x = left + width * f64::from(i) / 4.0;
+        let _ = write!(
+            s,
+            "<line class=\"grid\" x1=\"{x}\" y1=\"6\" x2=\"{x}\" y2=\"{}\"/><text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{} s</text>",
+            height - 22.0,
+            height - 6.0,
+            fmt_tick(max * f64::from(i) / 4.0)
+        );
+    }
+    for (i, sp) in spans.iter().enumerate() {
+        let y = 8.0 + row * i as f64;
+        let x = left + sp.start.max(0.0) / max * width;
+        let w = ((sp.end - sp.start).max(0.0) / max * width).max(2.0);
+        let _ = write!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text><rect class=\"stage-bar\" data-stage=\"{}\" x=\"{x:.1}\" y=\"{y}\" width=\"{w:.1}\" height=\"{}\" fill=\"{}\"><title>{}: {:.3} s to {:.3} s (ran {:.3} s)</title></rect><text x=\"{:.1}\" y=\"{}\">{:.2} s</text>",
+            left - 8.0,
+            y + 12.0,
+            escape(&sp.label),
+            escape(&sp.label),
+            row - 6.0,
+            PALETTE[i % PALETTE.len()],
+            escape(&sp.label),
+            sp.start,
+            sp.end,
+            sp.seconds,
+            x + w + 6.0,
+            y + 12.0,
+            sp.end - sp.start
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
