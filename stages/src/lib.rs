@@ -16,6 +16,7 @@ pub mod bench;
 pub mod decompress;
 pub mod demo;
 pub mod drill;
+pub mod drill_history;
 pub mod event_replay;
 pub mod fetch;
 pub mod reconcile;

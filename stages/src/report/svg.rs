@@ -32,8 +32,10 @@ fn fmt_tick(v: f64) -> String {
         format!("{v:.0}")
     } else if v.abs() >= 1.0 {
         format!("{v:.1}")
-    } else {
+    } else if v.abs() >= 0.001 {
         format!("{v:.3}")
+    } else {
+        format!("{v:.1e}")
     }
 }
 
@@ -118,13 +120,29 @@ pub fn lines(
     targets: &[TargetLine],
     x_ticks: &[(f64, String)],
 ) -> String {
-    let (left, top, width, height) = (70.0, 16.0, 820.0, 260.0);
+    let (left, top, width, height) = (70.0, 26.0, 820.0, 260.0);
     let all = series.iter().flat_map(|s| s.points.iter());
-    let x_max = nice_max(all.clone().map(|p| p.0).fold(0.0, f64::max));
+    let x_top = all
+        .clone()
+        .map(|p| p.0)
+        .chain(x_ticks.iter().map(|t| t.0))
+        .fold(0.0, f64::max);
+    // Explicit ticks (sizes, drill numbers) end the axis just past the last.
+    let x_max = if x_ticks.is_empty() {
+        nice_max(x_top)
+    } else {
+        (x_top * 1.08).max(1.0)
+    };
+    let data_max = all.map(|p| p.1).fold(0.0, f64::max);
+    // A target far above the data would flatten it to the axis: such a
+    // target is named at the top edge instead of drawn to scale.
+    let shown = |t: &TargetLine| data_max <= 0.0 || t.value <= data_max * 4.0;
     let y_max = nice_max(
-        all.map(|p| p.1)
-            .chain(targets.iter().map(|t| t.value))
-            .fold(0.0, f64::max),
+        targets
+            .iter()
+            .filter(|t| shown(t))
+            .map(|t| t.value)
+            .fold(data_max, f64::max),
     );
     let px = |x: f64| left + x / x_max * width;
     let py = |y: f64| top + height - y / y_max * height;
@@ -133,7 +151,7 @@ pub fn lines(
         s,
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" role=\"img\">",
         left + width + 240.0,
-        top + height + 48.0
+        top + height + 54.0
     );
     for i in 0..=4 {
         let v = y_max * f64::from(i) / 4.0;
@@ -158,12 +176,15 @@ pub fn lines(
         x_ticks.to_vec()
     };
     for (v, label) in &ticks {
+        // A label may have two lines.
+        let (first, second) = label.split_once('\n').unwrap_or((label, ""));
         let _ = write!(
             s,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-            px(*v),
+            "<text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{}<tspan x=\"{x}\" dy=\"13\">{}</tspan></text>",
             top + height + 16.0,
-            escape(label)
+            escape(first),
+            escape(second),
+            x = px(*v),
         );
     }
     let _ = write!(
@@ -175,22 +196,32 @@ pub fn lines(
         top + height,
         top + height,
         left + width / 2.0,
-        top + height + 38.0,
+        top + height + 48.0,
         escape(x_label),
         top + height / 2.0,
         top + height / 2.0,
         escape(y_label)
     );
     for t in targets {
-        let y = py(t.value);
-        let _ = write!(
-            s,
-            "<line class=\"target\" x1=\"{left}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\"/><text x=\"{}\" y=\"{}\" fill=\"#cf222e\">{}</text>",
-            left + width,
-            left + width + 6.0,
-            y + 4.0,
-            escape(&t.label)
-        );
+        if shown(t) {
+            let y = py(t.value);
+            let _ = write!(
+                s,
+                "<line class=\"target\" x1=\"{left}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\"/><text x=\"{}\" y=\"{}\" fill=\"#cf222e\">{}</text>",
+                left + width,
+                left + width + 6.0,
+                y + 4.0,
+                escape(&t.label)
+            );
+        } else {
+            let _ = write!(
+                s,
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\" fill=\"#cf222e\">{}: far above, every point meets it</text>",
+                left + width,
+                top - 10.0,
+                escape(&t.label)
+            );
+        }
     }
     for (i, se) in series.iter().enumerate() {
         let path: Vec<String> = se
@@ -221,6 +252,18 @@ pub fn lines(
                 escape(&se.name),
                 fmt_tick(y)
             );
+            if series.len() == 1 {
+                let _ = write!(
+                    s,
+                    "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+                    px(x),
+                    py(y) - 8.0,
+                    fmt_tick(y)
+                );
+            }
+        }
+        if series.len() == 1 {
+            continue;
         }
         let ly = top + 8.0 + 18.0 * i as f64;
         let lx = left + width + 12.0;
