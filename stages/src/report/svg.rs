@@ -39,6 +39,36 @@ fn fmt_tick(v: f64) -> String {
     }
 }
 
+/// Opens an `<svg>` element of the given size.
+fn open(width: f64, height: f64) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" role=\"img\">"
+    )
+}
+
+/// Five vertical grid lines from `left` over `width`, labelled 0..`max` `unit`.
+fn vertical_grid(
+    s: &mut String,
+    left: f64,
+    width: f64,
+    top: f64,
+    height: f64,
+    max: f64,
+    unit: &str,
+) {
+    for i in 0..=4 {
+        let x = left + width * f64::from(i) / 4.0;
+        let _ = write!(
+            s,
+            "<line class=\"grid\" x1=\"{x}\" y1=\"{top}\" x2=\"{x}\" y2=\"{}\"/><text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{} {}</text>",
+            height - 22.0,
+            height - 6.0,
+            fmt_tick(max * f64::from(i) / 4.0),
+            escape(unit)
+        );
+    }
+}
+
 /// One horizontal bar.
 pub struct Bar {
     pub label: String,
@@ -53,23 +83,8 @@ pub fn bars(bars: &[Bar], unit: &str) -> String {
     let (left, width, row) = (260.0, 760.0, 26.0);
     let height = 40.0 + row * bars.len() as f64;
     let max = nice_max(bars.iter().map(|b| b.value).fold(0.0, f64::max));
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" role=\"img\">",
-        left + width + 140.0
-    );
-    for i in 0..=4 {
-        let x = left + width * f64::from(i) / 4.0;
-        let _ = write!(
-            s,
-            "<line class=\"grid\" x1=\"{x}\" y1=\"10\" x2=\"{x}\" y2=\"{}\"/><text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{} {}</text>",
-            height - 22.0,
-            height - 6.0,
-            fmt_tick(max * f64::from(i) / 4.0),
-            escape(unit)
-        );
-    }
+    let mut s = open(left + width + 140.0, height);
+    vertical_grid(&mut s, left, width, 10.0, height, max, unit);
     for (i, b) in bars.iter().enumerate() {
         let y = 12.0 + row * i as f64;
         let w = (b.value / max * width).max(1.0);
@@ -146,13 +161,7 @@ pub fn lines(
     );
     let px = |x: f64| left + x / x_max * width;
     let py = |y: f64| top + height - y / y_max * height;
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" role=\"img\">",
-        left + width + 240.0,
-        top + height + 54.0
-    );
+    let mut s = open(left + width + 240.0, top + height + 54.0);
     for i in 0..=4 {
         let v = y_max * f64::from(i) / 4.0;
         let y = py(v);
@@ -296,22 +305,8 @@ pub fn timeline(spans: &[Span], total: f64) -> String {
     let (left, width, row) = (130.0, 820.0, 22.0);
     let height = 36.0 + row * spans.len() as f64;
     let max = nice_max(total.max(spans.iter().map(|s| s.end).fold(0.0, f64::max)));
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" role=\"img\">",
-        left + width + 120.0
-    );
-    for i in 0..=4 {
-        let x = left + width * f64::from(i) / 4.0;
-        let _ = write!(
-            s,
-            "<line class=\"grid\" x1=\"{x}\" y1=\"6\" x2=\"{x}\" y2=\"{}\"/><text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{} s</text>",
-            height - 22.0,
-            height - 6.0,
-            fmt_tick(max * f64::from(i) / 4.0)
-        );
-    }
+    let mut s = open(left + width + 120.0, height);
+    vertical_grid(&mut s, left, width, 6.0, height, max, "s");
     for (i, sp) in spans.iter().enumerate() {
         let y = 8.0 + row * i as f64;
         let x = left + sp.start.max(0.0) / max * width;
