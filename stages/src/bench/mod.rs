@@ -128,10 +128,16 @@ const PAGES_PER_COMMIT: u64 = 8;
 
 /// Free bytes one size needs: the live database, its base copy, the
 /// compressed snapshot and repository, a restored copy and a staged one,
-/// and the WAL files the naive baseline replays.
-pub fn needed_for(size: u64, history_seconds: u64, rate: f64) -> u64 {
+/// the WAL files the naive baseline replays, and with Litestream its copy of
+/// the database, its replica and its local files (measured: 3.3x the size).
+pub fn needed_for(size: u64, history_seconds: u64, rate: f64, litestream: bool) -> u64 {
     let wal = (history_seconds as f64 * rate.max(0.0)) as u64 * PAGES_PER_COMMIT * 4096;
-    size.saturating_mul(5).saturating_add(wal.saturating_mul(3))
+    let ours = size.saturating_mul(5).saturating_add(wal.saturating_mul(3));
+    if litestream {
+        ours.saturating_add(size.saturating_mul(7) / 2)
+    } else {
+        ours
+    }
 }
 
 /// Parses a size such as `64MiB`, `1GiB`, `10GB`, `500M` (binary units).
@@ -176,7 +182,7 @@ pub fn check_free_space(opts: &BenchOptions) -> Result<(u64, u64)> {
     let per: Vec<u64> = opts
         .sizes
         .iter()
-        .map(|s| needed_for(*s, opts.history_seconds, opts.rate))
+        .map(|s| needed_for(*s, opts.history_seconds, opts.rate, litestream::available()))
         .collect();
     let needed = if opts.keep {
         per.iter().sum()
