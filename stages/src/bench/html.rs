@@ -86,7 +86,21 @@ fn rto_vs_size(r: &BenchReport) -> String {
             )
         })
         .collect();
-    svg::lines(&series, "database size (MiB)", "seconds", &[], &ticks)
+    let note = if r.sizes.len() < 2 {
+        "<p class=\"meta\">One size measured: give several (--size 1GiB,10GiB) for a trend.</p>"
+    } else {
+        ""
+    };
+    format!(
+        "{note}{}",
+        svg::lines(
+            &series,
+            "database size after the history (MiB)",
+            "seconds",
+            &[],
+            &ticks
+        )
+    )
 }
 
 fn methods(z: &SizeReport) -> String {

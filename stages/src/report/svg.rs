@@ -7,8 +7,8 @@ use super::escape;
 
 /// Colours, cycled.
 pub const PALETTE: [&str; 12] = [
-    "#0969da", "#bf8700", "#1a7f37", "#8250df", "#cf222e", "#1b7c83", "#953800", "#57606a",
-    "#e85aad", "#6e7781", "#4d2d00", "#33b3ff",
+    "#0969da", "#bf8700", "#1a7f37", "#8250df", "#cf222e", "#1b7c83", "#953800", "#24292f",
+    "#e85aad", "#7d8590", "#a2d729", "#33b3ff",
 ];
 
 /// A "nice" upper bound of an axis holding `max`.
@@ -31,7 +31,9 @@ fn fmt_tick(v: f64) -> String {
     } else if v.abs() >= 100.0 {
         format!("{v:.0}")
     } else if v.abs() >= 1.0 {
-        format!("{v:.1}")
+        // 6.25, 12.5, 2: no more digits than the value has.
+        let t = format!("{v:.2}");
+        t.trim_end_matches('0').trim_end_matches('.').to_string()
     } else if v.abs() >= 0.001 {
         format!("{v:.3}")
     } else {
@@ -331,4 +333,84 @@ pub fn timeline(spans: &[Span], total: f64) -> String {
     }
     s.push_str("</svg>");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeline_has_one_bar_per_stage_placed_by_its_start_and_end() {
+        let spans = [
+            Span {
+                label: "fetch".into(),
+                start: 0.0,
+                end: 1.0,
+                seconds: 1.0,
+            },
+            Span {
+                label: "slow".into(),
+                start: 1.0,
+                end: 3.0,
+                seconds: 3.0,
+            },
+        ];
+        let s = timeline(&spans, 4.0);
+        assert_eq!(s.matches("class=\"stage-bar\"").count(), 2);
+        // The axis ends at 5 s, 820 px after the 130 px of labels: the slow
+        // stage starts 164 px in and is 328 px wide.
+        assert!(
+            s.contains("data-stage=\"slow\" x=\"294.0\" y=\"30\" width=\"328.0\""),
+            "{s}"
+        );
+        assert!(s.contains("<title>slow: 1.000 s to 3.000 s"), "{s}");
+    }
+
+    #[test]
+    fn a_target_far_above_the_points_is_named_not_drawn() {
+        let series = [Series {
+            name: "rto".into(),
+            points: vec![(1.0, 0.5), (2.0, 0.7)],
+            colour: PALETTE[0],
+            dashed: false,
+        }];
+        let far = lines(
+            &series,
+            "x",
+            "y",
+            &[TargetLine {
+                value: 900.0,
+                label: "t".into(),
+            }],
+            &[],
+        );
+        assert!(!far.contains("class=\"target\""));
+        assert!(far.contains("far above"));
+        let near = lines(
+            &series,
+            "x",
+            "y",
+            &[TargetLine {
+                value: 1.0,
+                label: "t".into(),
+            }],
+            &[],
+        );
+        assert!(near.contains("class=\"target\""));
+        assert_eq!(near.matches("class=\"point\"").count(), 2);
+    }
+
+    #[test]
+    fn labels_are_escaped() {
+        let b = bars(
+            &[Bar {
+                label: "<cp & co>".into(),
+                value: 1.0,
+                note: String::new(),
+                colour: PALETTE[0],
+            }],
+            "s",
+        );
+        assert!(b.contains("&lt;cp &amp; co&gt;") && !b.contains("<cp"));
+    }
 }
