@@ -450,3 +450,57 @@ fn drill_history_accumulates_and_the_report_draws_each_drill() {
         3
     );
 }
+
+#[test]
+fn a_failing_litestream_is_a_line_saying_so_not_a_failed_benchmark() {
+    let env = Env::new();
+    let bin = env.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let fake = bin.join("litestream");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'fake litestream: no replica today' >&2\nexit 1\n",
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&fake).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&fake, perms).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let dir = env.path().join("bench");
+    let out = env
+        .cmd()
+        .env("PATH", path)
+        .args([
+            "--json",
+            "bench",
+            "rto",
+            "--size",
+            "2MiB",
+            "--history",
+            "3s",
+            "--dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", stderr_text(&out)));
+    assert_eq!(out.status.code(), Some(0), "{v:#}");
+    let b = v["sizes"][0]["baselines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "litestream restore")
+        .unwrap()
+        .clone();
+    assert!(b["seconds"].is_null(), "{b}");
+    let why = b["skipped"].as_str().unwrap();
+    assert!(
+        why.contains("exited early") && why.contains("no replica today"),
+        "{why}"
+    );
+}

@@ -16,6 +16,8 @@ use genesis_core::{Error, Result};
 use super::fingerprint::{fingerprint, Fingerprint};
 use super::tools::{file_len, fsync, have, remove_db, run, sync_all, warm};
 
+const LITESTREAM: &str = "litestream restore";
+
 /// One baseline's result.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Baseline {
@@ -41,17 +43,28 @@ impl Baseline {
             skipped: None,
         }
     }
-    fn skipped(name: &str, tool: &str) -> Baseline {
+    /// A line that did not run, and why.
+    fn not_run(name: &str, why: String) -> Baseline {
         Baseline {
             name: name.to_string(),
             seconds: None,
             ratio_to_cp: None,
             equals_source: None,
             note: String::new(),
-            skipped: Some(format!(
-                "the `{tool}` command-line tool is missing (scripts/setup.sh --bench installs it)"
-            )),
+            skipped: Some(why),
         }
+    }
+    /// An external tool that failed: a line saying so, not a failed benchmark.
+    fn failed(name: &str, e: &Error) -> Baseline {
+        Baseline::not_run(name, format!("it failed: {e}"))
+    }
+    fn skipped(name: &str, tool: &str) -> Baseline {
+        Baseline::not_run(
+            name,
+            format!(
+                "the `{tool}` command-line tool is missing (scripts/setup.sh --bench installs it)"
+            ),
+        )
     }
 }
 
@@ -65,8 +78,9 @@ pub struct Inputs<'a> {
     pub base_zst: Option<&'a Path>,
     /// The WAL files in order.
     pub wals: &'a [PathBuf],
-    /// The Litestream replica of the same workload, when one was made.
-    pub litestream: Option<&'a super::litestream::Replica>,
+    /// The Litestream replica of the same workload (or why it could not be
+    /// made), when `litestream` is on the PATH.
+    pub litestream: Option<&'a Result<super::litestream::Replica>>,
     /// Where outputs go (removed after each).
     pub out: &'a Path,
 }
@@ -180,15 +194,20 @@ pub fn run_all(i: &Inputs<'_>) -> Result<Vec<Baseline>> {
     out.push(b);
     remove_db(&to);
     out.push(match i.litestream {
-        Some(r) => {
-            let s = timed(&[r.replica_dir()], || r.restore(&to))?;
-            let mut b = Baseline::ran("litestream restore", s, r.note());
-            b.equals_source = Some(fingerprint(&to)? == *r.source_fingerprint());
-            remove_db(&to);
-            b
-        }
-        None => Baseline::skipped("litestream restore", "litestream"),
+        Some(Ok(r)) => match timed(&[r.replica_dir()], || r.restore(&to)) {
+            Ok(s) => {
+                let mut b = Baseline::ran(LITESTREAM, s, r.note());
+                // What Litestream restored must read as the same database.
+                b.equals_source =
+                    Some(fingerprint(&to).is_ok_and(|f| f == *r.source_fingerprint()));
+                b
+            }
+            Err(e) => Baseline::failed(LITESTREAM, &e),
+        },
+        Some(Err(e)) => Baseline::failed(LITESTREAM, e),
+        None => Baseline::skipped(LITESTREAM, "litestream"),
     });
+    remove_db(&to);
     let cp_s = out.first().and_then(|b| b.seconds);
     for b in &mut out {
         b.ratio_to_cp = match (b.seconds, cp_s) {

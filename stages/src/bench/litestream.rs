@@ -83,6 +83,14 @@ pub fn replicate(base: &Path, events: &[Event], dir: &Path) -> Result<Replica> {
     })();
     // Litestream syncs every second: give it time to ship the last commits.
     std::thread::sleep(Duration::from_secs(3));
+    let mut child = child;
+    if let Ok(Some(status)) = child.try_wait() {
+        let log = fs::read_to_string(dir.join("replicate.log")).unwrap_or_default();
+        return Err(Error::Failed(format!(
+            "`litestream replicate` exited early ({status}): {}",
+            log.lines().last().unwrap_or("no output")
+        )));
+    }
     stop(child);
     committed?;
     Ok(Replica {
