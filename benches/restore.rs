@@ -36,15 +36,12 @@
 //! (`scripts/setup.sh --bench` installs them); a missing tool skips its line.
 
 mod common;
-use common::restore_extra::{child_peak_rss, scaled_levels};
+use common::restore_extra::child_peak_rss;
 use common::{checkpoint_truncate, env_num, fast, file_len};
 
-use std::collections::hash_map::DefaultHasher;
 use std::fs;
-use std::hash::{Hash, Hasher};
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -53,78 +50,31 @@ use genesis_core::plan::Target;
 use genesis_core::progress::NoProgress;
 use genesis_core::repo::Repository;
 use genesis_stages::{restore, RestoreOptions};
-use genesis_trading::{replay, schema, simulate, Event};
+use genesis_trading::{replay, simulate, Event};
 use rusqlite::Connection;
 
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / f64::from(1 << 20)
-}
-
-fn dir_size(dir: &Path) -> u64 {
-    let mut total = 0;
-    if let Ok(rd) = fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            total += if p.is_dir() {
-                dir_size(&p)
-            } else {
-                file_len(&p)
-            };
-        }
-    }
-    total
-}
-
-/// Whether a command-line tool can be run.
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
+use genesis_stages::bench::fingerprint::{fingerprint, same_bytes};
+use genesis_stages::bench::tools::{dir_size, have, remove_db, warm};
 
 /// Runs a command; panics with its stderr when it fails.
 fn run(cmd: &mut Command) {
-    let out = cmd.stdin(Stdio::null()).output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    genesis_stages::bench::tools::run(cmd).expect("run");
 }
 
-/// Reads a file through, so that every method starts with its input in the page cache.
-fn warm(path: &Path) {
-    if let Ok(mut f) = fs::File::open(path) {
-        let mut buf = vec![0u8; 1 << 20];
-        while matches!(f.read(&mut buf), Ok(n) if n > 0) {}
-    }
-}
-
-fn warm_dir(dir: &Path) {
-    if let Ok(rd) = fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                warm_dir(&p);
-            } else {
-                warm(&p);
-            }
-        }
-    }
+fn fsync(path: &Path) {
+    genesis_stages::bench::tools::fsync(path).expect("fsync");
 }
 
 fn open_writer(path: &Path) -> Connection {
-    let conn = Connection::open(path).expect("open");
-    let _: String = conn
-        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .expect("wal");
-    conn.execute_batch("PRAGMA synchronous=OFF; PRAGMA wal_autocheckpoint=0;")
-        .expect("pragmas");
-    schema::ensure_schema(&conn).expect("schema");
-    conn
+    genesis_stages::bench::generate::open_writer(path).expect("open the writer")
+}
+
+fn fingerprint_of(path: &Path) -> genesis_stages::bench::fingerprint::Fingerprint {
+    fingerprint(path).expect("fingerprint")
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1 << 20)
 }
 
 /// Bytes per event of the simulator's stream once replayed (a small probe).
@@ -147,83 +97,6 @@ fn replay_in(conn: &mut Connection, events: &[Event], txns: usize) {
     for chunk in events.chunks(per) {
         replay(conn, chunk, &fast()).expect("replay");
     }
-}
-
-/// What we compare a restored database with the source on: the events'
-/// count and last sequence number, a digest of every row of `orders` and
-/// `positions`, and whether the files are byte for byte identical.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint {
-    events: i64,
-    last_seq: i64,
-    orders: (i64, u64),
-    positions: (i64, u64),
-}
-
-fn table_digest(conn: &Connection, table: &str, key: &str) -> (i64, u64) {
-    let mut st = conn
-        .prepare(&format!("SELECT * FROM {table} ORDER BY {key}"))
-        .expect("prepare");
-    let ncol = st.column_count();
-    let mut rows = st.query([]).expect("query");
-    let mut h = DefaultHasher::new();
-    let mut n = 0i64;
-    while let Some(row) = rows.next().expect("row") {
-        n += 1;
-        for i in 0..ncol {
-            match row.get_ref(i).expect("value") {
-                rusqlite::types::ValueRef::Null => 0u8.hash(&mut h),
-                rusqlite::types::ValueRef::Integer(v) => (1u8, v).hash(&mut h),
-                rusqlite::types::ValueRef::Real(v) => (2u8, v.to_bits()).hash(&mut h),
-                rusqlite::types::ValueRef::Text(t) => (3u8, t).hash(&mut h),
-                rusqlite::types::ValueRef::Blob(t) => (4u8, t).hash(&mut h),
-            }
-        }
-    }
-    (n, h.finish())
-}
-
-fn fingerprint(path: &Path) -> Fingerprint {
-    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .expect("open");
-    let (events, last_seq) = conn
-        .query_row(
-            "SELECT count(*), coalesce(max(sequence_number), 0) FROM events",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .expect("events");
-    Fingerprint {
-        events,
-        last_seq,
-        orders: table_digest(&conn, "orders", "order_id"),
-        positions: table_digest(&conn, "positions", "position_id"),
-    }
-}
-
-fn same_bytes(a: &Path, b: &Path) -> bool {
-    let (Ok(mut fa), Ok(mut fb)) = (fs::File::open(a), fs::File::open(b)) else {
-        return false;
-    };
-    if file_len(a) != file_len(b) {
-        return false;
-    }
-    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
-    loop {
-        let na = fa.read(&mut ba).unwrap_or(0);
-        if na == 0 {
-            return true;
-        }
-        if fb.read_exact(&mut bb[..na]).is_err() || ba[..na] != bb[..na] {
-            return false;
-        }
-    }
-}
-
-fn fsync(path: &Path) {
-    fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .expect("fsync");
 }
 
 /// The generated data set.
@@ -379,12 +252,6 @@ fn skipped(name: &str, tool: &str) {
     println!("{name:<34} skipped: the `{tool}` command-line tool is missing (scripts/setup.sh --bench installs it)");
 }
 
-fn remove_db(path: &Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = fs::remove_file(genesis_core::lock::sibling(path, suffix));
-    }
-}
-
 fn main() {
     common::keep_freed_memory();
     if std::env::args().any(|a| a == "--list") {
@@ -405,7 +272,7 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let data = build(dir.path(), mb, segments, txns, change_pct);
-    let source = fingerprint(&data.live);
+    let source = fingerprint_of(&data.live);
     println!(
         "source: {} events (last sequence {}), {} orders, {} positions",
         source.events, source.last_seq, source.orders.0, source.positions.0
@@ -417,7 +284,7 @@ fn main() {
         if segments >= 60 { 1.0 } else { 0.0 },
     ) > 0.0
     {
-        let levels = scaled_levels(data.per_step);
+        let levels = genesis_core::compact::scaled_defaults(data.per_step);
         let repo = Repository::open_local(&data.repo, false).expect("repo");
         let t = Instant::now();
         // Every window is complete: compacted as the defaults would once
@@ -543,7 +410,7 @@ fn main() {
                 }
             },
         );
-        let ok = fingerprint(&to) == source;
+        let ok = fingerprint_of(&to) == source;
         line(
             "naive (cp base + checkpoint WALs)",
             s,
@@ -568,7 +435,7 @@ fn main() {
             rounds,
             || {
                 remove_db(&to);
-                warm_dir(&data.repo);
+                warm(&data.repo);
             },
             || {
                 let mut opts =
@@ -580,7 +447,7 @@ fn main() {
             },
         );
         let r = last.expect("a restore ran");
-        let fp = fingerprint(&to);
+        let fp = fingerprint_of(&to);
         let identical = same_bytes(&to, &data.live);
         let stages: Vec<String> = r
             .stages
@@ -614,7 +481,7 @@ fn main() {
     // The real binary in a child process: wall time and peak RSS.
     let to = out.join("child.db");
     remove_db(&to);
-    warm_dir(&data.repo);
+    warm(&data.repo);
     let bin = Path::new(env!("CARGO_BIN_EXE_genesis-recovery"));
     let db = dir.path().join("live.db");
     let (s, rss) = child_peak_rss(

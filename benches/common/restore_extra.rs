@@ -4,17 +4,6 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
-
-/// The default spans (30 s, 5 min, 1 h) scaled so that one capture step of
-/// the bench stands for one second of 1 s syncs: `per_step` is the bench's
-/// measured time per step. Level 1 is rounded to a millisecond and the
-/// others kept exact multiples of it, so that windows nest.
-pub fn scaled_levels(per_step: Duration) -> Vec<Duration> {
-    let l1 =
-        Duration::from_millis(((per_step.as_secs_f64() * 30.0 * 1000.0).round() as u64).max(1));
-    vec![l1, l1 * 10, l1 * 120]
-}
 
 /// Runs the binary with `args` and returns (wall seconds, peak RSS in MiB).
 pub fn child_peak_rss(bin: &Path, args: &[&str]) -> (f64, f64) {

@@ -64,6 +64,9 @@ pub enum Command {
     Drill(DrillArgs),
     /// Run a pipeline file.
     Run(RunArgs),
+    /// Benchmarks for operators.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Pipeline files.
     #[command(subcommand)]
     Pipelines(PipelinesCommand),
@@ -288,6 +291,43 @@ pub struct DrillArgs {
     /// The exchange's open orders, to reconcile the drill's database.
     #[arg(long, value_name = "FILE")]
     pub exchange_orders: Option<PathBuf>,
+    /// Append the drill's result to this JSON-lines file (default: drills.jsonl in the repository's state/).
+    #[arg(long, value_name = "FILE")]
+    pub history: Option<PathBuf>,
+    /// Draw the drill history against the guide's targets into this HTML file.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// RTO on generated databases: our restore beside cp, zstd, SQLite's backup API, WAL-by-WAL, Litestream.
+    Rto(BenchRtoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchRtoArgs {
+    /// Database sizes, comma-separated (e.g. 1GiB,10GiB).
+    #[arg(long, value_delimiter = ',', default_value = "1GiB")]
+    pub size: Vec<String>,
+    /// History after the snapshot: one capture step per second of it.
+    #[arg(long, default_value = "1h")]
+    pub history: String,
+    /// Commits per second of history.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Directory for the generated files (default: a new temporary directory).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Keep the generated files afterwards.
+    #[arg(long)]
+    pub keep: bool,
+    /// Write an HTML report here (one self-contained file).
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
+    /// Restore with this pipeline instead of the built-in one.
+    #[arg(long, value_name = "FILE")]
+    pub pipeline: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -5,7 +5,7 @@
 use genesis_core::time::parse_duration;
 use genesis_core::Error;
 
-use super::args::{BackupCommand, CaptureFlags, Cli, Command};
+use super::args::{BackupCommand, BenchCommand, CaptureFlags, Cli, Command};
 
 /// The longest span any flag may name: 100 years (in days).
 pub const MAX_DAYS: u64 = 36_500;
@@ -93,6 +93,10 @@ pub fn check(cli: &Cli) -> Result<(), Error> {
         Command::Backup(BackupCommand::Prune(a)) => days("--keep-days", a.keep_days),
         Command::ListBackups(a) => days("--days", a.days),
         Command::Restore(a) => duration("--ago", a.ago.as_deref(), false),
+        Command::Bench(BenchCommand::Rto(a)) => {
+            rate("--rate", a.rate)?;
+            duration("--history", Some(&a.history), false)
+        }
         Command::ReconcileOrders(a) => {
             if !(a.tolerance.is_finite() && (0.0..=1.0).contains(&a.tolerance)) {
                 return Err(out_of_range(

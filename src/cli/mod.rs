@@ -2,6 +2,7 @@
 //! command's module. One place maps errors to exit codes.
 
 pub mod args;
+mod bench;
 pub mod bounds;
 mod capture;
 mod demo;
@@ -101,6 +102,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(a) => restore::run(&ctx, a),
         Command::Pipelines(c) => restore::pipelines(&ctx, c),
         Command::Demo(a) => demo::demo(&ctx, a),
+        Command::Bench(c) => bench::bench(&ctx, c),
     }
 }
 

@@ -16,16 +16,24 @@ impl Progress for Bar {
         let bar = match total {
             Some(n) => {
                 let b = ProgressBar::new(n);
+                // Units of work named "... steps" are counted, the rest are bytes.
+                let template = if what.ends_with("steps") {
+                    "{spinner} {msg:<14} [{bar:30}] {pos}/{len} ({eta})"
+                } else {
+                    "{spinner} {msg:<14} [{bar:30}] {bytes}/{total_bytes} ({eta})"
+                };
                 b.set_style(
-                    ProgressStyle::with_template(
-                        "{spinner} {msg:<14} [{bar:30}] {bytes}/{total_bytes} ({eta})",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
+                    ProgressStyle::with_template(template)
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
                 );
                 b
             }
-            None => ProgressBar::new_spinner(),
+            None => {
+                let b = ProgressBar::new_spinner();
+                b.enable_steady_tick(std::time::Duration::from_millis(120));
+                b
+            }
         };
         bar.set_message(what.to_string());
         if let Ok(mut g) = self.bar.lock() {

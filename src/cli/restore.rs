@@ -208,14 +208,27 @@ pub fn drill(ctx: &Ctx, a: DrillArgs) -> anyhow::Result<i32> {
     opts.pipeline = a.pipeline.clone();
     opts.metrics_file = a.metrics_file.clone();
     opts.exchange_orders = a.exchange_orders.clone();
+    let history = a
+        .history
+        .clone()
+        .unwrap_or_else(|| genesis_stages::drill_history::default_path(&ctx.repo));
+    opts.history = Some(history.clone());
     let r = genesis_stages::drill(&opts, progress::for_terminal(ctx.quiet || ctx.json));
     if a.scratch_dir.is_none() {
         let _ = std::fs::remove_dir_all(&scratch);
     }
     let r = r?;
+    if let Some(path) = &a.report {
+        let records = genesis_stages::drill_history::read(&history)?;
+        std::fs::write(
+            path,
+            genesis_stages::drill_history::render(&records, &history),
+        )
+        .map_err(|e| Error::io("write the drill report", path, e))?;
+    }
     print(ctx, &r, || {
         format!(
-            "drill {}: restored txid {} ({}), RTO {:.3}s, RPO {:.3}s, validation {}{}",
+            "drill {}: restored txid {} ({}), RTO {:.3}s, RPO {:.3}s, validation {}{}{}",
             if r.success { "passed" } else { "FAILED" },
             r.restored_txid,
             r.restore_point_timestamp,
@@ -229,7 +242,11 @@ pub fn drill(ctx: &Ctx, a: DrillArgs) -> anyhow::Result<i32> {
             a.metrics_file
                 .as_ref()
                 .map(|p| format!("; metrics written to {}", p.display()))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            a.report
+                .as_ref()
+                .map(|p| format!("; history {}, report {}", history.display(), p.display()))
+                .unwrap_or_else(|| format!("; history {}", history.display()))
         )
     })?;
     Ok(if r.success {

@@ -44,6 +44,8 @@ pub struct DrillOptions {
     pub keep: bool,
     /// Write the metrics here (Prometheus text format, atomically).
     pub metrics_file: Option<PathBuf>,
+    /// Append the result to this JSON-lines history ([`crate::drill_history`]).
+    pub history: Option<PathBuf>,
 }
 
 impl DrillOptions {
@@ -58,6 +60,7 @@ impl DrillOptions {
             integrity_check: true,
             keep: false,
             metrics_file: None,
+            history: None,
         }
     }
 }
@@ -243,6 +246,9 @@ pub fn drill(opts: &DrillOptions, progress: Arc<dyn Progress>) -> Result<DrillRe
     };
     if let Some(path) = &opts.metrics_file {
         write_textfile(path, &report.prometheus_text())?;
+    }
+    if let Some(path) = &opts.history {
+        crate::drill_history::append(path, &(&report).into())?;
     }
     Ok(report)
 }

@@ -12,12 +12,15 @@ use std::sync::Arc;
 
 use genesis_core::pipeline::StageRegistry;
 
+pub mod bench;
 pub mod decompress;
 pub mod demo;
 pub mod drill;
+pub mod drill_history;
 pub mod event_replay;
 pub mod fetch;
 pub mod reconcile;
+pub mod report;
 mod resolve;
 pub mod restore;
 mod settings;

@@ -5,6 +5,7 @@
 //! (`GENESIS_SOAK=1 cargo nextest run --run-ignored all`); the default run is
 //! the bounded version CI runs.
 
+mod bench_rto;
 mod capture_bad_input;
 mod capture_crash;
 mod capture_crash_exact;

@@ -972,17 +972,14 @@ fn write_commit(tx: &Connection, ev: &Event, w: &Write) -> rusqlite::Result<()> 
 /// A valid random event sequence (sequence numbers 1..=n, synthetic times one
 /// millisecond apart from 2025-01-15T00:00:00), without CHECKPOINT events.
 pub fn random_events(seed: u64, n: usize) -> Vec<Event> {
-    let start = DateTime::parse_from_rfc3339("2025-01-15T00:00:00Z")
-        .map(|d| d.with_timezone(&Utc))
-        .unwrap_or_else(|_| Utc::now());
-    let mut sim = Simulator::fresh(
-        seed,
-        Clock::Synthetic {
-            step: TimeDelta::milliseconds(1),
-        },
-        start,
-    );
-    (0..n).map(|_| sim.next_event().0).collect()
+    synthetic_events(seed).take(n).collect()
+}
+
+/// The endless stream of [`random_events`], one event at a time (a large
+/// database is generated from it without holding its events in memory).
+pub fn synthetic_events(seed: u64) -> impl Iterator<Item = Event> {
+    let mut sim = synthetic(seed);
+    std::iter::from_fn(move || Some(sim.next_event().0))
 }
 
 /// Like [`Simulator::open`] on a fresh in-memory model with the synthetic clock of

@@ -43,6 +43,15 @@ pub const DEFAULT_LEVELS: [Duration; 3] = [
     Duration::from_secs(60 * 60),
 ];
 
+/// The default spans scaled so that one capture step that took `per_step`
+/// stands for one second of 1 s syncs (benchmarks that make an hour's chain
+/// in a minute): level 1 rounded to a millisecond, the others exact
+/// multiples of it, so that windows nest.
+pub fn scaled_defaults(per_step: Duration) -> Vec<Duration> {
+    let l1 = Duration::from_millis(((per_step.as_secs_f64() * 30_000.0).round() as u64).max(1));
+    vec![l1, l1 * 10, l1 * 120]
+}
+
 /// What one compaction run did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CompactReport {

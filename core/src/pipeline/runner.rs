@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::pipeline::artifact::Artifact;
@@ -28,7 +28,7 @@ use crate::progress::Progress;
 const POLL: Duration = Duration::from_millis(20);
 
 /// How a stage ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StageStatus {
     /// Processed all its input and finished.
@@ -39,13 +39,20 @@ pub enum StageStatus {
     Cancelled,
 }
 
-/// What one stage did in a run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// What one stage did in a run (read back from a restore's `--json` by
+/// `bench rto`, which runs each restore as a child process).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageReport {
     pub id: String,
     pub stage_type: String,
     /// Wall-clock seconds from the stage's start to its end.
     pub seconds: f64,
+    /// Seconds from the run's start to the stage's first input (its end
+    /// when it received none): when it began to work, as stages run
+    /// concurrently (the stage timeline of `bench rto --report`).
+    pub start_offset_seconds: f64,
+    /// Seconds from the run's start to the stage's end.
+    pub end_offset_seconds: f64,
     /// Artifacts received and their bytes ([`Artifact::byte_len`]).
     pub items_in: u64,
     pub bytes_in: u64,
@@ -188,6 +195,8 @@ impl CompiledPipeline {
                     id: stage.id.clone(),
                     stage_type: stage.stage_type.clone(),
                     seconds: 0.0,
+                    start_offset_seconds: 0.0,
+                    end_offset_seconds: 0.0,
                     items_in: 0,
                     bytes_in: 0,
                     items_out: 0,
@@ -217,7 +226,7 @@ impl CompiledPipeline {
                     .name(format!("stage-{}", stage.id))
                     .spawn_scoped(scope, move || {
                         let _entered = parent.enter();
-                        run_stage(stage, rx, out, ctx, failures)
+                        run_stage(stage, rx, out, ctx, failures, started)
                     });
                 match spawned {
                     Ok(handle) => handles.push((report, Some(handle))),
@@ -296,6 +305,7 @@ fn run_stage(
     mut out: Output,
     ctx: StageContext,
     failures: &FirstFailure,
+    run_started: Instant,
 ) -> (StageReport, Vec<Artifact>) {
     let span = tracing::info_span!("stage", id = %stage.id, r#type = %stage.stage_type);
     let _entered = span.enter();
@@ -347,10 +357,15 @@ fn run_stage(
     };
     // Closing our input early lets a producer blocked on it get out at once.
     drop(rx);
+    let end_offset_seconds = run_started.elapsed().as_secs_f64();
     let report = StageReport {
         id: stage.id.clone(),
         stage_type: stage.stage_type.clone(),
         seconds: started.elapsed().as_secs_f64(),
+        start_offset_seconds: counters.first_input.map_or(end_offset_seconds, |t| {
+            t.saturating_duration_since(run_started).as_secs_f64()
+        }),
+        end_offset_seconds,
         items_in: counters.items_in,
         bytes_in: counters.bytes_in,
         items_out: out.items,
@@ -383,6 +398,8 @@ struct Counters {
     bytes_in: u64,
     skipped: u64,
     error: Option<String>,
+    /// When the first input arrived.
+    first_input: Option<Instant>,
 }
 
 fn stage_loop(
@@ -403,6 +420,7 @@ fn stage_loop(
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => break,
         };
+        counters.first_input.get_or_insert_with(Instant::now);
         counters.items_in += 1;
         counters.bytes_in += input.byte_len();
         let kind = input.kind();

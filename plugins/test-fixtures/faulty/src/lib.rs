@@ -3,8 +3,9 @@
 //! the plugin's message and leave the host running.
 //!
 //! Config keys (all optional): `panic_on_create`, `fail_on_create`,
-//! `panic_on_process`, `fail_on_process` (booleans). Without them it answers
-//! every input with `{}`.
+//! `panic_on_process`, `fail_on_process` (booleans), and `sleep_ms` (an
+//! integer: sleep that long on every input, a planted slow stage). Without
+//! them it answers every input with `{}`.
 
 use genesis_plugin_sdk::{serde_json::Value, PluginStage};
 
@@ -12,6 +13,7 @@ use genesis_plugin_sdk::{serde_json::Value, PluginStage};
 pub struct Faulty {
     panic_on_process: bool,
     fail_on_process: bool,
+    sleep_ms: u64,
 }
 
 fn flag(config: &Value, key: &str) -> bool {
@@ -29,10 +31,14 @@ impl PluginStage for Faulty {
         Ok(Faulty {
             panic_on_process: flag(&config, "panic_on_process"),
             fail_on_process: flag(&config, "fail_on_process"),
+            sleep_ms: config.get("sleep_ms").and_then(Value::as_u64).unwrap_or(0),
         })
     }
 
     fn process(&mut self, _input: &[u8]) -> Result<Vec<u8>, String> {
+        if self.sleep_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(self.sleep_ms));
+        }
         if self.panic_on_process {
             panic!("faulty fixture: panic_on_process was set");
         }
