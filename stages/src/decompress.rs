@@ -70,7 +70,7 @@ struct Decompress {
 const BATCH_RAW_BYTES: u64 = 256 << 20;
 
 /// Frames per worker in one part of a snapshot (8 MiB frames at 4 KiB pages).
-const PART_FRAMES_PER_WORKER: usize = 2;
+const PART_FRAMES_PER_WORKER: usize = 1;
 
 fn decompressed(f: FetchedObject, frames: Vec<Vec<u8>>) -> Artifact {
     Artifact::DecompressedObject(DecompressedObject {
