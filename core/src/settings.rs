@@ -12,6 +12,9 @@
 //! [retention]
 //! keep_days = 7
 //! keep_full = 2
+//! [s3]                      # for repository = "s3://BUCKET/PREFIX"
+//! endpoint = "https://s3.eu-west-1.amazonaws.com"
+//! region = "eu-west-1"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -48,6 +51,9 @@ pub struct Settings {
     pub capture: CaptureSettings,
     #[serde(default)]
     pub retention: RetentionSettings,
+    /// The object store of an `s3://` repository (over the AWS environment).
+    #[serde(default)]
+    pub s3: crate::repo::s3::S3Settings,
 }
 
 /// The default settings file name.

@@ -21,7 +21,7 @@ pub struct Global {
     /// The live database (default .genesis/data/genesis.db, or `database` in the settings file).
     #[arg(long, global = true, value_name = "PATH")]
     pub db: Option<PathBuf>,
-    /// The backup repository (default .genesis/backups, or `repository` in the settings file).
+    /// The backup repository: a directory or s3://BUCKET/PREFIX (default .genesis/backups, or `repository` in the settings file).
     #[arg(long, global = true, value_name = "PATH")]
     pub repo: Option<PathBuf>,
     /// Settings file (default ./genesis-recovery.toml when present).

@@ -56,7 +56,7 @@ fn capture_options(ctx: &Ctx, flags: &CaptureFlags) -> anyhow::Result<CaptureOpt
 fn open_repo(ctx: &Ctx) -> anyhow::Result<Repository> {
     // Check the database before creating anything.
     genesis_core::capture::source::read_db_header(&ctx.db)?;
-    Ok(Repository::open_local(&ctx.repo, true)?)
+    Ok(Repository::open_path(&ctx.repo, true)?)
 }
 
 /// A flag set on SIGINT or SIGTERM.
@@ -159,7 +159,7 @@ pub fn backup(ctx: &Ctx, cmd: BackupCommand) -> anyhow::Result<i32> {
                 .keep_full
                 .or(ctx.settings.retention.keep_full)
                 .unwrap_or(1);
-            let repo = Repository::open_local(&ctx.repo, false)?;
+            let repo = Repository::open_path(&ctx.repo, false)?;
             let r = genesis_core::retention::prune(&repo, keep_days, keep_full, a.dry_run)?;
             print(ctx, &r, || {
                 format!(

@@ -41,17 +41,22 @@ pub struct Ctx {
 impl Ctx {
     fn new(g: &args::Global) -> anyhow::Result<Ctx> {
         let settings = Settings::load(g.config.as_deref())?;
+        genesis_core::repo::s3::configure(settings.s3.clone());
+        let repo = g
+            .repo
+            .clone()
+            .or_else(|| settings.repository.clone())
+            .unwrap_or_else(|| PathBuf::from(".genesis/backups"));
+        // A URL that is not a repository is refused here, before any
+        // command can take it for a local folder name.
+        genesis_core::repo::RepoLocation::from_path(&repo)?;
         Ok(Ctx {
             db: g
                 .db
                 .clone()
                 .or_else(|| settings.database.clone())
                 .unwrap_or_else(|| PathBuf::from(".genesis/data/genesis.db")),
-            repo: g
-                .repo
-                .clone()
-                .or_else(|| settings.repository.clone())
-                .unwrap_or_else(|| PathBuf::from(".genesis/backups")),
+            repo,
             staging: settings
                 .staging_dir
                 .clone()

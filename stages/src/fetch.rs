@@ -194,7 +194,7 @@ impl Fetch {
             &settings::text(&self.config.target, params, "target").unwrap_or_default(),
         )?;
         let strict = settings::flag(self.config.strict, params, "strict", false)?;
-        let repo = Repository::open_local(&repo_path, false)?;
+        let repo = Repository::open_path(&repo_path, false)?;
         let catalog = repo.catalog()?;
         let mut lost = LostSet::from_bad_manifests(&catalog.bad);
         for bad in &catalog.bad {

@@ -25,6 +25,8 @@ mod restore_gaps;
 mod restore_live_in_use;
 mod restore_point_in_time;
 mod restore_regressions;
+mod s3_repo;
+mod s3_server;
 mod trading_chain;
 mod trading_cli;
 mod user_text;
