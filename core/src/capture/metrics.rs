@@ -30,6 +30,8 @@ pub struct CaptureMetrics {
     repository_lost: AtomicU64,
     events_archived: AtomicU64,
     early_steps: AtomicU64,
+    /// The upload spool of a remote repository (its backlog and lag).
+    spool: std::sync::OnceLock<Arc<crate::repo::spool::SpoolStats>>,
 }
 
 fn now_ms() -> i64 {
@@ -95,6 +97,11 @@ impl CaptureMetrics {
         self.early_steps.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Reports the upload spool's backlog and lag with these metrics.
+    pub fn attach_spool(&self, stats: Arc<crate::repo::spool::SpoolStats>) {
+        let _ = self.spool.set(stats);
+    }
+
     /// Consecutive failed steps.
     pub fn consecutive_failures(&self) -> u64 {
         self.consecutive_failures.load(Ordering::Relaxed)
@@ -133,6 +140,9 @@ impl CaptureMetrics {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
             ));
+        }
+        if let Some(spool) = self.spool.get() {
+            out.push_str(&spool.render());
         }
         out
     }

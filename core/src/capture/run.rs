@@ -272,6 +272,7 @@ pub fn is_storage_outage(e: &Error) -> bool {
                     | std::io::ErrorKind::QuotaExceeded
                     | std::io::ErrorKind::ReadOnlyFilesystem
                     | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::NotConnected
             )
         }
         _ => false,
@@ -297,8 +298,12 @@ pub fn replicate(
         .as_deref()
         .map(super::metrics::bind)
         .transpose()?;
+    let spool = repo.backend().spool_stats();
     let mut cap = Capturer::open(opts, repo)?;
     let metrics = cap.metrics();
+    if let Some(spool) = spool {
+        metrics.attach_spool(spool);
+    }
     if let Some(l) = listener {
         let bound = super::metrics::start(l, metrics.clone())?;
         tracing::info!("serving capture metrics at http://{bound}/metrics");

@@ -82,6 +82,10 @@ pub trait Backend: Send + Sync {
     fn get_many(&self, keys: &[String]) -> Vec<Result<ObjectBytes>> {
         keys.iter().map(|k| self.get(k)).collect()
     }
+    /// The upload spool's figures, for a backend that has one.
+    fn spool_stats(&self) -> Option<std::sync::Arc<crate::repo::spool::SpoolStats>> {
+        None
+    }
     /// Writes or replaces a small mutable state file atomically.
     ///
     /// # Errors

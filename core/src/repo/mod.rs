@@ -9,6 +9,7 @@ pub mod location;
 pub mod lost;
 pub mod manifest;
 pub mod s3;
+pub mod spool;
 
 use std::path::Path;
 use std::sync::Arc;
