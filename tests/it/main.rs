@@ -25,6 +25,7 @@ mod restore_gaps;
 mod restore_live_in_use;
 mod restore_point_in_time;
 mod restore_regressions;
+mod s3_outage;
 mod s3_repo;
 mod s3_server;
 mod trading_chain;

@@ -141,3 +141,73 @@ fn start() -> S3Server {
     });
     server
 }
+
+/// A TCP proxy in front of the server that can be taken down: while down
+/// it refuses every request and cuts the connections it carried, which is
+/// what the capturer sees of a store that is stopped (moto keeps its
+/// objects in memory, so the server itself cannot be stopped and restarted
+/// with its bucket).
+pub struct Outage {
+    pub addr: SocketAddr,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Outage {
+    /// Starts the proxy (up) in front of `upstream`.
+    pub fn start(upstream: SocketAddr) -> Outage {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let down = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (d, o) = (down.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if d.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let pumps = [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ];
+                if let Ok(mut g) = o.lock() {
+                    g.extend(client.try_clone());
+                    g.extend(server.try_clone());
+                }
+                for (from, to) in pumps {
+                    if let (Ok(mut from), Ok(mut to)) = (from, to) {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                        });
+                    }
+                }
+            }
+        });
+        Outage { addr, down, open }
+    }
+
+    /// Takes the store down (cutting every open connection) or brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+        if down {
+            if let Ok(mut g) = self.open.lock() {
+                for s in g.drain(..) {
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                }
+            }
+        }
+    }
+
+    /// The endpoint URL through the proxy.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}

@@ -230,6 +230,14 @@ impl Shared {
 pub struct SpooledBackend {
     shared: Arc<Shared>,
     dir: PathBuf,
+    /// Keys this backend stored or found in the store: `exists` answers
+    /// them without a request, so that a capture step sends none to a
+    /// store that is down (its check that the generation's snapshot is
+    /// still there would otherwise fail the step and hold the read
+    /// transaction, and with it the application's checkpoints, for the
+    /// outage's length). A key deleted by someone else is seen by the next
+    /// run.
+    known: Mutex<HashSet<String>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -284,6 +292,7 @@ impl SpooledBackend {
         Ok(SpooledBackend {
             shared,
             dir: dir.to_path_buf(),
+            known: Mutex::default(),
             workers: Mutex::new(workers),
         })
     }
@@ -321,6 +330,22 @@ impl SpooledBackend {
                 .0;
         }
         Ok(())
+    }
+
+    fn know(&self, key: &str, present: bool) {
+        let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if present {
+            k.insert(key.to_string());
+        } else {
+            k.remove(key);
+        }
+    }
+
+    fn known(&self, key: &str) -> bool {
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
     }
 
     fn spooled(&self, key: &str) -> bool {
@@ -368,6 +393,7 @@ impl Backend for SpooledBackend {
             return self.shared.local.put(key, bytes);
         }
         self.shared.local.put(key, bytes)?;
+        self.know(key, true);
         let mut q = self.shared.lock();
         q.bytes += bytes.len() as u64;
         q.waiting.push_back(Waiting {
@@ -415,12 +441,20 @@ impl Backend for SpooledBackend {
                 self.shared.publish(&q);
             }
         }
+        self.know(key, false);
         self.shared.local.delete(key)?;
         self.shared.remote.delete(key)
     }
 
     fn exists(&self, key: &str) -> Result<bool> {
-        Ok(self.spooled(key) || self.shared.remote.exists(key)?)
+        if self.known(key) || self.spooled(key) {
+            return Ok(true);
+        }
+        let present = self.shared.remote.exists(key)?;
+        if present {
+            self.know(key, true);
+        }
+        Ok(present)
     }
 
     fn size(&self, key: &str) -> Result<Option<u64>> {

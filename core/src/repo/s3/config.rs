@@ -149,8 +149,8 @@ pub(crate) fn build_store(loc: &S3Location, s: &S3Settings) -> Result<AmazonS3> 
                 max_backoff: Duration::from_secs(2),
                 base: 2.0,
             },
-            max_retries: 3,
-            retry_timeout: Duration::from_secs(10),
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(5),
         })
         .with_client_options(
             ClientOptions::new()

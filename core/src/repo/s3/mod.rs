@@ -49,9 +49,9 @@ const RANGES_IN_FLIGHT: usize = 8;
 const GETS_IN_FLIGHT: usize = 32;
 
 /// Tries of one request (on top of the client's own retries of idempotent
-/// requests), with doubling backoff from 100 ms: about 3 s in all, after
-/// which the caller (the capture loop's outage backoff) takes over.
-const TRIES: u32 = 5;
+/// requests), with doubling backoff from 100 ms, after which the caller
+/// (the spool's uploaders, the capture loop's outage backoff) takes over.
+const TRIES: u32 = 3;
 
 /// Requests sent, by kind (for the benchmark's requests-per-hour figures
 /// and the tests that an idle database costs no PUT).
