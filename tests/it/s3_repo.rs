@@ -221,3 +221,30 @@ fn objects_in_the_bucket_are_never_overwritten() {
     b.delete("segments/x.zst").unwrap();
     assert!(!b.exists("segments/x.zst").unwrap());
 }
+
+/// A second capturer (another database, as from another host path) against
+/// the same prefix is refused by the lease; the first one may come back.
+#[test]
+fn a_second_capturer_of_the_same_prefix_is_refused() {
+    let first = Env::on(Store::S3);
+    simulated(&first);
+    let o = first.run(&["backup", "full"]);
+    assert!(o.status.success(), "{}", stderr_text(&o));
+    let mut second = Env::new();
+    second.repo_url = first.repo_url.clone();
+    simulated(&second);
+    for args in [vec!["backup", "full"], vec!["backup", "sync"]] {
+        let o = second.run(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr_text(&o));
+        let err = stderr_text(&o);
+        assert!(
+            err.contains("leased to") && err.contains(&first.db().display().to_string()),
+            "{err}"
+        );
+        assert!(err.contains("lease/capturer.json"), "{err}");
+    }
+    let o = first.run(&["backup", "sync"]);
+    assert!(o.status.success(), "{}", stderr_text(&o));
+    let (code, v) = second.json(&["list-backups"]);
+    assert_eq!(code, 0, "reading is not refused: {v}");
+}

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod catalog;
 pub mod formats;
 pub mod ids;
+pub mod lease;
 pub mod location;
 pub mod lost;
 pub mod manifest;

@@ -501,6 +501,10 @@ pub fn open_for_capture(
         }
         crate::repo::RepoLocation::S3(s3) => {
             let remote: Arc<dyn Backend> = Arc::new(crate::repo::s3::S3Backend::open(s3)?);
+            crate::repo::lease::acquire(
+                remote.as_ref(),
+                &crate::repo::lease::Lease::for_database(db),
+            )?;
             let spooled = Arc::new(SpooledBackend::open(
                 remote,
                 &spool_dir(db),
