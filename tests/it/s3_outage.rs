@@ -189,3 +189,69 @@ fn an_outage_of_the_store_loses_nothing_and_holds_nothing() {
         "the writer's last commit is not in the bucket"
     );
 }
+
+/// An idle database costs no PUT (Litestream #1171 reports 480 an hour):
+/// once the opening snapshot is stored, steps that find nothing new send
+/// nothing to write.
+#[test]
+fn an_idle_database_costs_no_put() {
+    let s3 = server();
+    let proxy = Outage::start(s3.addr);
+    let env = Env::on(Store::S3);
+    let record = env.path().join("record.txt");
+    let mut w = env.hostile_writer(&record, 20, 31, 0, 0);
+    assert!(w.wait().expect("writer").success());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let maddr = format!("127.0.0.1:{port}");
+    let mut rep = env
+        .cmd()
+        .env("AWS_ENDPOINT_URL", proxy.endpoint())
+        .args([
+            "backup",
+            "replicate",
+            "--interval",
+            "100ms",
+            "--metrics-addr",
+            &maddr,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("replicate");
+    wait_for_capture_lock(&env);
+    let metric = |name: &str| value(&scrape(&maddr).unwrap_or_default(), name).unwrap_or(-1.0);
+    let t0 = Instant::now();
+    while metric("genesis_capture_uploads_total") < 2.0
+        || metric("genesis_capture_upload_backlog_objects") != 0.0
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the snapshot never reached the store"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let steps_before = metric("genesis_capture_steps_total");
+    let before = proxy.counts();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = proxy.counts();
+    let steps = metric("genesis_capture_steps_total") - steps_before;
+    signal(&rep, "TERM");
+    let status = rep.wait().expect("replicate");
+    assert!(status.success(), "replicate failed");
+    assert!(before[0] >= 2, "the proxy saw no PUT at all: {before:?}");
+    assert!(steps >= 10.0, "only {steps} idle steps ran");
+    assert_eq!(
+        after[0] - before[0],
+        0,
+        "{steps} idle steps sent PUTs (PUT, GET, HEAD, DELETE before {before:?}, after {after:?})"
+    );
+    assert_eq!(
+        after[1] - before[1],
+        0,
+        "{steps} idle steps sent GETs (before {before:?}, after {after:?})"
+    );
+}

@@ -151,6 +151,37 @@ pub struct Outage {
     pub addr: SocketAddr,
     down: std::sync::Arc<std::sync::atomic::AtomicBool>,
     open: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+    /// Requests seen, by method: PUT, GET, HEAD, DELETE.
+    pub requests: std::sync::Arc<[AtomicU64; 4]>,
+}
+
+/// The methods [`Outage::requests`] counts.
+const METHODS: [&[u8]; 4] = [b"PUT /", b"GET /", b"HEAD /", b"DELETE /"];
+
+/// Copies `from` to `to`, counting the request lines that pass.
+fn pump(mut from: TcpStream, mut to: TcpStream, count: Option<std::sync::Arc<[AtomicU64; 4]>>) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(c) = &count {
+            for (i, m) in METHODS.iter().enumerate() {
+                // A request line starts a chunk or follows a newline.
+                let hits = buf[..n]
+                    .windows(m.len())
+                    .enumerate()
+                    .filter(|(at, w)| w == m && (*at == 0 || buf[at - 1] == b'\n'))
+                    .count();
+                c[i].fetch_add(hits as u64, Ordering::Relaxed);
+            }
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
 }
 
 impl Outage {
@@ -162,7 +193,8 @@ impl Outage {
         let addr = listener.local_addr().expect("proxy address");
         let down = Arc::new(AtomicBool::new(false));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (d, o) = (down.clone(), open.clone());
+        let requests: Arc<[AtomicU64; 4]> = Arc::default();
+        let (d, o, r) = (down.clone(), open.clone(), requests.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -174,24 +206,26 @@ impl Outage {
                     continue;
                 };
                 let pumps = [
-                    (client.try_clone(), server.try_clone()),
-                    (server.try_clone(), client.try_clone()),
+                    (client.try_clone(), server.try_clone(), Some(r.clone())),
+                    (server.try_clone(), client.try_clone(), None),
                 ];
                 if let Ok(mut g) = o.lock() {
                     g.extend(client.try_clone());
                     g.extend(server.try_clone());
                 }
-                for (from, to) in pumps {
-                    if let (Ok(mut from), Ok(mut to)) = (from, to) {
-                        std::thread::spawn(move || {
-                            let _ = std::io::copy(&mut from, &mut to);
-                            let _ = to.shutdown(std::net::Shutdown::Both);
-                        });
+                for (from, to, count) in pumps {
+                    if let (Ok(from), Ok(to)) = (from, to) {
+                        std::thread::spawn(move || pump(from, to, count));
                     }
                 }
             }
         });
-        Outage { addr, down, open }
+        Outage {
+            addr,
+            down,
+            open,
+            requests,
+        }
     }
 
     /// Takes the store down (cutting every open connection) or brings it back.
@@ -204,6 +238,11 @@ impl Outage {
                 }
             }
         }
+    }
+
+    /// (PUT, GET, HEAD, DELETE) requests so far.
+    pub fn counts(&self) -> [u64; 4] {
+        [0, 1, 2, 3].map(|i| self.requests[i].load(Ordering::Relaxed))
     }
 
     /// The endpoint URL through the proxy.
