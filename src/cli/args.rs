@@ -227,6 +227,9 @@ pub struct RestoreArgs {
     /// Fail instead of falling back when incremental backups are missing.
     #[arg(long)]
     pub strict: bool,
+    /// Keep the objects read from an s3:// repository here and read them from here next time.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -270,6 +273,9 @@ pub struct DrillArgs {
     /// The exchange's open orders, to reconcile the drill's database.
     #[arg(long, value_name = "FILE")]
     pub exchange_orders: Option<PathBuf>,
+    /// Keep the objects read from an s3:// repository here and read them from here next time.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -279,6 +285,9 @@ pub struct RunArgs {
     /// Override a pipeline parameter, key=value (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Keep the objects read from an s3:// repository here and read them from here next time.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

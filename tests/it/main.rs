@@ -27,6 +27,7 @@ mod restore_point_in_time;
 mod restore_regressions;
 mod s3_outage;
 mod s3_repo;
+mod s3_requests;
 mod s3_server;
 mod trading_chain;
 mod trading_cli;

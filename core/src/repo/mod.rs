@@ -2,6 +2,7 @@
 //! manifests, on a [`Backend`].
 
 pub mod backend;
+pub mod cache;
 pub mod catalog;
 pub mod formats;
 pub mod ids;
@@ -73,9 +74,14 @@ impl Repository {
     pub fn open(location: &RepoLocation, create: bool) -> Result<Self> {
         match location {
             RepoLocation::Local(path) => Repository::open_local(path, create),
-            RepoLocation::S3(s3) => Ok(Repository {
-                backend: Arc::new(s3::S3Backend::open(s3)?),
-            }),
+            RepoLocation::S3(s3) => {
+                let remote: Arc<dyn Backend> = Arc::new(s3::S3Backend::open(s3)?);
+                let backend: Arc<dyn Backend> = match cache::configured() {
+                    Some(dir) if !create => Arc::new(cache::CachedBackend::open(remote, &dir)?),
+                    _ => remote,
+                };
+                Ok(Repository { backend })
+            }
         }
     }
 
