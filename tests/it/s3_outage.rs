@@ -141,7 +141,7 @@ fn an_outage_of_the_store_loses_nothing_and_holds_nothing() {
     let worst = times.windows(2).map(|p| p[1] - p[0]).fold(0.0, f64::max);
     assert!(
         worst < interval.as_secs_f64(),
-        "the application waited {worst:.3} s between two commits"
+        "the application waited {worst:.3} s between two commits; replicate's log:\n{log}"
     );
     assert_eq!(spool_files(&env), 0, "the spool was not emptied");
 
