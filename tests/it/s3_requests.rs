@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::capture_metrics::{scrape, value};
 use crate::common::{signal, wait_for_capture_lock, Env, Store};
+use crate::s3_outage::replicate_through;
 use crate::s3_server::{server, Outage};
 
 /// An idle database costs no PUT (Litestream #1171 reports 480 an hour):
@@ -17,28 +18,7 @@ fn an_idle_database_costs_no_put() {
     let proxy = Outage::start(s3.addr);
     let env = Env::on(Store::S3);
     let record = env.path().join("record.txt");
-    let mut w = env.hostile_writer(&record, 20, 31, 0, 0);
-    assert!(w.wait().expect("writer").success());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let maddr = format!("127.0.0.1:{port}");
-    let mut rep = env
-        .cmd()
-        .env("AWS_ENDPOINT_URL", proxy.endpoint())
-        .args([
-            "backup",
-            "replicate",
-            "--interval",
-            "100ms",
-            "--metrics-addr",
-            &maddr,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("replicate");
+    let (mut rep, maddr) = replicate_through(&env, &proxy, &record, 20, &["--interval", "100ms"]);
     wait_for_capture_lock(&env);
     let metric = |name: &str| value(&scrape(&maddr).unwrap_or_default(), name).unwrap_or(-1.0);
     let t0 = Instant::now();
