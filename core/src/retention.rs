@@ -163,7 +163,7 @@ pub fn prune(
         }
     }
     let mut removed_ids = BTreeSet::new();
-    let leased = crate::repo::leases::leased_objects(repo)?;
+    let leased = crate::repo::read_leases::leased_objects(repo)?;
     for c in &chains[..removable] {
         if c.objects.iter().any(|m| leased.contains(&m.id)) {
             tracing::info!(

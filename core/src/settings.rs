@@ -15,6 +15,9 @@
 //! [compaction]
 //! levels = ["30s", "5m", "1h"]   # [] turns compaction off
 //! l0_retention = "24h"           # per-transaction points kept this long
+//! [s3]                      # for repository = "s3://BUCKET/PREFIX"
+//! endpoint = "https://s3.eu-west-1.amazonaws.com"
+//! region = "eu-west-1"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -93,6 +96,9 @@ pub struct Settings {
     pub retention: RetentionSettings,
     #[serde(default)]
     pub compaction: CompactionSettings,
+    /// The object store of an `s3://` repository (over the AWS environment).
+    #[serde(default)]
+    pub s3: crate::repo::s3::S3Settings,
 }
 
 /// The default settings file name.

@@ -21,7 +21,7 @@ pub struct Global {
     /// The live database (default .genesis/data/genesis.db, or `database` in the settings file).
     #[arg(long, global = true, value_name = "PATH")]
     pub db: Option<PathBuf>,
-    /// The backup repository (default .genesis/backups, or `repository` in the settings file).
+    /// The backup repository: a directory or s3://BUCKET/PREFIX (default .genesis/backups, or `repository` in the settings file).
     #[arg(long, global = true, value_name = "PATH")]
     pub repo: Option<PathBuf>,
     /// Settings file (default ./genesis-recovery.toml when present).
@@ -248,6 +248,9 @@ pub struct RestoreArgs {
     /// Fail instead of falling back when incremental backups are missing.
     #[arg(long)]
     pub strict: bool,
+    /// Keep the objects read from an s3:// repository here and read them from here next time.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -297,6 +300,9 @@ pub struct DrillArgs {
     /// Draw the drill history against the guide's targets into this HTML file.
     #[arg(long, value_name = "FILE.html")]
     pub report: Option<PathBuf>,
+    /// Keep the objects read from an s3:// repository here and read them from here next time.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -337,6 +343,9 @@ pub struct RunArgs {
     /// Override a pipeline parameter, key=value (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Keep the objects read from an s3:// repository here and read them from here next time.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use genesis_core::capture::{self, CaptureOptions, ReplicateOptions};
-use genesis_core::repo::Repository;
+use genesis_core::repo::spool::SpooledBackend;
+use genesis_core::repo::{RepoLocation, Repository};
 use genesis_core::time::parse_duration;
 
 use super::args::{BackupCommand, CaptureFlags, SimulateArgs};
@@ -53,10 +54,26 @@ fn capture_options(ctx: &Ctx, flags: &CaptureFlags) -> anyhow::Result<CaptureOpt
     Ok(o)
 }
 
-fn open_repo(ctx: &Ctx) -> anyhow::Result<Repository> {
+/// The capturer's repository; an object store comes behind the
+/// database's upload spool, returned to be drained before the command ends.
+fn open_repo(ctx: &Ctx) -> anyhow::Result<(Repository, Option<Arc<SpooledBackend>>)> {
     // Check the database before creating anything.
     genesis_core::capture::source::read_db_header(&ctx.db)?;
-    Ok(Repository::open_local(&ctx.repo, true)?)
+    let location = RepoLocation::from_path(&ctx.repo)?;
+    Ok(genesis_core::repo::spool::open_for_capture(
+        &location, &ctx.db,
+    )?)
+}
+
+/// How long a capture command waits for its spool to reach the object store.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Waits for the spool (when there is one) to be uploaded.
+fn drain(spool: Option<Arc<SpooledBackend>>) -> anyhow::Result<()> {
+    if let Some(s) = spool {
+        s.drain(DRAIN_TIMEOUT)?;
+    }
+    Ok(())
 }
 
 /// Compaction level spans: `--levels`/`--compaction-levels` (comma-separated,
@@ -88,8 +105,9 @@ pub fn backup(ctx: &Ctx, cmd: BackupCommand) -> anyhow::Result<i32> {
     match cmd {
         BackupCommand::Full(flags) => {
             let opts = capture_options(ctx, &flags)?;
-            let repo = open_repo(ctx)?;
+            let (repo, spool) = open_repo(ctx)?;
             let r = capture::backup_full(opts, repo, Duration::from_secs(120))?;
+            drain(spool)?;
             print(ctx, &r, || {
                 format!(
                     "full backup {} at txid {} ({}, checksum {}){}",
@@ -107,8 +125,9 @@ pub fn backup(ctx: &Ctx, cmd: BackupCommand) -> anyhow::Result<i32> {
         }
         BackupCommand::Sync(flags) => {
             let opts = capture_options(ctx, &flags)?;
-            let repo = open_repo(ctx)?;
+            let (repo, spool) = open_repo(ctx)?;
             let r = capture::backup_sync(opts, repo)?;
+            drain(spool)?;
             print(ctx, &r, || {
                 let mut s = match (r.txid_min, r.txid_max) {
                     (Some(a), Some(b)) => format!("shipped txids {a}..={b} ({} pages)", r.pages),
@@ -143,7 +162,7 @@ pub fn backup(ctx: &Ctx, cmd: BackupCommand) -> anyhow::Result<i32> {
                 metrics_addr: a.metrics_addr.clone(),
                 compaction: compaction_levels(ctx, a.compaction_levels.as_deref())?,
             };
-            let repo = open_repo(ctx)?;
+            let (repo, spool) = open_repo(ctx)?;
             let stop = stop_on_signals()?;
             let quiet = ctx.quiet || ctx.json;
             let sum = capture::replicate(opts, repo, &ropts, &stop, |r| {
@@ -156,6 +175,7 @@ pub fn backup(ctx: &Ctx, cmd: BackupCommand) -> anyhow::Result<i32> {
                     }
                 }
             })?;
+            drain(spool)?;
             print(ctx, &sum, || {
                 format!(
                     "replicated {} transactions in {} segments, {} events, {} snapshot(s), over {:.1}s; last txid {} (generation {})",
@@ -171,7 +191,7 @@ pub fn backup(ctx: &Ctx, cmd: BackupCommand) -> anyhow::Result<i32> {
         }
         BackupCommand::Compact(a) => {
             let levels = compaction_levels(ctx, a.levels.as_deref())?;
-            let repo = Repository::open_local(&ctx.repo, false)?;
+            let repo = Repository::open_path(&ctx.repo, false)?;
             let r = genesis_core::compact::compact_repository(&repo, &levels, chrono::Utc::now())?;
             print(ctx, &r, || {
                 let mut s = format!(
@@ -202,7 +222,7 @@ pub fn backup(ctx: &Ctx, cmd: BackupCommand) -> anyhow::Result<i32> {
                 Some(t) => parse_duration(t)?,
                 None => ctx.settings.compaction.l0_retention()?,
             };
-            let repo = Repository::open_local(&ctx.repo, false)?;
+            let repo = Repository::open_path(&ctx.repo, false)?;
             let mut r = genesis_core::retention::prune(&repo, keep_days, keep_full, a.dry_run)?;
             r.level0 = genesis_core::compact::prune::prune_level0(&repo, keep_l0, a.dry_run)?;
             print(ctx, &r, || {

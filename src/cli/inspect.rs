@@ -8,7 +8,7 @@ use super::output::{bytes, print};
 use super::{Ctx, EXIT_FAILED, EXIT_OK};
 
 pub fn list_backups(ctx: &Ctx, a: ListArgs) -> anyhow::Result<i32> {
-    let repo = Repository::open_local(&ctx.repo, false)?;
+    let repo = Repository::open_path(&ctx.repo, false)?;
     let since = a
         .days
         .and_then(|d| Utc::now().checked_sub_signed(ChronoDuration::days(i64::from(d))));
@@ -45,7 +45,7 @@ pub fn list_backups(ctx: &Ctx, a: ListArgs) -> anyhow::Result<i32> {
 }
 
 pub fn verify_backups(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<i32> {
-    let repo = Repository::open_local(&ctx.repo, false)?;
+    let repo = Repository::open_path(&ctx.repo, false)?;
     let r = genesis_core::verify::verify_repository(&repo, a.backup_id.as_deref())?;
     print(ctx, &r, || {
         if r.ok {

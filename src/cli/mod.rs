@@ -49,17 +49,22 @@ impl Ctx {
     /// An unreadable or invalid settings file.
     pub fn new(g: &args::Global) -> anyhow::Result<Ctx> {
         let settings = Settings::load(g.config.as_deref())?;
-        let ctx = Ctx {
+        genesis_core::repo::s3::configure(settings.s3.clone());
+        let repo = g
+            .repo
+            .clone()
+            .or_else(|| settings.repository.clone())
+            .unwrap_or_else(|| PathBuf::from(".genesis/backups"));
+        // A URL that is not a repository is refused here, before any
+        // command can take it for a local folder name.
+        genesis_core::repo::RepoLocation::from_path(&repo)?;
+        Ok(Ctx {
             db: g
                 .db
                 .clone()
                 .or_else(|| settings.database.clone())
                 .unwrap_or_else(|| PathBuf::from(".genesis/data/genesis.db")),
-            repo: g
-                .repo
-                .clone()
-                .or_else(|| settings.repository.clone())
-                .unwrap_or_else(|| PathBuf::from(".genesis/backups")),
+            repo,
             staging: settings
                 .staging_dir
                 .clone()
@@ -67,18 +72,7 @@ impl Ctx {
             settings,
             json: g.json,
             quiet: g.quiet,
-        };
-        // A URL would be taken as a relative folder (`s3:/bucket/...`), and
-        // capture would create it: backups the user thinks are remote.
-        let repo = ctx.repo.to_string_lossy();
-        if let Some((scheme, _)) = repo.split_once("://") {
-            return Err(genesis_core::Error::Usage(format!(
-                "repository {repo}: {scheme}:// repositories are not supported yet; give a local folder \
-                 (--repo, `repository` in the settings file, or BackupManager(repository=...))"
-            ))
-            .into());
-        }
-        Ok(ctx)
+        })
     }
 }
 

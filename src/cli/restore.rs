@@ -87,7 +87,15 @@ fn target(a: &RestoreArgs, overrides: &[(String, String)]) -> anyhow::Result<Tar
     .into())
 }
 
+/// Reads remote repositories through `dir`, when given (`--cache-dir`).
+fn use_cache(dir: Option<&std::path::Path>) {
+    if let Some(d) = dir {
+        genesis_core::repo::cache::configure(d);
+    }
+}
+
 pub fn restore(ctx: &Ctx, a: RestoreArgs) -> anyhow::Result<i32> {
+    use_cache(a.cache_dir.as_deref());
     let overrides = overrides(&a.set)?;
     let mut opts = RestoreOptions::new(&ctx.repo, &ctx.db, target(&a, &overrides)?);
     opts.staging_dir = a.staging_dir.clone().unwrap_or_else(|| ctx.staging.clone());
@@ -196,6 +204,7 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> anyhow::Result<i32> {
 }
 
 pub fn drill(ctx: &Ctx, a: DrillArgs) -> anyhow::Result<i32> {
+    use_cache(a.cache_dir.as_deref());
     let tmp;
     let scratch: PathBuf = match &a.scratch_dir {
         Some(d) => d.clone(),
@@ -269,6 +278,7 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 }
 
 pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<i32> {
+    use_cache(a.cache_dir.as_deref());
     let loader = LibraryLoader::new();
     let mut ov = vec![
         ("repository".to_string(), ctx.repo.display().to_string()),

@@ -194,7 +194,7 @@ impl Fetch {
             &settings::text(&self.config.target, params, "target").unwrap_or_default(),
         )?;
         let strict = settings::flag(self.config.strict, params, "strict", false)?;
-        let repo = Repository::open_local(&repo_path, false)?;
+        let repo = Repository::open_path(&repo_path, false)?;
         let catalog = repo.catalog()?;
         let mut lost = LostSet::from_bad_manifests(&catalog.bad);
         for bad in &catalog.bad {
@@ -202,7 +202,7 @@ impl Fetch {
         }
         let now = Utc::now();
         // Prune keeps what a live lease names, for as long as this reads.
-        let mut lease: Option<genesis_core::repo::leases::ReadLease> = None;
+        let mut lease: Option<genesis_core::repo::read_leases::ReadLease> = None;
         for _ in 0..MAX_REPLANS {
             let plan = resolve::resolve_plan(&catalog, &target, strict, now, &lost)?;
             let manifests = plan_manifests(&plan);
@@ -211,7 +211,7 @@ impl Fetch {
             // pruned under the read is then found missing and planned around).
             let taken = match &lease {
                 Some(l) => l.update(&ids),
-                None => genesis_core::repo::leases::ReadLease::take(&repo, &ids)
+                None => genesis_core::repo::read_leases::ReadLease::take(&repo, &ids)
                     .map(|l| lease = Some(l)),
             };
             if let Err(e) = taken {

@@ -6,12 +6,22 @@
 
 use std::time::Duration;
 
-use crate::common::{integrity, kv_hash, read_record, rebuild_at, signal, soak, Env};
+use crate::common::{integrity, kv_hash, read_record, rebuild_at, signal, soak, Env, Store};
 
 #[test]
 fn killed_capturer_never_leaves_a_silently_broken_chain() {
-    let env = Env::new();
-    let kills = if soak() { 100 } else { 20 };
+    killed_capturer(Store::Local, if soak() { 100 } else { 20 });
+}
+
+/// The same against the S3 server (fewer kills by default: each restart
+/// of the capturer there costs a snapshot upload).
+#[test]
+fn killed_capturer_never_leaves_a_silently_broken_chain_on_s3() {
+    killed_capturer(Store::S3, if soak() { 100 } else { 8 });
+}
+
+fn killed_capturer(store: Store, kills: u64) {
+    let env = Env::on(store);
     let record = env.path().join("record.txt");
     let mut w = env.hostile_writer(&record, 1, 3, 0, 0);
     assert!(w.wait().expect("writer").success());
@@ -43,7 +53,7 @@ fn killed_capturer_never_leaves_a_silently_broken_chain() {
     );
 
     let rec = read_record(&record);
-    let repo = genesis_core::repo::Repository::open_local(&env.repo(), false).unwrap();
+    let repo = env.open_repo();
     let catalog = repo.catalog().unwrap();
     assert!(
         catalog.bad.is_empty(),

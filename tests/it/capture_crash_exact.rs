@@ -24,7 +24,7 @@ use crate::exact_event::{full_state, full_state_conn};
 use crate::kv_oracle::Logged;
 
 fn latest_point_time(env: &Env) -> Option<DateTime<Utc>> {
-    let repo = genesis_core::repo::Repository::open_local(&env.repo(), false).ok()?;
+    let repo = genesis_core::repo::Repository::open_path(&env.repo(), false).ok()?;
     repo.catalog().ok()?.latest_point().map(|p| p.time)
 }
 

@@ -37,7 +37,7 @@ fn backup_full_asks_the_running_capturer_for_the_snapshot() {
     assert!(rep.wait().unwrap().success());
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["taken_by_running_capturer"], true, "{v}");
-    let repo = genesis_core::repo::Repository::open_local(&env.repo(), false).unwrap();
+    let repo = genesis_core::repo::Repository::open_path(&env.repo(), false).unwrap();
     let catalog = repo.catalog().unwrap();
     assert_eq!(
         catalog.generations.len(),
@@ -91,7 +91,7 @@ fn replicate_takes_a_snapshot_every_snapshot_interval_within_its_generation() {
     ]);
     assert!(o.status.success());
     assert!(rep.wait().unwrap().success());
-    let repo = genesis_core::repo::Repository::open_local(&env.repo(), false).unwrap();
+    let repo = genesis_core::repo::Repository::open_path(&env.repo(), false).unwrap();
     let catalog = repo.catalog().unwrap();
     assert_eq!(catalog.generations.len(), 1);
     let snaps = &catalog.generations[0].snapshots;

@@ -48,7 +48,7 @@ fn replicate_never_loses_a_commit_under_a_hostile_writer() {
 
     let rec = read_record(&record);
     assert_eq!(rec.len() as u64, commits + 1);
-    let repo = genesis_core::repo::Repository::open_local(&env.repo(), false).unwrap();
+    let repo = genesis_core::repo::Repository::open_path(&env.repo(), false).unwrap();
     let catalog = repo.catalog().unwrap();
     assert_eq!(
         catalog.generations.len(),

@@ -226,7 +226,7 @@ fn item3_repository_deleted_under_a_running_capturer_is_repaired_with_a_new_gene
     // The repaired repository: generations that begin with a snapshot,
     // every txid the writer's, and the latest the writer's last commit.
     let rec = read_kv_record(&record);
-    let repo = genesis_core::repo::Repository::open_local(&env.repo(), false).expect("repo");
+    let repo = genesis_core::repo::Repository::open_path(&env.repo(), false).expect("repo");
     let catalog = repo.catalog().expect("catalog");
     for g in &catalog.generations {
         let Some((start, _)) = g.span() else { continue };
@@ -450,7 +450,7 @@ fn item5_events_rewritten_in_place_are_archived_or_reported_and_restores_stay_ex
     // capture after the rewrite on (before it, the newest restore point still
     // holds the deleted events, and a DELETE is no event to replay).
     let deleted_at = states[0].0;
-    let repo = genesis_core::repo::Repository::open_local(&env.repo(), false).expect("repo");
+    let repo = genesis_core::repo::Repository::open_path(&env.repo(), false).expect("repo");
     let after = repo
         .catalog()
         .expect("catalog")

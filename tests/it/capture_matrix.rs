@@ -378,7 +378,7 @@ pub fn check_capture(
         }
     }
 
-    let repo = genesis_core::repo::Repository::open_local(&env.repo(), false).expect("repo");
+    let repo = genesis_core::repo::Repository::open_path(&env.repo(), false).expect("repo");
     let catalog = repo.catalog().expect("catalog");
     if generations.is_some_and(|g| g != catalog.generations.len()) {
         report.problems.push(format!(

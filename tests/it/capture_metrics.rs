@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::common::{wait_for_capture_lock, Env};
 use crate::kv_oracle::Logged;
 
-fn scrape(addr: &str) -> Option<String> {
+pub(crate) fn scrape(addr: &str) -> Option<String> {
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -17,7 +17,7 @@ fn scrape(addr: &str) -> Option<String> {
     Some(body)
 }
 
-fn value(body: &str, name: &str) -> Option<f64> {
+pub(crate) fn value(body: &str, name: &str) -> Option<f64> {
     body.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.trim().parse().ok())

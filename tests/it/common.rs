@@ -7,9 +7,20 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+/// The kind of repository a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// A local directory (`backups/` in the test's directory).
+    Local,
+    /// A fresh prefix in the moto S3 server's bucket (`crate::s3_server`).
+    S3,
+}
+
 /// A test's working directory with the default layout.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// The `s3://` repository when the test runs against the S3 server.
+    pub repo_url: Option<String>,
 }
 
 impl Env {
@@ -19,7 +30,37 @@ impl Env {
             .tempdir()
             .expect("temp dir");
         std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
-        Env { dir }
+        Env {
+            dir,
+            repo_url: None,
+        }
+    }
+    /// A test directory whose repository is `store`.
+    pub fn on(store: Store) -> Env {
+        let mut env = Env::new();
+        if store == Store::S3 {
+            let name = std::thread::current()
+                .name()
+                .unwrap_or("test")
+                .rsplit("::")
+                .next()
+                .unwrap_or("test")
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "-");
+            env.repo_url = Some(crate::s3_server::server().new_repo_url(&name));
+        }
+        env
+    }
+    /// The repository, opened with the library.
+    pub fn open_repo(&self) -> genesis_core::repo::Repository {
+        genesis_core::repo::Repository::open_path(&self.repo(), false).expect("open repository")
+    }
+    /// Adds the S3 server's environment when the repository is there.
+    fn with_store_env(&self, c: &mut Command) {
+        if self.repo_url.is_some() {
+            for (k, v) in crate::s3_server::server().env() {
+                c.env(k, v);
+            }
+        }
     }
     pub fn path(&self) -> &Path {
         self.dir.path()
@@ -28,7 +69,10 @@ impl Env {
         self.path().join("data/genesis.db")
     }
     pub fn repo(&self) -> PathBuf {
-        self.path().join("backups")
+        match &self.repo_url {
+            Some(url) => PathBuf::from(url),
+            None => self.path().join("backups"),
+        }
     }
     /// The binary with --db and --repo pointing into this directory.
     pub fn cmd(&self) -> Command {
@@ -39,6 +83,7 @@ impl Env {
             .arg("--repo")
             .arg(self.repo());
         c.env_remove("RUST_LOG");
+        self.with_store_env(&mut c);
         c
     }
     /// The binary with --db into this directory and the given --repo.
@@ -49,6 +94,7 @@ impl Env {
             .arg(self.db())
             .arg("--repo")
             .arg(repo);
+        self.with_store_env(&mut c);
         c
     }
     /// Runs the binary with args; returns the output.
@@ -176,7 +222,7 @@ pub fn wait_output(child: Child, what: &str) -> Output {
 
 /// Rebuilds the database at `txid` with the library and returns its path.
 pub fn rebuild_at(repo: &Path, txid: u64, out: &Path) -> genesis_core::rebuild::RebuildResult {
-    let repo = genesis_core::repo::Repository::open_local(repo, false).expect("repo");
+    let repo = genesis_core::repo::Repository::open_path(repo, false).expect("repo");
     let catalog = repo.catalog().expect("catalog");
     let point = catalog.point_for_txid(txid).expect("point");
     let chain = catalog.chain_to(&point).expect("chain");

@@ -86,7 +86,7 @@ fn restores_between_captures_are_exact_to_the_event() {
     assert!(rep.wait().unwrap().success());
     drop(conn);
 
-    let repo = genesis_core::repo::Repository::open_local(&env.repo(), false).unwrap();
+    let repo = genesis_core::repo::Repository::open_path(&env.repo(), false).unwrap();
     let points = repo.catalog().unwrap().restore_points();
     let first_event = states.first().unwrap().0;
     let last_event = states.last().unwrap().0;

@@ -58,7 +58,7 @@ fn trading_env(commits: u32) -> Env {
 }
 
 fn catalog(env: &Env) -> genesis_core::repo::Catalog {
-    genesis_core::repo::Repository::open_local(&env.repo(), false)
+    genesis_core::repo::Repository::open_path(&env.repo(), false)
         .unwrap()
         .catalog()
         .unwrap()

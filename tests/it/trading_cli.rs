@@ -1,10 +1,14 @@
 //! The trading commands as a user runs them: validate, recover-positions,
 //! reconcile-orders, drill, demo, and retention.
 
-use crate::common::Env;
+use crate::common::{Env, Store};
 
 fn simulated(commits: &str) -> Env {
-    let env = Env::new();
+    simulated_on(Store::Local, commits)
+}
+
+fn simulated_on(store: Store, commits: &str) -> Env {
+    let env = Env::on(store);
     let o = env.run(&[
         "simulate",
         "--rate",
@@ -195,7 +199,16 @@ fn demo_recovers_and_reports() {
 
 #[test]
 fn prune_removes_whole_old_chains_and_keeps_every_kept_point_restorable() {
-    let env = simulated("300");
+    prune_whole_chains(Store::Local);
+}
+
+#[test]
+fn prune_removes_whole_old_chains_and_keeps_every_kept_point_restorable_on_s3() {
+    prune_whole_chains(Store::S3);
+}
+
+fn prune_whole_chains(store: Store) {
+    let env = simulated_on(store, "300");
     let app = rusqlite::Connection::open(env.db()).unwrap();
     app.query_row("SELECT count(*) FROM events", [], |_| Ok(()))
         .unwrap();
@@ -219,7 +232,7 @@ fn prune_removes_whole_old_chains_and_keeps_every_kept_point_restorable() {
         }
     }
     drop(app);
-    let repo = genesis_core::repo::Repository::open_local(&env.repo(), false).unwrap();
+    let repo = env.open_repo();
     let before = repo.catalog().unwrap();
     let snaps_before: usize = before.generations.iter().map(|g| g.snapshots.len()).sum();
     assert!(snaps_before >= 4);

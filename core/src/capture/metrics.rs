@@ -32,6 +32,8 @@ pub struct CaptureMetrics {
     early_steps: AtomicU64,
     compacted: AtomicU64,
     compaction_errors: AtomicU64,
+    /// The upload spool of a remote repository (its backlog and lag).
+    spool: std::sync::OnceLock<Arc<crate::repo::spool::SpoolStats>>,
 }
 
 fn now_ms() -> i64 {
@@ -105,6 +107,11 @@ impl CaptureMetrics {
         self.early_steps.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Reports the upload spool's backlog and lag with these metrics.
+    pub fn attach_spool(&self, stats: Arc<crate::repo::spool::SpoolStats>) {
+        let _ = self.spool.set(stats);
+    }
+
     /// Consecutive failed steps.
     pub fn consecutive_failures(&self) -> u64 {
         self.consecutive_failures.load(Ordering::Relaxed)
@@ -145,6 +152,9 @@ impl CaptureMetrics {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
             ));
+        }
+        if let Some(spool) = self.spool.get() {
+            out.push_str(&spool.render());
         }
         out
     }

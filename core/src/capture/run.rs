@@ -274,6 +274,7 @@ pub fn is_storage_outage(e: &Error) -> bool {
                     | std::io::ErrorKind::QuotaExceeded
                     | std::io::ErrorKind::ReadOnlyFilesystem
                     | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::NotConnected
             )
         }
         _ => false,
@@ -300,8 +301,12 @@ pub fn replicate(
         .map(super::metrics::bind)
         .transpose()?;
     let compact_repo = repo.clone();
+    let spool = repo.backend().spool_stats();
     let mut cap = Capturer::open(opts, repo)?;
     let metrics = cap.metrics();
+    if let Some(spool) = spool {
+        metrics.attach_spool(spool);
+    }
     let compaction = (!ropts.compaction.is_empty()).then(|| {
         crate::compact::worker::Background::spawn(
             compact_repo,

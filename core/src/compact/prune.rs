@@ -63,7 +63,7 @@ pub fn prune_level0(repo: &Repository, retention: Duration, dry_run: bool) -> Re
             }
         }
     }
-    let leased: BTreeSet<String> = crate::repo::leases::leased_objects(repo)?;
+    let leased: BTreeSet<String> = crate::repo::read_leases::leased_objects(repo)?;
     for m in doomed {
         if leased.contains(&m.id) {
             continue;

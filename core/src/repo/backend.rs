@@ -98,6 +98,16 @@ pub trait Backend: Send + Sync {
         }
         self.get(key).map(|b| Some(b.len() as u64))
     }
+    /// Reads many objects; each result in the order of `keys`. Remote
+    /// backends send the requests concurrently (loading the catalog reads
+    /// every manifest); the default reads one after the other.
+    fn get_many(&self, keys: &[String]) -> Vec<Result<ObjectBytes>> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
+    /// The upload spool's figures, for a backend that has one.
+    fn spool_stats(&self) -> Option<std::sync::Arc<crate::repo::spool::SpoolStats>> {
+        None
+    }
     /// Writes or replaces a small mutable state file atomically.
     ///
     /// # Errors

@@ -2,18 +2,24 @@
 //! manifests, on a [`Backend`].
 
 pub mod backend;
+pub mod cache;
 pub mod catalog;
 pub mod formats;
 pub mod ids;
-pub mod leases;
+pub mod lease;
+pub mod location;
 pub mod lost;
 pub mod manifest;
+pub mod read_leases;
+pub mod s3;
+pub mod spool;
 
 use std::path::Path;
 use std::sync::Arc;
 
 pub use backend::{Backend, LocalBackend, ObjectBytes};
 pub use catalog::Catalog;
+pub use location::{RepoLocation, S3Location};
 pub use manifest::{
     checksum_hex, parse_checksum, FrameEntry, Manifest, ObjectKind, TxnEntry, WalPosition,
     FORMAT_VERSION, MAX_LEVEL,
@@ -58,6 +64,36 @@ impl Repository {
         Ok(Repository {
             backend: Arc::new(local),
         })
+    }
+
+    /// Opens the repository at `location`: a local directory (made when
+    /// `create`) or an `s3://` prefix (whose bucket must exist).
+    ///
+    /// # Errors
+    /// `Error::Usage` for a missing or unwritable directory, or an object
+    /// store that cannot be reached.
+    pub fn open(location: &RepoLocation, create: bool) -> Result<Self> {
+        match location {
+            RepoLocation::Local(path) => Repository::open_local(path, create),
+            RepoLocation::S3(s3) => {
+                let remote: Arc<dyn Backend> = Arc::new(s3::S3Backend::open(s3)?);
+                let backend: Arc<dyn Backend> = match cache::configured() {
+                    Some(dir) if !create => Arc::new(cache::CachedBackend::open(remote, &dir)?),
+                    _ => remote,
+                };
+                Ok(Repository { backend })
+            }
+        }
+    }
+
+    /// [`Repository::open`] of a repository as typed (`--repo`, a
+    /// pipeline's `repository`): a directory or `s3://BUCKET/PREFIX`, any
+    /// other URL refused.
+    ///
+    /// # Errors
+    /// See [`RepoLocation::parse`] and [`Repository::open`].
+    pub fn open_path(text: &Path, create: bool) -> Result<Self> {
+        Repository::open(&RepoLocation::from_path(text)?, create)
     }
 
     /// The backend.
@@ -109,11 +145,15 @@ impl Repository {
     pub fn load_manifests(&self) -> Result<(Vec<Manifest>, Vec<BadManifest>)> {
         let mut good = Vec::new();
         let mut bad = Vec::new();
-        for key in self.backend.list("manifests")? {
-            if !key.ends_with(".json") {
-                continue;
-            }
-            let bytes = match self.backend.get(&key) {
+        let keys: Vec<String> = self
+            .backend
+            .list("manifests")?
+            .into_iter()
+            .filter(|k| k.ends_with(".json"))
+            .collect();
+        let read = self.backend.get_many(&keys);
+        for (key, bytes) in keys.into_iter().zip(read) {
+            let bytes = match bytes {
                 Ok(b) => b,
                 Err(e) => {
                     bad.push(BadManifest {

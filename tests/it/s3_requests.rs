@@ -1,0 +1,125 @@
+//! How many requests the S3 repository costs: none to write on an idle
+//! database, and with `--cache-dir` no object download on a second drill.
+//! Requests are counted by the proxy in front of moto.
+
+use std::time::{Duration, Instant};
+
+use crate::capture_metrics::{scrape, value};
+use crate::common::{signal, wait_for_capture_lock, Env, Store};
+use crate::s3_outage::replicate_through;
+use crate::s3_server::{server, Outage};
+
+/// An idle database costs no PUT (Litestream #1171 reports 480 an hour):
+/// once the opening snapshot is stored, steps that find nothing new send
+/// nothing to write.
+#[test]
+fn an_idle_database_costs_no_put() {
+    let s3 = server();
+    let proxy = Outage::start(s3.addr);
+    let env = Env::on(Store::S3);
+    let record = env.path().join("record.txt");
+    let (mut rep, maddr) = replicate_through(&env, &proxy, &record, 20, &["--interval", "100ms"]);
+    wait_for_capture_lock(&env);
+    let metric = |name: &str| value(&scrape(&maddr).unwrap_or_default(), name).unwrap_or(-1.0);
+    let t0 = Instant::now();
+    while metric("genesis_capture_uploads_total") < 2.0
+        || metric("genesis_capture_upload_backlog_objects") != 0.0
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the snapshot never reached the store"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let steps_before = metric("genesis_capture_steps_total");
+    let before = proxy.counts();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = proxy.counts();
+    let steps = metric("genesis_capture_steps_total") - steps_before;
+    signal(&rep, "TERM");
+    let status = rep.wait().expect("replicate");
+    assert!(status.success(), "replicate failed");
+    assert!(before[0] >= 2, "the proxy saw no PUT at all: {before:?}");
+    assert!(steps >= 10.0, "only {steps} idle steps ran");
+    assert_eq!(
+        after[0] - before[0],
+        0,
+        "{steps} idle steps sent PUTs (PUT, GET, HEAD, DELETE before {before:?}, after {after:?})"
+    );
+    assert_eq!(
+        after[1] - before[1],
+        0,
+        "{steps} idle steps sent GETs (before {before:?}, after {after:?})"
+    );
+}
+
+/// `--cache-dir`: a second drill reads the chain from the cache; only the
+/// catalog (LIST and manifests) comes from the store.
+#[test]
+fn a_second_drill_with_a_cache_downloads_no_object() {
+    let s3 = server();
+    let proxy = Outage::start(s3.addr);
+    let env = Env::on(Store::S3);
+    let o = env.run(&["simulate", "--rate", "0", "--max-commits", "200"]);
+    assert!(o.status.success(), "{}", crate::common::stderr_text(&o));
+    let app = rusqlite::Connection::open(env.db()).unwrap();
+    app.query_row("SELECT count(*) FROM events", [], |_| Ok(()))
+        .unwrap();
+    let o = env.run(&["backup", "full"]);
+    assert!(o.status.success(), "{}", crate::common::stderr_text(&o));
+    for seed in ["2", "3"] {
+        let args = [
+            "simulate",
+            "--rate",
+            "0",
+            "--max-commits",
+            "50",
+            "--seed",
+            seed,
+        ];
+        let o = env.run(&args);
+        assert!(o.status.success(), "{}", crate::common::stderr_text(&o));
+        let o = env.run(&["backup", "sync"]);
+        assert!(o.status.success(), "{}", crate::common::stderr_text(&o));
+    }
+    drop(app);
+    let manifests = env.open_repo().backend().list("manifests").unwrap().len() as u64;
+    assert!(manifests >= 3, "only {manifests} objects");
+    // Two LISTs (GETs too): the reachability check and the catalog.
+    let catalog_gets = manifests + 2;
+    let cache = env.path().join("cache");
+    let drill = || {
+        let before = proxy.counts();
+        let (code, v) = {
+            let out = env
+                .cmd()
+                .env("AWS_ENDPOINT_URL", proxy.endpoint())
+                .args(["--json", "drill", "--cache-dir"])
+                .arg(&cache)
+                .output()
+                .expect("drill");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            (out.status.code(), v)
+        };
+        assert_eq!(code, Some(0), "{v}");
+        let after = proxy.counts();
+        (after[1] - before[1], after[2] - before[2])
+    };
+    let (first_gets, _) = drill();
+    assert!(
+        first_gets > catalog_gets,
+        "the first drill sent {first_gets} GETs for {manifests} objects"
+    );
+    let cached = std::fs::read_dir(cache.join("snapshots")).map_or(0, |d| d.count());
+    assert!(cached >= 1, "nothing was cached");
+    let (second_gets, second_heads) = drill();
+    assert_eq!(
+        second_gets, catalog_gets,
+        "the second drill read more than the catalog ({second_gets} GETs, {manifests} manifests)"
+    );
+    assert_eq!(
+        second_heads, 0,
+        "the second drill asked the store for sizes"
+    );
+}
