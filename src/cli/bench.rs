@@ -1,6 +1,7 @@
 //! `bench rto`: runs the library's benchmark with each restore as a child
-//! process of this binary (so that its peak memory, read by `wait4`, is the
-//! restore's own), prints the table or the JSON, writes the HTML report.
+//! process of this binary (so that its peak memory, the `peak_rss_bytes` it
+//! reports, is the restore's own), prints the table or the JSON, writes the
+//! HTML report.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -91,10 +92,13 @@ fn child_restore(req: &RestoreRequest) -> genesis_core::Result<RestoreOutcome> {
             stderr.trim()
         ))
     })?;
+    // The restore's own peak (`VmHWM`): `wait4`'s `ru_maxrss` also counts
+    // the memory of this process, which the child shared until it exec'd.
+    let own = result["peak_rss_bytes"].as_u64();
     Ok(RestoreOutcome {
         result,
         wall_seconds,
-        peak_rss_bytes: Some(rss),
+        peak_rss_bytes: own.or(Some(rss)),
     })
 }
 

@@ -116,6 +116,9 @@ pub struct RestoreResult {
     /// The objects the restore read, by kind and level (`snapshot`, `L0`,
     /// `L1`, ..., `events`).
     pub objects_read: std::collections::BTreeMap<String, usize>,
+    /// Peak resident memory of this process so far (Linux `VmHWM`), bytes:
+    /// for the command line, the restore's own peak.
+    pub peak_rss_bytes: Option<u64>,
     pub recovery_time_seconds: f64,
     pub dry_run: bool,
     /// Where the recovered database is: the staged file (dry run, or not
@@ -333,6 +336,16 @@ pub(crate) fn run_to_staged(
 
 /// Checkpoints the staged database's WAL into the file (if SQLite left one)
 /// and fsyncs it, so that it is one complete file that can be moved.
+/// This process's peak resident memory (`VmHWM` of `/proc/self/status`,
+/// which a new program starts afresh, unlike `getrusage`'s `ru_maxrss`,
+/// which keeps the peak of the process that spawned it).
+fn peak_rss_bytes() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 pub(crate) fn settle(path: &Path) -> Result<()> {
     let wal = sibling(path, "-wal");
     if wal.exists() {
@@ -759,6 +772,7 @@ pub fn restore(opts: &RestoreOptions, progress: Arc<dyn Progress>) -> Result<Res
             .as_ref()
             .map(|p| p.objects_by_level())
             .unwrap_or_default(),
+        peak_rss_bytes: peak_rss_bytes(),
         recovery_time_seconds: started.elapsed().as_secs_f64(),
         dry_run: opts.dry_run,
         recovered_db_path,
