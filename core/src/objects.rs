@@ -165,40 +165,14 @@ pub fn check_raw_hash(m: &Manifest, h: blake3::Hasher) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use chrono::{DateTime, Utc};
 
     use super::*;
-    use crate::repo::{FrameEntry, FORMAT_VERSION};
+    use crate::repo::FrameEntry;
 
     fn snapshot(frames: Vec<FrameEntry>) -> Manifest {
-        let t = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).expect("time");
         Manifest {
-            format_version: FORMAT_VERSION,
-            id: "full_1".to_string(),
-            kind: ObjectKind::Snapshot,
-            generation: "g".to_string(),
-            created_at: t,
-            page_size: 512,
-            txid_min: 1,
-            txid_max: 1,
-            time_min: t,
-            time_max: t,
-            seq_min: None,
-            seq_max: None,
-            raw_size: 0,
-            compressed_size: 0,
-            blake3_compressed: String::new(),
-            blake3_raw: String::new(),
-            db_checksum_before: None,
-            db_checksum_after: None,
-            db_pages: 0,
             frames,
-            transactions: Vec::new(),
-            wal: None,
-            event_count: 0,
-            source_db: None,
-            level: 0,
-            min_db_pages: None,
+            ..Manifest::for_test("full_1", ObjectKind::Snapshot)
         }
     }
 

@@ -402,11 +402,9 @@ fn broken_ranges(gen: &Generation, damaged: &BTreeSet<String>) -> Vec<String> {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use chrono::{DateTime, Utc};
-
     use super::*;
     use crate::repo::formats::{compress, encode_segment, SegmentTxnOwned};
-    use crate::repo::{TxnEntry, FORMAT_VERSION};
+    use crate::repo::TxnEntry;
 
     fn manifest(
         id: &str,
@@ -415,43 +413,23 @@ mod tests {
         txid_max: u64,
         listed: &[u64],
     ) -> Manifest {
-        let t = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).expect("time");
+        let m = Manifest::for_test(id, kind);
         Manifest {
-            format_version: FORMAT_VERSION,
-            id: id.to_string(),
-            kind,
             generation: "g1".to_string(),
-            created_at: t,
-            page_size: 512,
             txid_min,
             txid_max,
-            time_min: t,
-            time_max: t,
-            seq_min: None,
-            seq_max: None,
-            raw_size: 0,
-            compressed_size: 0,
-            blake3_compressed: String::new(),
-            blake3_raw: String::new(),
-            db_checksum_before: None,
-            db_checksum_after: None,
             db_pages: 1,
-            frames: Vec::new(),
             transactions: listed
                 .iter()
                 .map(|txid| TxnEntry {
                     txid: *txid,
-                    time: t,
+                    time: m.time_max,
                     db_pages: 1,
                     checksum: "0000000000000000".to_string(),
                     pages: 1,
                 })
                 .collect(),
-            wal: None,
-            event_count: 0,
-            source_db: None,
-            level: 0,
-            min_db_pages: None,
+            ..m
         }
     }
 

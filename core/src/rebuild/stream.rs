@@ -207,29 +207,12 @@ impl Drop for StreamingBuild {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::{FrameEntry, ObjectKind, FORMAT_VERSION};
+    use crate::repo::{FrameEntry, ObjectKind};
 
     fn snapshot(pages: u64, ps: u32) -> Manifest {
-        let t = chrono::Utc::now();
         Manifest {
-            format_version: FORMAT_VERSION,
-            id: "full_g_1".into(),
-            kind: ObjectKind::Snapshot,
-            generation: "g".into(),
-            created_at: t,
             page_size: ps,
-            txid_min: 1,
-            txid_max: 1,
-            time_min: t,
-            time_max: t,
-            seq_min: None,
-            seq_max: None,
             raw_size: pages * u64::from(ps),
-            compressed_size: 0,
-            blake3_compressed: String::new(),
-            blake3_raw: String::new(),
-            db_checksum_before: None,
-            db_checksum_after: None,
             db_pages: pages,
             frames: (0..pages / 2)
                 .map(|i| FrameEntry {
@@ -239,12 +222,7 @@ mod tests {
                     comp_len: 0,
                 })
                 .collect(),
-            transactions: Vec::new(),
-            wal: None,
-            event_count: 0,
-            source_db: None,
-            level: 0,
-            min_db_pages: None,
+            ..Manifest::for_test("full_g_1", ObjectKind::Snapshot)
         }
     }
 

@@ -277,6 +277,43 @@ impl Manifest {
     }
 }
 
+#[cfg(test)]
+impl Manifest {
+    /// A manifest for unit tests: `id` and `kind`, generation `g`, page size
+    /// 512, txid 1, a fixed time, every other field empty.
+    pub(crate) fn for_test(id: &str, kind: ObjectKind) -> Manifest {
+        let t = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+        Manifest {
+            format_version: FORMAT_VERSION,
+            id: id.to_string(),
+            kind,
+            generation: "g".to_string(),
+            created_at: t,
+            page_size: 512,
+            txid_min: 1,
+            txid_max: 1,
+            time_min: t,
+            time_max: t,
+            seq_min: None,
+            seq_max: None,
+            raw_size: 0,
+            compressed_size: 0,
+            blake3_compressed: String::new(),
+            blake3_raw: String::new(),
+            db_checksum_before: None,
+            db_checksum_after: None,
+            db_pages: 0,
+            frames: Vec::new(),
+            transactions: Vec::new(),
+            wal: None,
+            event_count: 0,
+            source_db: None,
+            level: 0,
+            min_db_pages: None,
+        }
+    }
+}
+
 /// Txids and sequence numbers stay below this (`i64::MAX`), so the next one exists.
 const MAX_NUMBER: i64 = i64::MAX;
 
