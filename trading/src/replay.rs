@@ -527,6 +527,7 @@ impl FxHasher {
 }
 
 pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+pub(crate) type FxSet<K> = std::collections::HashSet<K, BuildHasherDefault<FxHasher>>;
 
 fn partition_of(table: Table, key: &str, parts: usize) -> usize {
     let mut h = FxHasher::default();

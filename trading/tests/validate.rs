@@ -538,6 +538,28 @@ fn many_checkpoints_planted_divergences_early_middle_and_end() {
     };
     let r = validate_state(&c, &replayed).unwrap();
     assert_eq!(hash_errors(&r), expected[1..].to_vec());
+
+    // The same events out of rowid order: the pass reads them sorted and
+    // finds the newest checkpoint itself (rows rolled back to it).
+    let evs: Vec<Event> = genesis_trading::read_events(&c, i64::MIN, None).unwrap();
+    c.execute("DELETE FROM events", []).unwrap();
+    for e in evs.iter().rev() {
+        c.execute(
+            "INSERT INTO events VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            rusqlite::params![
+                e.event_id,
+                e.event_type,
+                e.aggregate_id,
+                e.event_data,
+                e.sequence_number,
+                e.created_at
+            ],
+        )
+        .unwrap();
+    }
+    let r = validate_state(&c, &ValidateOptions::default()).unwrap();
+    assert_eq!(hash_errors(&r), expected[2..].to_vec());
+    assert_eq!(r.metrics["checkpoint_hashes"], *m);
 }
 
 #[test]
@@ -571,4 +593,72 @@ fn events_out_of_rowid_order_are_validated_in_sequence_order() {
     .unwrap();
     assert!(r.is_consistent, "{:#?}", r.errors);
     assert_eq!(r.metrics["event_count"], 9);
+}
+
+/// The orders are read in rowid order; their findings still come out in
+/// order id order, the capped list keeping the smallest ids, a row's findings
+/// in rule order, as a read in key order gives them.
+#[test]
+fn table_findings_are_listed_in_key_order_whatever_the_rowid_order() {
+    let c = build(&[]);
+    // Ids inserted in an order that is neither key order nor its reverse.
+    let ids: Vec<String> = (0..30).map(|i| format!("x{:02}", (i * 7) % 30)).collect();
+    for id in &ids {
+        c.execute(
+            "INSERT INTO orders (order_id, client_order_id, symbol, side, order_type, quantity, price, status, filled_quantity) \
+             VALUES (?1, ?1, 'BTC/USDT', 'buy', 'market', -1, 1, 'new', 0.5)",
+            [id],
+        )
+        .unwrap();
+    }
+    let opts = ValidateOptions {
+        max_findings_per_rule: 5,
+        ..Default::default()
+    };
+    let r = validate_state(&c, &opts).unwrap();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    let mut want = Vec::new();
+    for id in &sorted[..5] {
+        want.push(format!("order {id}: quantity -1 is negative"));
+        want.push(format!("order {id}: status new but filled quantity 0.5"));
+    }
+    want.push("... and 25 more order_fill_state findings".to_string());
+    want.push("... and 25 more order_invalid findings".to_string());
+    let have: Vec<String> = r
+        .errors
+        .iter()
+        .filter(|f| f.code == codes::ORDER_INVALID || f.code == codes::ORDER_FILL_STATE)
+        .map(|f| f.message.clone())
+        .collect();
+    assert_eq!(have, want);
+}
+
+/// An events table without its primary key can hold one event id twice:
+/// rule 2 names it (the count of distinct ids differs from the count).
+#[test]
+fn rule2_duplicate_event_id_without_a_primary_key() {
+    let c = build(&[]);
+    c.execute_batch(
+        "ALTER TABLE events RENAME TO events_old;
+         CREATE TABLE events (event_id TEXT, event_type TEXT NOT NULL, aggregate_id TEXT NOT NULL,
+           event_data TEXT NOT NULL, sequence_number INTEGER NOT NULL, created_at TEXT NOT NULL);
+         INSERT INTO events SELECT * FROM events_old ORDER BY rowid;
+         DROP TABLE events_old;
+         UPDATE events SET event_id = 'evt-0008' WHERE sequence_number = 9;",
+    )
+    .unwrap();
+    let r = validate_state(&c, &ValidateOptions::default()).unwrap();
+    let dup: Vec<&str> = r
+        .errors
+        .iter()
+        .filter(|f| f.code == codes::EVENT_SEQUENCE)
+        .map(|f| f.message.as_str())
+        .collect();
+    assert_eq!(
+        dup,
+        ["event_id evt-0008 is used by 2 events"],
+        "{:#?}",
+        r.errors
+    );
 }

@@ -15,15 +15,13 @@
 //! of every row changed afterwards, so the state at an earlier checkpoint can
 //! be hashed once the pass knows it was the newest.
 
-use std::collections::{HashMap, HashSet};
-
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
 
 use crate::effects::{self, OpKind, SqlVal, Table};
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::replay::FxMap;
+use crate::replay::{FxMap, FxSet};
 
 /// The hashed tables, in hashing order.
 pub(super) const HASHED: [Table; 3] = [Table::Positions, Table::Orders, Table::Balances];
@@ -88,18 +86,13 @@ fn looks_numeric(t: &str) -> bool {
 /// SQLite, used only to evaluate expressions (rendering and conversions).
 pub(super) struct Sqlite {
     conn: Connection,
-    reals: HashMap<u64, Box<str>>,
 }
-
-/// Distinct reals whose rendering is kept.
-const REAL_CACHE: usize = 1 << 20;
 
 impl Sqlite {
     pub(super) fn open() -> Result<Sqlite> {
         Ok(Sqlite {
             conn: Connection::open_in_memory()
                 .map_err(Error::sqlite("opening an in-memory SQLite for rendering"))?,
-            reals: HashMap::new(),
         })
     }
 
@@ -108,40 +101,6 @@ impl Sqlite {
             .prepare_cached(sql)
             .and_then(|mut s| s.query_row([v], |r| r.get::<_, Value>(0)))
             .map_err(Error::sqlite(format!("evaluating {sql}")))
-    }
-
-    /// `v` as `quote()` renders it.
-    pub(super) fn quote(&mut self, v: &Value, out: &mut String) -> Result<()> {
-        match v {
-            Value::Null => out.push_str("NULL"),
-            Value::Integer(i) => out.push_str(&i.to_string()),
-            Value::Text(t) => {
-                out.push('\'');
-                out.push_str(&t.replace('\'', "''"));
-                out.push('\'');
-            }
-            Value::Real(r) => {
-                if let Some(s) = self.reals.get(&r.to_bits()) {
-                    out.push_str(s);
-                    return Ok(());
-                }
-                let s = match self.eval("SELECT quote(?1)", v)? {
-                    Value::Text(s) => s.into_boxed_str(),
-                    other => format!("{other:?}").into_boxed_str(),
-                };
-                out.push_str(&s);
-                if self.reals.len() >= REAL_CACHE {
-                    self.reals.clear();
-                }
-                self.reals.insert(r.to_bits(), s);
-            }
-            Value::Blob(_) => {
-                if let Value::Text(s) = self.eval("SELECT quote(?1)", v)? {
-                    out.push_str(&s);
-                }
-            }
-        }
-        Ok(())
     }
 
     /// The value SQLite stores for `v` in a column of this affinity.
@@ -158,6 +117,95 @@ impl Sqlite {
             (SqlVal::Real(f), false) => self.eval("SELECT CAST(?1 AS TEXT)", &Value::Real(*f))?,
         })
     }
+}
+
+/// A row as the canonical hash renders it: the key, then each column, as
+/// `quote()` renders them, separated by `|`.
+fn render(key: &str, vals: &[Value]) -> String {
+    let mut line = String::with_capacity(16 * (vals.len() + 1));
+    quote_text(key, &mut line);
+    for v in vals {
+        line.push('|');
+        quote_value(v, &mut line);
+    }
+    line
+}
+
+/// `v` as `quote()` renders it.
+pub(super) fn quote_value(v: &Value, out: &mut String) {
+    match v {
+        Value::Null => out.push_str("NULL"),
+        Value::Integer(i) => {
+            let mut b = itoa_buf();
+            out.push_str(itoa(*i, &mut b));
+        }
+        Value::Text(t) => quote_text(t, out),
+        Value::Real(r) => quote_real(*r, out),
+        Value::Blob(b) => {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.reserve(b.len() * 2 + 3);
+            out.push_str("X'");
+            for byte in b {
+                out.push(char::from(HEX[usize::from(byte >> 4)]));
+                out.push(char::from(HEX[usize::from(byte & 15)]));
+            }
+            out.push('\'');
+        }
+    }
+}
+
+/// Text as `quote()` renders it: in single quotes, each quote doubled.
+pub(super) fn quote_text(t: &str, out: &mut String) {
+    out.reserve(t.len() + 2);
+    out.push('\'');
+    let mut rest = t;
+    while let Some(i) = rest.find('\'') {
+        out.push_str(&rest[..=i]);
+        out.push('\'');
+        rest = &rest[i + 1..];
+    }
+    out.push_str(rest);
+    out.push('\'');
+}
+
+/// A real as `quote()` renders it: SQLite's own printf with `quote()`'s
+/// format (`%!0.17g`, SQLite's `sqlite3QuoteValue`), so the digits are
+/// SQLite's and no statement runs.
+pub(super) fn quote_real(r: f64, out: &mut String) {
+    // 17 significant digits, sign, point, exponent: well under 40 bytes.
+    let mut buf = [0u8; 64];
+    let len = std::ffi::c_int::try_from(buf.len()).unwrap_or(64);
+    // SAFETY: sqlite3_snprintf writes at most `len` bytes, NUL included,
+    // into `buf`, which is `len` bytes long; the format takes one double.
+    unsafe {
+        rusqlite::ffi::sqlite3_snprintf(len, buf.as_mut_ptr().cast(), c"%!0.17g".as_ptr(), r);
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    out.push_str(&String::from_utf8_lossy(&buf[..end]));
+}
+
+/// A buffer for [`itoa`].
+fn itoa_buf() -> [u8; 20] {
+    [0; 20]
+}
+
+/// `i` in decimal, written into `buf` (no allocation).
+fn itoa(i: i64, buf: &mut [u8; 20]) -> &str {
+    let mut n = i.unsigned_abs();
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if i < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    std::str::from_utf8(&buf[at..]).unwrap_or("")
 }
 
 fn owned(v: ValueRef<'_>) -> Value {
@@ -266,20 +314,32 @@ impl Rows {
 pub(super) struct State {
     tables: [Rows; 3],
     /// Keys that must stay unique outside the hashed rows.
-    checkpoint_ids: HashSet<Box<str>>,
-    client_order_ids: HashSet<Box<str>>,
+    checkpoint_ids: FxSet<Box<str>>,
+    client_order_ids: FxSet<Box<str>>,
     undo: Option<Undo>,
     pub(super) sqlite: Sqlite,
+    /// Per hashed table, bit `c` set when column `c` is declared REAL.
+    real_cols: [u64; 3],
+    /// The converted values of the operation being applied.
+    scratch: Vec<(usize, Value)>,
 }
 
 impl State {
     pub(super) fn new() -> Result<State> {
         Ok(State {
             tables: Default::default(),
-            checkpoint_ids: HashSet::new(),
-            client_order_ids: HashSet::new(),
+            checkpoint_ids: FxSet::default(),
+            client_order_ids: FxSet::default(),
             undo: None,
             sqlite: Sqlite::open()?,
+            real_cols: HASHED.map(|t| {
+                t.columns()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| is_real(t, c))
+                    .fold(0, |m, (i, _)| m | 1 << i)
+            }),
+            scratch: Vec::new(),
         })
     }
 
@@ -293,10 +353,19 @@ impl State {
         let Some(ops) = effects::effect_of(ev)? else {
             return Ok(());
         };
+        let State {
+            tables,
+            checkpoint_ids,
+            client_order_ids,
+            undo,
+            sqlite,
+            real_cols,
+            scratch,
+        } = self;
         for op in ops {
             let noun = op.table.row_noun();
             if op.table == Table::Checkpoints && op.kind == OpKind::Insert {
-                if !self.checkpoint_ids.insert(op.key.as_ref().into()) {
+                if !checkpoint_ids.insert(op.key.as_ref().into()) {
                     return Err(Error::event(
                         ev,
                         format!("{noun} {} already exists", op.key),
@@ -306,7 +375,8 @@ impl State {
             }
             let Some(t) = slot(op.table) else { continue };
             let cols = op.table.columns();
-            let exists = self.tables[t].contains_key(op.key.as_ref());
+            let key: &str = op.key.as_ref();
+            let exists = tables[t].contains_key(key);
             match (op.kind, exists) {
                 (OpKind::Insert, true) => {
                     return Err(Error::event(
@@ -319,18 +389,20 @@ impl State {
                 }
                 _ => {}
             }
-            let mut vals = Vec::with_capacity(op.set.len());
+            scratch.clear();
             for (c, v) in &op.set {
-                let name = cols[usize::from(*c)];
-                vals.push((
-                    usize::from(*c),
-                    self.sqlite.stored(v, is_real(op.table, name))?,
-                ));
+                let c = usize::from(*c);
+                let real = u32::try_from(c)
+                    .ok()
+                    .and_then(|c| real_cols[t].checked_shr(c))
+                    .is_some_and(|m| m & 1 == 1);
+                scratch.push((c, sqlite.stored(v, real)?));
             }
             if op.table == Table::Orders && op.kind == OpKind::Insert {
                 let client = cols.iter().position(|c| *c == "client_order_id");
-                if let Some((_, Value::Text(id))) = vals.iter().find(|(c, _)| Some(*c) == client) {
-                    if !self.client_order_ids.insert(id.as_str().into()) {
+                if let Some((_, Value::Text(id))) = scratch.iter().find(|(c, _)| Some(*c) == client)
+                {
+                    if !client_order_ids.insert(id.as_str().into()) {
                         return Err(Error::event(
                             ev,
                             format!("cannot write {noun} {}: UNIQUE constraint failed: orders.client_order_id", op.key),
@@ -338,25 +410,31 @@ impl State {
                     }
                 }
             }
-            if let Some(undo) = &mut self.undo {
-                if !undo[t].contains_key(op.key.as_ref()) {
-                    let before = self.tables[t].get(op.key.as_ref()).cloned();
-                    undo[t].insert(op.key.as_ref().into(), before);
+            if let Some(undo) = undo {
+                if !undo[t].contains_key(key) {
+                    let before = tables[t].get(key).cloned();
+                    undo[t].insert(key.into(), before);
                 }
             }
-            if !exists {
-                let row = Row {
-                    vals: vec![Value::Null; cols.len()],
-                    line: None,
-                    seen: false,
-                };
-                self.tables[t].insert(op.key.as_ref().into(), row);
-            }
-            let Some(row) = self.tables[t].get_mut(op.key.as_ref()) else {
-                continue;
+            let row = match tables[t].map.get_mut(key) {
+                Some(row) => row,
+                None => {
+                    tables[t].insert(
+                        key.into(),
+                        Row {
+                            vals: vec![Value::Null; cols.len()],
+                            line: None,
+                            seen: false,
+                        },
+                    );
+                    match tables[t].map.get_mut(key) {
+                        Some(row) => row,
+                        None => continue,
+                    }
+                }
             };
             row.line = None;
-            for (c, v) in vals {
+            for (c, v) in scratch.drain(..) {
                 row.vals[c] = v;
             }
         }
@@ -395,20 +473,36 @@ impl State {
     /// # Errors
     /// [`Error::Sqlite`] when a value cannot be rendered.
     pub(super) fn hash(&mut self) -> Result<String> {
+        // Rows not rendered since they last changed are rendered first, on
+        // every CPU (a row's rendering does not depend on any other row).
+        let mut todo: Vec<(&str, &mut Row)> = Vec::new();
+        for table in &mut self.tables {
+            todo.extend(
+                table
+                    .map
+                    .iter_mut()
+                    .filter(|(_, row)| row.line.is_none())
+                    .map(|(key, row)| (&**key, row)),
+            );
+        }
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let per = todo.len().div_ceil(threads).max(4096);
+        std::thread::scope(|s| {
+            for chunk in todo.chunks_mut(per) {
+                s.spawn(move || {
+                    for (key, row) in chunk {
+                        row.line = Some(render(key, &row.vals).into_boxed_str());
+                    }
+                });
+            }
+        });
         let mut hasher = blake3::Hasher::new();
-        let sqlite = &mut self.sqlite;
         for (t, table) in HASHED.iter().enumerate() {
             hasher.update(table.name().as_bytes());
             hasher.update(b"\n");
             self.tables[t].for_each_sorted(|key, row| {
                 if row.line.is_none() {
-                    let mut line = String::new();
-                    sqlite.quote(&Value::Text(key.to_string()), &mut line)?;
-                    for v in &row.vals {
-                        line.push('|');
-                        sqlite.quote(v, &mut line)?;
-                    }
-                    row.line = Some(line.into_boxed_str());
+                    row.line = Some(render(key, &row.vals).into_boxed_str());
                 }
                 if let Some(line) = &row.line {
                     hasher.update(line.as_bytes());
@@ -443,7 +537,6 @@ impl State {
             let mut stmt = conn.prepare(&sql).map_err(fail)?;
             let mut rows = stmt.query([]).map_err(fail)?;
             let mut found: Vec<(String, String)> = Vec::new();
-            let sqlite = &mut self.sqlite;
             let folded = &mut self.tables[t];
             while let Some(r) = rows.next().map_err(fail)? {
                 let key = r.get_ref(0).map_err(fail)?;
@@ -455,7 +548,7 @@ impl State {
                 };
                 let mut qk = String::new();
                 let Some(row) = row else {
-                    sqlite.quote(&owned(key), &mut qk)?;
+                    quote_value(&owned(key), &mut qk);
                     let m = format!("{noun} {qk} is in the database but no event creates it");
                     found.push((qk, m));
                     continue;
@@ -467,11 +560,11 @@ impl State {
                         continue;
                     }
                     let (mut a, mut b) = (String::new(), String::new());
-                    sqlite.quote(&owned(have), &mut a)?;
-                    sqlite.quote(want, &mut b)?;
+                    quote_value(&owned(have), &mut a);
+                    quote_value(want, &mut b);
                     if a != b {
                         if qk.is_empty() {
-                            sqlite.quote(&owned(key), &mut qk)?;
+                            quote_value(&owned(key), &mut qk);
                         }
                         let m = format!("{noun} {qk}: {} is {a} in the database but {b} after replaying the events", cols[i]);
                         found.push((qk.clone(), m));
@@ -490,7 +583,7 @@ impl State {
             missing.sort_unstable();
             for key in missing {
                 let mut qk = String::new();
-                sqlite.quote(&Value::Text(key.to_string()), &mut qk)?;
+                quote_text(key, &mut qk);
                 out.push(format!(
                     "{noun} {qk} is missing from the database but replaying the events creates it"
                 ));
@@ -525,7 +618,7 @@ mod tests {
     fn stored_values_and_renderings_equal_sqlites() {
         let c = Connection::open_in_memory().unwrap();
         c.execute_batch("CREATE TABLE t (r REAL, s TEXT)").unwrap();
-        let mut sqlite = Sqlite::open().unwrap();
+        let sqlite = Sqlite::open().unwrap();
         let vals = [
             SqlVal::Int(3),
             SqlVal::Int(-9_007_199_254_740_993),
@@ -545,13 +638,68 @@ mod tests {
                 })
                 .unwrap();
             let (mut r, mut s) = (String::new(), String::new());
-            sqlite
-                .quote(&sqlite.stored(v, true).unwrap(), &mut r)
-                .unwrap();
-            sqlite
-                .quote(&sqlite.stored(v, false).unwrap(), &mut s)
-                .unwrap();
+            quote_value(&sqlite.stored(v, true).unwrap(), &mut r);
+            quote_value(&sqlite.stored(v, false).unwrap(), &mut s);
             assert_eq!((r, s), (qr, qs), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn reals_and_integers_render_as_sqlites_quote() {
+        let c = Connection::open_in_memory().unwrap();
+        let mut stmt = c.prepare("SELECT quote(?1)").unwrap();
+        let mut reals = vec![
+            0.0,
+            -0.0,
+            0.1,
+            0.1 + 0.2,
+            49.47,
+            1.0,
+            -1.5,
+            1e300,
+            -1e-300,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            5e-324,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            123456789012345678.0,
+            0.000123,
+            1e23,
+        ];
+        // Random bit patterns (every exponent) and random prices.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let r = f64::from_bits(x);
+            if !r.is_nan() {
+                reals.push(r);
+            }
+            reals.push((x % 10_000_000) as f64 / 100.0);
+        }
+        for r in reals {
+            let want: String = stmt.query_row([r], |row| row.get(0)).unwrap();
+            let mut have = String::new();
+            quote_real(r, &mut have);
+            assert_eq!(have, want, "{r:e}");
+        }
+        for i in [0, 1, -1, 42, i64::MAX, i64::MIN, -9_007_199_254_740_993] {
+            let mut b = itoa_buf();
+            assert_eq!(itoa(i, &mut b), i.to_string());
+        }
+        let blob: String = stmt
+            .query_row([vec![0u8, 1, 0xab, 0xff]], |row| row.get(0))
+            .unwrap();
+        let mut have = String::new();
+        quote_value(&Value::Blob(vec![0, 1, 0xab, 0xff]), &mut have);
+        assert_eq!(have, blob);
+        for t in ["", "'", "it's", "''x'", "plain"] {
+            let want: String = stmt.query_row([t], |row| row.get(0)).unwrap();
+            let mut have = String::new();
+            quote_text(t, &mut have);
+            assert_eq!(have, want, "{t:?}");
         }
     }
 }

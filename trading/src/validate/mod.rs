@@ -16,6 +16,7 @@
 mod fold;
 mod pass;
 mod stream;
+mod tables;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,7 +24,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
@@ -153,6 +154,21 @@ impl Sink {
             *self.counts.entry(code).or_default() += n;
         }
     }
+    /// Pushes another sink's findings as if pushed here one by one (each
+    /// code's cap counted across both).
+    fn push_all(&mut self, other: Sink) {
+        let mut kept: BTreeMap<String, usize> = BTreeMap::new();
+        for f in other.found {
+            *kept.entry(f.code.clone()).or_default() += 1;
+            self.push(&f.code, f.message);
+        }
+        for (code, n) in other.counts {
+            self.skip(
+                &code,
+                n.saturating_sub(kept.get(&code).copied().unwrap_or(0)),
+            );
+        }
+    }
     /// Counts `n` findings of `code` that are not kept.
     fn skip(&mut self, code: &str, n: usize) {
         if n > 0 {
@@ -265,13 +281,13 @@ pub fn validate_state(conn: &Connection, opts: &ValidateOptions) -> Result<Valid
         .and_then(|p| Connection::open_with_flags(p, OpenFlags::SQLITE_OPEN_READ_ONLY).ok());
     let t0 = std::time::Instant::now();
     let (events, tables) = std::thread::scope(|s| {
-        let beside = second.map(|c| s.spawn(move || table_rules(&c, opts)));
+        let beside = second.map(|c| s.spawn(move || tables::table_rules(&c, opts)));
         let events = events_pass(conn, opts, t0);
         let tables = match beside {
             Some(h) => h
                 .join()
                 .unwrap_or_else(|p| Err(Error::internal("the table rules", p.as_ref()))),
-            None => table_rules(conn, opts),
+            None => tables::table_rules(conn, opts),
         };
         (events, tables)
     });
@@ -287,7 +303,8 @@ pub fn validate_state(conn: &Connection, opts: &ValidateOptions) -> Result<Valid
     tracing::debug!("events and tables checked in {:?}", t0.elapsed());
     warnings.append(event_warnings);
     pass.sequence.into_sink(codes::EVENT_SEQUENCE, &mut errors);
-    duplicate_event_ids(conn, &mut errors)?;
+    let mut tables = tables;
+    errors.push_all(std::mem::replace(&mut tables.duplicates, Sink::new(1)));
     pass.after_target
         .into_sink(codes::EVENT_AFTER_TARGET, &mut errors);
     errors.append(tables.errors);
@@ -333,256 +350,47 @@ fn events_pass<'o>(
     opts: &'o ValidateOptions,
     t0: std::time::Instant,
 ) -> Result<(pass::Pass<'o>, Sink, Vec<String>)> {
-    let mut pass = pass::Pass::new(opts)?;
-    let mut warnings = Sink::new(opts.max_findings_per_rule);
-    let read = stream::each_event(conn, stream::Order::Rowid, |ev| {
-        pass.event(ev, &mut warnings)
-    })?;
-    if read == stream::Streamed::OutOfOrder {
-        tracing::debug!("events are not in sequence order by rowid: reading them sorted");
-        pass = pass::Pass::new(opts)?;
-        warnings = Sink::new(opts.max_findings_per_rule);
-        stream::each_event(conn, stream::Order::Sorted, |ev| {
+    // One read transaction for the search of the newest checkpoint, the pass
+    // and the comparison with the tables, so that all see the same database
+    // (a live one is written to meanwhile).
+    let txn = conn.is_autocommit();
+    if txn {
+        conn.execute_batch("BEGIN")
+            .map_err(q("starting the read transaction of the pass"))?;
+    }
+    let read = (|| {
+        let newest = if opts.check_checkpoints && !opts.all_checkpoints {
+            pass::newest_checkpoint(conn)?
+        } else {
+            None
+        };
+        let mut pass = pass::Pass::new(opts, newest)?;
+        let mut warnings = Sink::new(opts.max_findings_per_rule);
+        let read = stream::each_event(conn, stream::Order::Rowid, |ev| {
             pass.event(ev, &mut warnings)
         })?;
+        if read == stream::Streamed::OutOfOrder {
+            tracing::debug!("events are not in sequence order by rowid: reading them sorted");
+            pass = pass::Pass::new(opts, None)?;
+            warnings = Sink::new(opts.max_findings_per_rule);
+            stream::each_event(conn, stream::Order::Sorted, |ev| {
+                pass.event(ev, &mut warnings)
+            })?;
+        }
+        tracing::debug!("events read and folded in {:?}", t0.elapsed());
+        let mut metrics = Map::new();
+        let (mut pass, diffs) = pass.finish(conn, &mut warnings, &mut metrics)?;
+        pass.metrics = metrics;
+        tracing::debug!(
+            "replay comparison and newest checkpoint done in {:?}",
+            t0.elapsed()
+        );
+        Ok((pass, warnings, diffs))
+    })();
+    if txn {
+        // A read transaction: ending it cannot lose anything.
+        let _ = conn.execute_batch("COMMIT");
     }
-    tracing::debug!("events read and folded in {:?}", t0.elapsed());
-    let mut metrics = Map::new();
-    let (mut pass, diffs) = pass.finish(conn, &mut warnings, &mut metrics)?;
-    pass.metrics = metrics;
-    tracing::debug!(
-        "replay comparison and newest checkpoint done in {:?}",
-        t0.elapsed()
-    );
+    let (pass, warnings, diffs) = read?;
     Ok((pass, warnings, diffs))
-}
-
-/// What rules 4-8 found: errors, the open orders with their opening time
-/// (the age warning needs the last event's time), the locked-balance
-/// warnings, and the table metrics.
-struct TableRules {
-    errors: Sink,
-    open_since: Vec<(String, String, DateTime<Utc>)>,
-    warnings: Sink,
-    metrics: Map<String, Value>,
-}
-
-fn table_rules(conn: &Connection, opts: &ValidateOptions) -> Result<TableRules> {
-    let mut t = TableRules {
-        errors: Sink::new(opts.max_findings_per_rule),
-        open_since: Vec::new(),
-        warnings: Sink::new(opts.max_findings_per_rule),
-        metrics: Map::new(),
-    };
-    check_balances(conn, &mut t.errors, &mut t.metrics)?;
-    check_orders(conn, &mut t)?;
-    check_positions(conn, &mut t.errors, &mut t.metrics)?;
-    Ok(t)
-}
-
-/// Rule 2's duplicate event ids, through the primary-key index.
-fn duplicate_event_ids(conn: &Connection, errors: &mut Sink) -> Result<()> {
-    for r in rows(
-        conn,
-        "SELECT event_id, count(*) FROM events GROUP BY event_id HAVING count(*) > 1",
-    )? {
-        errors.push(
-            codes::EVENT_SEQUENCE,
-            format!(
-                "event_id {} is used by {} events",
-                text(&r[0]).unwrap_or_default(),
-                num(&r[1]).unwrap_or(0.0)
-            ),
-        );
-    }
-    Ok(())
-}
-
-fn check_balances(
-    conn: &Connection,
-    errors: &mut Sink,
-    metrics: &mut Map<String, Value>,
-) -> Result<()> {
-    let mut per_asset = Map::new();
-    for r in rows(
-        conn,
-        "SELECT asset, free_balance, locked_balance, total_balance FROM balances ORDER BY asset",
-    )? {
-        let asset = text(&r[0]).unwrap_or_else(|| "NULL".into());
-        let (free, locked, total) = (num(&r[1]), num(&r[2]), num(&r[3]));
-        per_asset.insert(
-            asset.clone(),
-            json!({"free": free, "locked": locked, "total": total}),
-        );
-        match (free, locked, total) {
-            (Some(f), Some(l), Some(t)) => {
-                if (t - (f + l)).abs() > 1e-9 * t.abs().max((f + l).abs()) {
-                    errors.push(
-                        codes::BALANCE,
-                        format!(
-                            "balance {asset}: total {t} is not free {f} + locked {l} ({})",
-                            f + l
-                        ),
-                    );
-                }
-                for (name, v) in [("free", f), ("locked", l), ("total", t)] {
-                    if v < 0.0 {
-                        errors.push(
-                            codes::BALANCE,
-                            format!("balance {asset}: {name} balance {v} is negative"),
-                        );
-                    }
-                }
-            }
-            _ => errors.push(
-                codes::BALANCE,
-                format!("balance {asset}: free, locked or total is missing or not a number"),
-            ),
-        }
-    }
-    metrics.insert("balances".into(), Value::Object(per_asset));
-    Ok(())
-}
-
-fn check_orders(conn: &Connection, t: &mut TableRules) -> Result<()> {
-    let (errors, warnings, metrics) = (&mut t.errors, &mut t.warnings, &mut t.metrics);
-    let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
-    // Held back by open orders, per asset.
-    let mut held: BTreeMap<String, f64> = BTreeMap::new();
-    each_row(
-        conn,
-        "SELECT order_id, status, quantity, filled_quantity, price, order_type, side, symbol, created_at FROM orders ORDER BY order_id",
-        |r| {
-        let id = text(&r[0]).unwrap_or_else(|| "NULL".into());
-        let status = text(&r[1]).unwrap_or_else(|| "NULL".into());
-        *by_status.entry(status.clone()).or_default() += 1;
-        let quantity = num(&r[2]);
-        let filled = num(&r[3]).unwrap_or(0.0);
-        let price = num(&r[4]);
-        let order_type = text(&r[5]).unwrap_or_default().to_lowercase();
-        // Rule 5.
-        if !ORDER_STATUSES.contains(&status.as_str()) {
-            errors.push(codes::ORDER_INVALID, format!("order {id}: status {status:?} is not one of {}", ORDER_STATUSES.join(", ")));
-        }
-        match quantity {
-            Some(qty) if qty < 0.0 => errors.push(codes::ORDER_INVALID, format!("order {id}: quantity {qty} is negative")),
-            Some(qty) if filled > qty && !close(filled, qty) => {
-                errors.push(codes::ORDER_INVALID, format!("order {id}: filled quantity {filled} exceeds quantity {qty}"))
-            }
-            None => errors.push(codes::ORDER_INVALID, format!("order {id}: quantity is missing")),
-            _ => {}
-        }
-        match price {
-            Some(p) if p < 0.0 => errors.push(codes::ORDER_INVALID, format!("order {id}: price {p} is negative")),
-            Some(p) if p == 0.0 && order_type.contains("limit") => {
-                errors.push(codes::ORDER_INVALID, format!("order {id}: {order_type} order has price 0"))
-            }
-            None if order_type.contains("limit") => {
-                errors.push(codes::ORDER_INVALID, format!("order {id}: {order_type} order has no price"))
-            }
-            _ => {}
-        }
-        // Rule 6.
-        if status == "new" && filled != 0.0 {
-            errors.push(codes::ORDER_FILL_STATE, format!("order {id}: status new but filled quantity {filled}"));
-        }
-        if let (true, Some(qty)) = (status == "filled", quantity) {
-            if !close(filled, qty) {
-                errors.push(codes::ORDER_FILL_STATE, format!("order {id}: status filled but filled quantity {filled} is not quantity {qty}"));
-            }
-        }
-        // Warnings on open orders.
-        if status == "new" || status == "partially_filled" {
-            if let Some(created) = text(&r[8]) {
-                if let Some(at) = crate::time::parse_opt(&created) {
-                    t.open_since.push((id.clone(), created, at));
-                }
-            }
-            let symbol = text(&r[7]).unwrap_or_default();
-            let side = text(&r[6]).unwrap_or_default().to_lowercase();
-            let remaining = (quantity.unwrap_or(0.0) - filled).max(0.0);
-            if let Some((base, quote)) = symbol.split_once('/') {
-                if side == "buy" {
-                    if let Some(p) = price {
-                        *held.entry(quote.to_string()).or_default() += remaining * p;
-                    }
-                } else if side == "sell" {
-                    *held.entry(base.to_string()).or_default() += remaining;
-                }
-            }
-        }
-        Ok(())
-    })?;
-    for (asset, need) in &held {
-        let locked: Option<f64> = rows(
-            conn,
-            &format!(
-                "SELECT locked_balance FROM balances WHERE asset = {}",
-                sql_quote(asset)
-            ),
-        )?
-        .first()
-        .and_then(|r| num(&r[0]));
-        let locked = locked.unwrap_or(0.0);
-        if locked < *need && !close(locked, *need) && *need - locked > 1e-9 {
-            warnings.push(
-                codes::LOCKED_BALANCE_SHORT,
-                format!("balance {asset}: locked {locked} does not cover the {need} held back by open orders"),
-            );
-        }
-    }
-    // Rule 8.
-    for r in rows(
-        conn,
-        "SELECT o.order_id, o.position_id FROM orders o WHERE o.position_id IS NOT NULL AND o.position_id <> '' \
-         AND NOT EXISTS (SELECT 1 FROM positions p WHERE p.position_id = o.position_id) ORDER BY o.order_id",
-    )? {
-        errors.push(
-            codes::ORDER_POSITION_MISSING,
-            format!("order {}: position {} does not exist", text(&r[0]).unwrap_or_default(), text(&r[1]).unwrap_or_default()),
-        );
-    }
-    metrics.insert("orders_by_status".into(), json!(by_status));
-    metrics.insert("order_count".into(), json!(by_status.values().sum::<u64>()));
-    Ok(())
-}
-
-fn sql_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-fn check_positions(
-    conn: &Connection,
-    errors: &mut Sink,
-    metrics: &mut Map<String, Value>,
-) -> Result<()> {
-    let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
-    let mut exposure: BTreeMap<String, f64> = BTreeMap::new();
-    let (mut realized, mut unrealized) = (0.0, 0.0);
-    each_row(
-        conn,
-        "SELECT position_id, status, quantity, closed_at, symbol, entry_price, realized_pnl, unrealized_pnl FROM positions ORDER BY position_id",
-        |r| {
-        let id = text(&r[0]).unwrap_or_else(|| "NULL".into());
-        let status = text(&r[1]).unwrap_or_else(|| "NULL".into());
-        *by_status.entry(status.clone()).or_default() += 1;
-        let qty = num(&r[2]);
-        realized += num(&r[6]).unwrap_or(0.0);
-        if status == "open" {
-            match qty {
-                Some(v) if v > 0.0 => {}
-                _ => errors.push(codes::POSITION_INVALID, format!("position {id}: open with quantity {}", qty.map_or("NULL".into(), |v| v.to_string()))),
-            }
-            *exposure.entry(text(&r[4]).unwrap_or_default()).or_default() += qty.unwrap_or(0.0) * num(&r[5]).unwrap_or(0.0);
-            unrealized += num(&r[7]).unwrap_or(0.0);
-        } else if status == "closed" && text(&r[3]).is_none_or(|s| s.is_empty()) {
-            errors.push(codes::POSITION_INVALID, format!("position {id}: closed without closed_at"));
-        }
-        Ok(())
-    })?;
-    metrics.insert("positions_by_status".into(), json!(by_status));
-    metrics.insert("open_exposure".into(), json!(exposure));
-    metrics.insert("realized_pnl".into(), json!(realized));
-    metrics.insert("unrealized_pnl".into(), json!(unrealized));
-    Ok(())
 }

@@ -66,24 +66,95 @@ pub(super) struct Pass<'o> {
     pub(super) after_target: Held,
     last_time: Option<(DateTime<Utc>, i64)>,
     unknown: BTreeMap<String, (u64, i64)>,
-    by_type: BTreeMap<String, u64>,
+    by_type: crate::replay::FxMap<String, u64>,
     count: u64,
     last: Option<(i64, String)>,
     // Rules 9 and 10.
     fold: Option<State>,
     pub(super) replay_failed: Option<String>,
     pub(super) checkpoint_errors: Held,
-    /// The newest checkpoint not hashed when it was reached (the fold keeps
-    /// the rows as they were there).
+    /// The newest `blake3:` checkpoint's sequence number, when known before
+    /// the pass ([`newest_checkpoint`]): it is hashed when reached, and no
+    /// prior versions of rows are kept.
+    newest: Option<i64>,
+    /// The last `blake3:` checkpoint the pass reached.
+    last_seen: Option<i64>,
+    /// Without `newest`: the newest checkpoint not hashed when it was reached
+    /// (the fold keeps the rows as they were there).
     pending: Option<Checkpoint>,
     checked: u64,
-    unchecked: Vec<i64>,
+    unchecked: Unchecked,
     /// The pass's metrics, once finished.
     pub(super) metrics: Map<String, Value>,
 }
 
+/// The checkpoints not rehashed: how many, the first and the last.
+#[derive(Default)]
+struct Unchecked {
+    count: u64,
+    first: Option<i64>,
+    last: Option<i64>,
+}
+
+impl Unchecked {
+    fn push(&mut self, sequence: i64) {
+        self.count += 1;
+        self.first.get_or_insert(sequence);
+        self.last = Some(sequence);
+    }
+}
+
+/// Events read back from the end to find the newest checkpoint before the
+/// pass; beyond them the pass finds it itself (keeping prior row versions).
+const NEWEST_SCAN: i64 = 100_000;
+
+/// The sequence number of the newest `blake3:` checkpoint, read backwards
+/// from the last event in rowid order, among the last [`NEWEST_SCAN`] events;
+/// `None` when there is none there. Right only when the table is in sequence
+/// order by rowid, which the pass checks (a pass in sorted order passes
+/// `None`), and when read in the pass's transaction.
+///
+/// # Errors
+/// [`crate::Error::Sqlite`] when `events` cannot be read.
+pub(super) fn newest_checkpoint(conn: &rusqlite::Connection) -> Result<Option<i64>> {
+    let sql = "SELECT sequence_number, event_data FROM events \
+               WHERE rowid > (SELECT max(rowid) FROM events) - ?1 AND event_type = 'CHECKPOINT' \
+               ORDER BY rowid DESC";
+    let fail = crate::Error::sqlite("finding the newest checkpoint");
+    let mut stmt = conn.prepare(sql).map_err(fail)?;
+    let mut rows = stmt
+        .query([NEWEST_SCAN])
+        .map_err(crate::Error::sqlite("finding the newest checkpoint"))?;
+    while let Some(r) = rows
+        .next()
+        .map_err(crate::Error::sqlite("finding the newest checkpoint"))?
+    {
+        let (Ok(seq), Ok(data)) = (r.get::<_, i64>(0), r.get_ref(1)) else {
+            continue;
+        };
+        let data = data.as_str().unwrap_or_default();
+        if recorded_hash(data).is_some() {
+            return Ok(Some(seq));
+        }
+    }
+    Ok(None)
+}
+
+/// A CHECKPOINT's recorded `blake3:` state hash.
+fn recorded_hash(event_data: &str) -> Option<String> {
+    serde_json::from_str::<Value>(event_data)
+        .ok()
+        .and_then(|d| {
+            d.get("state_hash")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .filter(|h| h.starts_with("blake3:"))
+}
+
 impl<'o> Pass<'o> {
-    pub(super) fn new(opts: &'o ValidateOptions) -> Result<Pass<'o>> {
+    /// A pass; `newest` is [`newest_checkpoint`]'s answer (or `None`).
+    pub(super) fn new(opts: &'o ValidateOptions, newest: Option<i64>) -> Result<Pass<'o>> {
         Ok(Pass {
             opts,
             cap: opts.max_findings_per_rule.max(1),
@@ -93,7 +164,7 @@ impl<'o> Pass<'o> {
             after_target: Held::default(),
             last_time: None,
             unknown: BTreeMap::new(),
-            by_type: BTreeMap::new(),
+            by_type: Default::default(),
             count: 0,
             last: None,
             fold: if opts.check_replay || opts.check_checkpoints {
@@ -103,9 +174,11 @@ impl<'o> Pass<'o> {
             },
             replay_failed: None,
             checkpoint_errors: Held::default(),
+            newest,
+            last_seen: None,
             pending: None,
             checked: 0,
-            unchecked: Vec::new(),
+            unchecked: Unchecked::default(),
             metrics: Map::new(),
         })
     }
@@ -234,14 +307,7 @@ impl<'o> Pass<'o> {
         if ev.event_type != "CHECKPOINT" || !self.opts.check_checkpoints {
             return Ok(());
         }
-        let recorded = serde_json::from_str::<Value>(&ev.event_data)
-            .ok()
-            .and_then(|d| {
-                d.get("state_hash")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            });
-        let Some(hash) = recorded.filter(|h| h.starts_with("blake3:")) else {
+        let Some(hash) = recorded_hash(&ev.event_data) else {
             return Ok(());
         };
         let ck = Checkpoint {
@@ -249,10 +315,12 @@ impl<'o> Pass<'o> {
             sequence: ev.sequence_number,
             hash,
         };
+        self.last_seen = Some(ev.sequence_number);
         if let Some(old) = self.pending.take() {
             self.unchecked.push(old.sequence);
         }
         let now = self.opts.all_checkpoints
+            || self.newest == Some(ev.sequence_number)
             || self
                 .opts
                 .checkpoints_after
@@ -261,6 +329,8 @@ impl<'o> Pass<'o> {
             state.stop_undo();
             let actual = state.hash()?;
             self.verdict(&ck, &actual);
+        } else if self.newest.is_some() {
+            self.unchecked.push(ck.sequence);
         } else {
             state.start_undo();
             self.pending = Some(ck);
@@ -296,7 +366,8 @@ impl<'o> Pass<'o> {
             );
         }
         metrics.insert("event_count".into(), json!(self.count));
-        metrics.insert("events_by_type".into(), json!(self.by_type));
+        let by_type: BTreeMap<&String, &u64> = self.by_type.iter().collect();
+        metrics.insert("events_by_type".into(), json!(by_type));
         metrics.insert(
             "last_event_sequence".into(),
             json!(self.last.as_ref().map(|l| l.0)),
@@ -315,6 +386,17 @@ impl<'o> Pass<'o> {
                 let actual = state.hash()?;
                 self.verdict(&ck, &actual);
             }
+            if self.opts.check_checkpoints && self.newest.is_some() && self.last_seen != self.newest
+            {
+                // Read in one transaction with the pass, so not expected;
+                // said rather than passed over if it happens.
+                let m = format!(
+                    "the newest checkpoint was found at event #{} before the pass but the pass's newest is #{}; validate again",
+                    self.newest.unwrap_or_default(),
+                    self.last_seen.unwrap_or_default()
+                );
+                self.checkpoint_errors.push(self.cap, m);
+            }
             // The state is a few hundred thousand allocations of the fold's
             // thread: freed beside the rest of the validation, not before it.
             std::thread::spawn(move || drop(state));
@@ -322,8 +404,8 @@ impl<'o> Pass<'o> {
         if self.opts.check_checkpoints {
             let mut ck = Map::new();
             ck.insert("checked".into(), json!(self.checked));
-            ck.insert("not_checked".into(), json!(self.unchecked.len()));
-            if let (Some(first), Some(last)) = (self.unchecked.first(), self.unchecked.last()) {
+            ck.insert("not_checked".into(), json!(self.unchecked.count));
+            if let (Some(first), Some(last)) = (self.unchecked.first, self.unchecked.last) {
                 ck.insert("not_checked_first_sequence".into(), json!(first));
                 ck.insert("not_checked_last_sequence".into(), json!(last));
                 ck.insert(
