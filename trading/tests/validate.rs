@@ -541,6 +541,14 @@ fn many_checkpoints_planted_divergences_early_middle_and_end() {
 
     // The same events out of rowid order: the pass reads them sorted and
     // finds the newest checkpoint itself (rows rolled back to it).
+    reverse_rowid_order(&c);
+    let r = validate_state(&c, &ValidateOptions::default()).unwrap();
+    assert_eq!(hash_errors(&r), expected[2..].to_vec());
+    assert_eq!(r.metrics["checkpoint_hashes"], *m);
+}
+
+/// Writes the events again in reverse sequence order (rowids reversed).
+fn reverse_rowid_order(c: &Connection) {
     let evs: Vec<Event> = genesis_trading::read_events(&c, i64::MIN, None).unwrap();
     c.execute("DELETE FROM events", []).unwrap();
     for e in evs.iter().rev() {
@@ -557,9 +565,6 @@ fn many_checkpoints_planted_divergences_early_middle_and_end() {
         )
         .unwrap();
     }
-    let r = validate_state(&c, &ValidateOptions::default()).unwrap();
-    assert_eq!(hash_errors(&r), expected[2..].to_vec());
-    assert_eq!(r.metrics["checkpoint_hashes"], *m);
 }
 
 #[test]
@@ -567,22 +572,7 @@ fn events_out_of_rowid_order_are_validated_in_sequence_order() {
     // The same events, appended in reverse: the fold must still apply them in
     // sequence order (an update before its insert would fail).
     let c = build(&[]);
-    let evs: Vec<Event> = genesis_trading::read_events(&c, i64::MIN, None).unwrap();
-    c.execute("DELETE FROM events", []).unwrap();
-    for e in evs.iter().rev() {
-        c.execute(
-            "INSERT INTO events VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            rusqlite::params![
-                e.event_id,
-                e.event_type,
-                e.aggregate_id,
-                e.event_data,
-                e.sequence_number,
-                e.created_at
-            ],
-        )
-        .unwrap();
-    }
+    reverse_rowid_order(&c);
     let r = validate_state(
         &c,
         &ValidateOptions {
