@@ -102,15 +102,21 @@ impl Running {
     }
 
     /// Waits until the capturer's opening snapshot is written: `dir` holds
-    /// bytes and its size has not changed for two seconds (the database
-    /// does not change meanwhile).
+    /// a file whose name `done` accepts (the snapshot's manifest, the first
+    /// LTX file) and its size has not changed for two seconds (the
+    /// database does not change meanwhile).
     ///
     /// # Errors
     /// The capturer exited, or `timeout` passed.
-    pub fn wait_ready(&mut self, dir: &Path, timeout: Duration) -> Result<f64> {
+    pub fn wait_ready(
+        &mut self,
+        dir: &Path,
+        done: fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Result<f64> {
         let t = Instant::now();
         let (mut last, mut same) = (0, 0);
-        while same < 2 {
+        while same < 2 || !has_file(dir, done) {
             self.check_alive()?;
             if t.elapsed() > timeout {
                 bail!(
@@ -182,6 +188,21 @@ impl Running {
             killed,
         })
     }
+}
+
+/// Whether a file under `dir` (at any depth) has a name `pred` accepts.
+fn has_file(dir: &Path, pred: fn(&str) -> bool) -> bool {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            has_file(&p, pred)
+        } else {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(pred)
+        }
+    })
 }
 
 /// The `litestream` executable: `GENESIS_BENCH_LITESTREAM`, else the

@@ -131,13 +131,14 @@ pub fn capture_run(
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let live = dir.join("live.db");
     fs::copy(base, &live).with_context(|| format!("copy the base to {}", live.display()))?;
-    let (mut cmd, store) = match capturer {
+    let (mut cmd, store, snapshot_written): (_, _, fn(&str) -> bool) = match capturer {
         Capturer::Ours => {
             let repo = dir.join("repo");
             let mut c = Command::new(bin);
             c.arg("--db").arg(&live).arg("--repo").arg(&repo);
             c.args(["-q", "backup", "replicate"]);
-            (c, repo)
+            // The snapshot's manifest is written after the snapshot.
+            (c, repo, |n| n.starts_with("full_") && n.ends_with(".json"))
         }
         Capturer::Litestream(exe) => {
             let replica = dir.join("replica");
@@ -145,13 +146,13 @@ pub fn capture_run(
             c.arg("replicate")
                 .arg(&live)
                 .arg(format!("file://{}", replica.display()));
-            (c, replica)
+            (c, replica, |n| n.ends_with(".ltx"))
         }
     };
     // No settings file of the working directory is read.
     cmd.current_dir(dir);
     let mut running = Running::start("the capturer", &mut cmd, &dir.join("capture.log"))?;
-    let ready_seconds = running.wait_ready(&store, Duration::from_secs(1800))?;
+    let ready_seconds = running.wait_ready(&store, snapshot_written, Duration::from_secs(1800))?;
     let cpu_before_workload = running.cpu_so_far();
     let middle = dir.join("middle.db");
     let (commits, simulate_seconds, middle_copy_seconds) = match simulate(bin, &live, w, &middle) {
