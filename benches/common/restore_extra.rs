@@ -9,20 +9,39 @@ use std::process::{Command, Stdio};
 /// Runs the binary with `--json` and `args`; returns (wall seconds, peak RSS in MiB).
 pub fn child_peak_rss(bin: &Path, args: &[&str]) -> (f64, f64) {
     let t = std::time::Instant::now();
+    let v = child_json(bin, args).expect("run the binary");
+    let secs = t.elapsed().as_secs_f64();
+    let rss = v["peak_rss_bytes"].as_u64().unwrap_or(0) as f64 / f64::from(1 << 20);
+    (secs, rss)
+}
+
+/// Runs the binary with `--json` and `args` to success; returns its JSON document.
+///
+/// # Errors
+/// The binary cannot start, exits with a failure (its stderr's last line
+/// and its document, if any) or prints no JSON document.
+pub fn child_json(bin: &Path, args: &[&str]) -> Result<serde_json::Value, String> {
     let out = Command::new(bin)
         .arg("--json")
         .args(args)
         .stdin(Stdio::null())
-        .stderr(Stdio::null())
         .output()
-        .expect("run the binary");
-    let secs = t.elapsed().as_secs_f64();
-    assert!(
-        out.status.success(),
-        "{bin:?} {args:?} failed ({})",
-        out.status
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON result");
-    let rss = v["peak_rss_bytes"].as_u64().unwrap_or(0) as f64 / f64::from(1 << 20);
-    (secs, rss)
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    let doc = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "{} {args:?} failed ({}): {} {}",
+            bin.display(),
+            out.status,
+            err.lines().last().unwrap_or("no output on stderr"),
+            doc.trim()
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "{} {args:?} printed no JSON document ({e}): {doc}",
+            bin.display()
+        )
+    })
 }

@@ -86,7 +86,10 @@ pub struct Inputs<'a> {
 }
 
 /// Times `f` after warming `inputs` into the page cache and a `sync`.
-fn timed(inputs: &[&Path], f: impl FnOnce() -> Result<()>) -> Result<f64> {
+///
+/// # Errors
+/// `f`'s error.
+pub fn timed(inputs: &[&Path], f: impl FnOnce() -> Result<()>) -> Result<f64> {
     for p in inputs {
         warm(p);
     }
