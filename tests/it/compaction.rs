@@ -167,9 +167,25 @@ fn an_hour_of_syncs_restores_reading_at_most_fifteen_objects() {
     let (segments, by) = objects_read(&v);
     eprintln!("restore --latest read {by:?}");
     assert_eq!(by.get("snapshot"), Some(&1), "{by:?}");
+    // The levels are the defaults scaled to a chain made in 7.2 s; an hour
+    // of syncs touches at most two hour windows. On a loaded machine the
+    // chain takes longer and touches more top-level windows: each further
+    // one is one more object, and only those are allowed for.
+    let points = genesis_core::repo::Repository::open_local(&env.repo(), false)
+        .expect("repo")
+        .catalog()
+        .expect("catalog")
+        .restore_points();
+    let window = |p: &genesis_core::repo::catalog::RestorePoint| p.time.timestamp_millis().div_euclid(7200);
+    let top_windows = match (points.first(), points.last()) {
+        (Some(a), Some(b)) => (window(b) - window(a) + 1) as usize,
+        _ => 1,
+    };
+    let allowed = 15 + top_windows.saturating_sub(2);
+    eprintln!("the chain touched {top_windows} top-level windows: at most {allowed} objects");
     assert!(
-        segments <= 15,
-        "restore --latest read {segments} segments: {by:?}"
+        segments <= allowed,
+        "restore --latest read {segments} segments (at most {allowed}): {by:?}"
     );
     assert!(
         by.keys().any(|k| k == "L3"),
