@@ -107,10 +107,7 @@ mod tests {
         assert_eq!(Target::parse("latest").unwrap(), Target::Latest);
         assert_eq!(Target::parse(" LATEST ").unwrap(), Target::Latest);
         assert_eq!(Target::parse("").unwrap(), Target::Latest);
-        assert_eq!(
-            Target::parse("txid:42").unwrap(),
-            Target::Txid { txid: 42 }
-        );
+        assert_eq!(Target::parse("txid:42").unwrap(), Target::Txid { txid: 42 });
         assert_eq!(
             Target::parse("backup: snap_x ").unwrap(),
             Target::BackupId {

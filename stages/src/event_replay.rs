@@ -28,8 +28,8 @@ use rusqlite::Connection;
 use serde::Deserialize;
 
 use genesis_core::pipeline::{
-    decode_config, ArchivedEvents, Artifact, ArtifactKind, BuildContext, Emit, Stage,
-    StageContext, StageFactory, StagedDatabase,
+    decode_config, ArchivedEvents, Artifact, ArtifactKind, BuildContext, Emit, Stage, StageContext,
+    StageFactory, StagedDatabase,
 };
 use genesis_core::plugin_host::{self, EventHandlerPlugin, SqlValue, WireEvent};
 use genesis_core::repo::formats::EventRow;

@@ -254,11 +254,7 @@ struct Typed {
 }
 
 impl Compiler<'_> {
-    fn compile(
-        mut self,
-        file: PipelineFile,
-        overrides: &Overrides,
-    ) -> Option<CompiledPipeline> {
+    fn compile(mut self, file: PipelineFile, overrides: &Overrides) -> Option<CompiledPipeline> {
         let name = file.name.as_ref().map(|n| n.get_ref().clone());
         match &file.name {
             None => self.issues.push(

@@ -113,11 +113,7 @@ impl Resolved {
 
 /// The declared parameters with overrides applied and references resolved.
 /// Problems go to `issues`.
-pub(crate) fn resolve(
-    decls: &[ParamDecl],
-    overrides: &Overrides,
-    issues: &mut Issues,
-) -> Resolved {
+pub(crate) fn resolve(decls: &[ParamDecl], overrides: &Overrides, issues: &mut Issues) -> Resolved {
     let mut raw: BTreeMap<String, (ParamValue, Option<Range<usize>>)> = decls
         .iter()
         .map(|d| {
