@@ -106,7 +106,7 @@ impl StageFactory for FetchFactory {
         ctx: &BuildContext<'_>,
     ) -> std::result::Result<Box<dyn Stage>, Vec<(String, String)>> {
         let config: FetchConfig = decode_config(config)?;
-        let target = build_target(&config, ctx).map_err(|(key, e)| vec![(key, e.to_string())])?;
+        let target = build_target(&config, ctx).map_err(|problem| vec![problem])?;
         if let Err(e) = settings::flag(config.strict, ctx.params, "strict", false) {
             return Err(vec![("strict".to_string(), e.to_string())]);
         }
@@ -118,11 +118,11 @@ impl StageFactory for FetchFactory {
 /// fails before anything runs): a parameter the caller passed typed is
 /// taken as it is (named by `target = "${name}"` in the config, or the
 /// `target` parameter); text (a pipeline file's value, `--set target=`) is
-/// read once, here, by [`Target::parse`]. Returns the key an error belongs to.
+/// read once, here, by [`Target::parse`]. An error comes with its config key.
 fn build_target(
     config: &FetchConfig,
     ctx: &BuildContext<'_>,
-) -> std::result::Result<Target, (String, Error)> {
+) -> std::result::Result<Target, (String, String)> {
     let (value, key) = match (&config.target, ctx.bound_param("target")) {
         (_, Some(ParamValue::Target(t))) => return Ok(t.clone()),
         (Some(text), _) => (Some(ParamValue::Str(text.clone())), "target"),
@@ -130,7 +130,7 @@ fn build_target(
     };
     match value {
         Some(ParamValue::Target(t)) => Ok(t),
-        Some(v) => Target::parse(&v.as_text()).map_err(|e| (key.to_string(), e)),
+        Some(v) => Target::parse(&v.as_text()).map_err(|e| (key.to_string(), e.to_string())),
         None => Ok(Target::Latest),
     }
 }
