@@ -160,25 +160,26 @@ fn registry_with_sources() -> genesis_core::pipeline::StageRegistry {
     reg
 }
 
-fn source_then_replay(source: &str) -> String {
-    format!(
+/// Compiles `source` then event-replay, with the test source types registered.
+fn source_then_replay(
+    source: &str,
+) -> genesis_core::Result<genesis_core::pipeline::CompiledPipeline> {
+    let text = format!(
         "name = \"replay-only\"\n\n[[stages]]\nid = \"source\"\ntype = \"{source}\"\n\n\
          [[stages]]\nid = \"event-replay\"\ntype = \"event-replay\"\n"
+    );
+    compile_str(
+        &text,
+        Path::new("replay-only.toml"),
+        &registry_with_sources(),
+        &NoPlugins,
+        &[],
     )
 }
 
 #[test]
 fn event_replay_without_an_archived_events_producer_is_refused_at_compile_time() {
-    let reg = registry_with_sources();
-    let err = compile_str(
-        &source_then_replay("staged-source"),
-        Path::new("replay-only.toml"),
-        &reg,
-        &NoPlugins,
-        &[],
-    )
-    .unwrap_err();
-    let issues = config_issues(err);
+    let issues = config_issues(source_then_replay("staged-source").unwrap_err());
     // The chain check alone passes (a staged database reaches it): only
     // the requirement fails, at the stage's type.
     assert_eq!(issues.len(), 1, "{issues:?}");
@@ -193,16 +194,8 @@ fn event_replay_without_an_archived_events_producer_is_refused_at_compile_time()
 
 #[test]
 fn event_replay_refuses_a_staged_database_that_arrives_without_its_events() {
-    let reg = registry_with_sources();
-    let p = compile_str(
-        &source_then_replay("claims-events"),
-        Path::new("replay-only.toml"),
-        &reg,
-        &NoPlugins,
-        &[],
-    )
-    .unwrap();
-    let failure = p
+    let failure = source_then_replay("claims-events")
+        .unwrap()
         .run(Arc::new(NoProgress), CancelToken::default())
         .unwrap_err();
     assert_eq!(failure.stage.as_deref(), Some("event-replay"));

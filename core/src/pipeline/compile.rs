@@ -713,9 +713,11 @@ impl Compiler<'_> {
                 .as_ref()
                 .map_or(decls[index].span.clone(), |t| t.span());
             let key = format!("stages[{index}].type");
+            let linked = self.check_link(decls, typed, index, factory.as_ref(), &span);
             // A stage whose type is unknown may produce anything: no
-            // requirement is judged after it (its error is reported).
-            let judged = typed[..index].iter().all(Option::is_some);
+            // requirement is judged after it (its error is reported), nor
+            // for a stage that nothing reaches (said once, above).
+            let judged = linked && typed[..index].iter().all(Option::is_some);
             for needed in factory.requires() {
                 if judged && !upstream.contains(needed) {
                     let producers = self.types_producing(*needed);
@@ -731,69 +733,79 @@ impl Compiler<'_> {
                 }
             }
             upstream.extend(factory.outputs().iter().copied());
-            let takes = kinds(factory.inputs());
-            if index == 0 {
-                if !factory.inputs().contains(&ArtifactKind::Request) {
-                    let suggest = self.types_taking(&[ArtifactKind::Request]);
-                    self.issues.push(
-                        Some(span),
-                        key,
-                        format!(
-                            "the first stage receives the run's `request`, but type {:?} takes only {takes}; start the pipeline with a stage that takes request ({suggest})",
-                            factory.type_name()
-                        ),
-                    );
-                }
-                continue;
-            }
-            let Some(previous) = &typed[index - 1] else {
-                continue;
-            };
-            let produced = previous.outputs();
-            if !factory.inputs().iter().any(|k| produced.contains(k)) {
-                let suggest = self.types_taking(produced);
-                let prev_id = decls[index - 1]
-                    .id
-                    .as_ref()
-                    .map_or(format!("stages[{}]", index - 1), |i| i.get_ref().clone());
-                self.issues.push(
-                    Some(span),
-                    key,
-                    format!(
-                        "type {:?} takes {takes}, but the stage before it ({prev_id:?}, type {:?}) produces only {}; nothing would reach this stage (types that take those: {suggest})",
-                        factory.type_name(),
-                        previous.type_name(),
-                        kinds(produced)
-                    ),
-                );
-            }
         }
     }
 
+    /// Whether something reaches stage `index`: the first stage takes the
+    /// request, a later one something its predecessor produces. Reports
+    /// the issue and returns false otherwise (true when the predecessor's
+    /// type is unknown: that is its own issue).
+    fn check_link(
+        &mut self,
+        decls: &[StageDecl],
+        typed: &[Option<Arc<dyn StageFactory>>],
+        index: usize,
+        factory: &dyn StageFactory,
+        span: &std::ops::Range<usize>,
+    ) -> bool {
+        let key = format!("stages[{index}].type");
+        let takes = kinds(factory.inputs());
+        if index == 0 {
+            if factory.inputs().contains(&ArtifactKind::Request) {
+                return true;
+            }
+            let suggest = self.types_taking(&[ArtifactKind::Request]);
+            self.issues.push(
+                Some(span.clone()),
+                key,
+                format!(
+                    "the first stage receives the run's `request`, but type {:?} takes only {takes}; start the pipeline with a stage that takes request ({suggest})",
+                    factory.type_name()
+                ),
+            );
+            return false;
+        }
+        let Some(previous) = &typed[index - 1] else {
+            return true;
+        };
+        let produced = previous.outputs();
+        if factory.inputs().iter().any(|k| produced.contains(k)) {
+            return true;
+        }
+        let suggest = self.types_taking(produced);
+        let prev_id = decls[index - 1]
+            .id
+            .as_ref()
+            .map_or(format!("stages[{}]", index - 1), |i| i.get_ref().clone());
+        self.issues.push(
+            Some(span.clone()),
+            key,
+            format!(
+                "type {:?} takes {takes}, but the stage before it ({prev_id:?}, type {:?}) produces only {}; nothing would reach this stage (types that take those: {suggest})",
+                factory.type_name(),
+                previous.type_name(),
+                kinds(produced)
+            ),
+        );
+        false
+    }
+
     fn types_producing(&self, kind: ArtifactKind) -> String {
-        let names: Vec<&str> = self
-            .registry
-            .names()
-            .into_iter()
-            .filter(|n| {
-                self.registry
-                    .get(n)
-                    .is_some_and(|f| f.outputs().contains(&kind))
-            })
-            .collect();
-        format!("types that produce it: {}", params::list_or_none(&names))
+        let names = self.types_where(|f| f.outputs().contains(&kind));
+        format!("types that produce it: {names}")
     }
 
     fn types_taking(&self, kinds_given: &[ArtifactKind]) -> String {
+        self.types_where(|f| f.inputs().iter().any(|k| kinds_given.contains(k)))
+    }
+
+    /// The registered type names whose factory satisfies `keep`, listed.
+    fn types_where(&self, keep: impl Fn(&dyn StageFactory) -> bool) -> String {
         let names: Vec<&str> = self
             .registry
             .names()
             .into_iter()
-            .filter(|n| {
-                self.registry
-                    .get(n)
-                    .is_some_and(|f| f.inputs().iter().any(|k| kinds_given.contains(k)))
-            })
+            .filter(|n| self.registry.get(n).is_some_and(|f| keep(f.as_ref())))
             .collect();
         params::list_or_none(&names)
     }
