@@ -19,6 +19,7 @@ pub mod repo;
 pub mod retention;
 pub mod settings;
 pub mod sqlite_checks;
+pub mod target;
 pub mod time;
 pub mod verify;
 pub mod wal;

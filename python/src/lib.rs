@@ -84,9 +84,9 @@ fn backups_for_timestamp(
             verbose: 0,
         };
         let ctx = Ctx::new(&flags)?;
-        let at = genesis_core::time::parse_timestamp(&timestamp)?;
+        let target = Target::at_time(&timestamp)?;
         let catalog = Repository::open_local(&ctx.repo, false)?.catalog()?;
-        let plan = genesis_stages::resolve_plan(&catalog, &Target::Time { at }, false, Utc::now())?;
+        let plan = genesis_stages::resolve_plan(&catalog, &target, false, Utc::now())?;
         let incremental: Vec<BackupEntry> =
             plan.segments.iter().map(|m| BackupEntry::of(m)).collect();
         Ok(serde_json::json!({

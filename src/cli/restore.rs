@@ -6,7 +6,6 @@ use chrono::Utc;
 use genesis_core::pipeline::{compile_file, CancelToken};
 use genesis_core::plan::Target;
 use genesis_core::plugin_host::LibraryLoader;
-use genesis_core::time::{parse_duration, parse_timestamp};
 use genesis_core::Error;
 use genesis_stages::{DrillOptions, RestoreOptions};
 
@@ -57,22 +56,16 @@ fn target(a: &RestoreArgs, overrides: &[(String, String)]) -> anyhow::Result<Tar
         .into());
     }
     if let Some((_, t)) = set {
-        return Ok(genesis_stages::parse_target(t)?);
+        return Ok(Target::parse(t)?);
     }
     if let Some(t) = &a.timestamp {
-        return Ok(Target::Time {
-            at: parse_timestamp(t)?,
-        });
+        return Ok(Target::at_time(t)?);
     }
     if let Some(d) = &a.ago {
-        let too_long = || Error::Usage(format!("--ago {d} is too long"));
-        let d = chrono::Duration::from_std(parse_duration(d)?).map_err(|_| too_long())?;
-        let at = Utc::now().checked_sub_signed(d).ok_or_else(too_long)?;
-        return Ok(Target::Time { at });
+        return Ok(Target::ago(d, Utc::now())?);
     }
     if let Some(id) = &a.backup_id {
-        genesis_core::repo::ids::validate_id(id)?;
-        return Ok(Target::BackupId { id: id.clone() });
+        return Ok(Target::backup(id)?);
     }
     if let Some(t) = a.txid {
         return Ok(Target::Txid { txid: t });

@@ -14,7 +14,8 @@ use std::time::Instant;
 use chrono::Utc;
 use serde::Serialize;
 
-use genesis_core::pipeline::{StageReport, ValidationReport};
+use genesis_core::pipeline::{ParamValue, StageReport, ValidationReport};
+use genesis_core::plan::Target;
 use genesis_core::progress::Progress;
 use genesis_core::time::format_rfc3339;
 use genesis_core::{Error, Result};
@@ -186,7 +187,6 @@ pub fn drill(opts: &DrillOptions, progress: Arc<dyn Progress>) -> Result<DrillRe
     clean_staging_dir(&opts.scratch_dir)?;
     let params = vec![
         ("repository".to_string(), opts.repo.display().to_string()),
-        ("target".to_string(), "latest".to_string()),
         (
             "staging_dir".to_string(),
             opts.scratch_dir.display().to_string(),
@@ -203,11 +203,18 @@ pub fn drill(opts: &DrillOptions, progress: Arc<dyn Progress>) -> Result<DrillRe
                 .unwrap_or_default(),
         ),
     ];
+    // A drill restores the latest point, unless `--set target=` says otherwise.
+    let typed = if opts.overrides.iter().any(|(k, _)| k == "target") {
+        Vec::new()
+    } else {
+        vec![("target".to_string(), ParamValue::Target(Target::Latest))]
+    };
     let run = run_to_staged(
         opts.pipeline.as_deref(),
         "drill",
         DRILL_PIPELINE,
         params,
+        typed,
         &opts.overrides,
         progress,
     )?;

@@ -1,6 +1,8 @@
 //! The `event-replay` stage: makes a restore exact to the event between two
-//! captured commits (DOMAIN.md). When the staged database has the trading
-//! schema and the restore target is a time, it applies the archived events
+//! captured commits (DOMAIN.md). It takes the `archived-events` artifact
+//! (which wal-apply emits ahead of the staged database) and the staged
+//! database. When the database has the trading schema and the restore
+//! target is a time, it applies the archived events
 //! with a sequence number above the database's highest and `created_at` at or
 //! before the target, in sequence order, in one transaction, through
 //! `genesis_trading::replay` (which inserts each event row and applies its
@@ -26,8 +28,8 @@ use rusqlite::Connection;
 use serde::Deserialize;
 
 use genesis_core::pipeline::{
-    decode_config, Artifact, ArtifactKind, BuildContext, Emit, Stage, StageContext, StageFactory,
-    StagedDatabase,
+    decode_config, ArchivedEvents, Artifact, ArtifactKind, BuildContext, Emit, Stage, StageContext,
+    StageFactory, StagedDatabase,
 };
 use genesis_core::plugin_host::{self, EventHandlerPlugin, SqlValue, WireEvent};
 use genesis_core::repo::formats::EventRow;
@@ -55,10 +57,13 @@ impl StageFactory for EventReplayFactory {
         "replays archived events after the restore point up to the target time, in one transaction"
     }
     fn inputs(&self) -> &[ArtifactKind] {
-        &[ArtifactKind::StagedDatabase]
+        &[ArtifactKind::ArchivedEvents, ArtifactKind::StagedDatabase]
     }
     fn outputs(&self) -> &[ArtifactKind] {
         &[ArtifactKind::StagedDatabase]
+    }
+    fn requires(&self) -> &[ArtifactKind] {
+        &[ArtifactKind::ArchivedEvents, ArtifactKind::StagedDatabase]
     }
     fn build(
         &self,
@@ -94,7 +99,10 @@ impl StageFactory for EventReplayFactory {
         if !problems.is_empty() {
             return Err(problems);
         }
-        Ok(Box::new(EventReplay { handlers }))
+        Ok(Box::new(EventReplay {
+            handlers,
+            archived: None,
+        }))
     }
 }
 
@@ -180,6 +188,8 @@ fn sql_value_to_json(v: SqlValue) -> serde_json::Value {
 
 struct EventReplay {
     handlers: Vec<PluginExtension>,
+    /// The archived events, from their arrival until the staged database's.
+    archived: Option<ArchivedEvents>,
 }
 
 /// Converts an archived row (bytes, verbatim) into an event, taking its bytes
@@ -346,7 +356,7 @@ fn trading_error(path: &Path) -> impl Fn(genesis_trading::Error) -> Error + '_ {
 }
 
 impl EventReplay {
-    fn replay(&mut self, staged: &mut StagedDatabase) -> Result<()> {
+    fn replay(&mut self, staged: &mut StagedDatabase, archived: ArchivedEvents) -> Result<()> {
         let path: PathBuf = staged.path.clone();
         let Some(until) = staged.target_time else {
             staged.replay = Some(serde_json::json!({
@@ -364,7 +374,7 @@ impl EventReplay {
             return Ok(());
         }
         let after = genesis_trading::event::max_sequence(&conn).map_err(trading_error(&path))?;
-        let mut events = select_events(std::mem::take(&mut staged.events), after, until)?;
+        let mut events = select_events(archived.objects, after, until)?;
         // Only a run without a hole in its sequence numbers can be replayed:
         // a lost event object ends the replay there (the restore reports
         // the gap and the RPO it costs).
@@ -435,10 +445,28 @@ impl EventReplay {
 impl Stage for EventReplay {
     fn process(&mut self, input: Artifact, _ctx: &StageContext, out: &mut dyn Emit) -> Result<()> {
         match input {
+            Artifact::ArchivedEvents(archived) => {
+                if self.archived.replace(archived).is_some() {
+                    return Err(Error::Failed(
+                        "event-replay received two archived-events artifacts for one restore; \
+                         a pipeline has one wal-apply"
+                            .into(),
+                    ));
+                }
+                Ok(())
+            }
             Artifact::StagedDatabase(mut staged) => {
-                self.replay(&mut staged)?;
-                // Rows already applied are of no further use downstream.
-                staged.events.clear();
+                // Never replay "nothing" for want of the events: a database
+                // without them would look exact to the target.
+                let archived = self.archived.take().ok_or_else(|| {
+                    Error::Failed(format!(
+                        "event-replay received the staged database {} without the archived events \
+                         (wal-apply emits them first); a stage before event-replay dropped them",
+                        staged.path.display()
+                    ))
+                })?;
+                self.replay(&mut staged, archived)?;
+                // The rows (consumed here) go no further down the pipeline.
                 out.emit(Artifact::StagedDatabase(staged))
             }
             other => out.emit(other),

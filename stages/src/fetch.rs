@@ -7,7 +7,9 @@
 //! * `repository`: the backup repository directory (default `.genesis/backups`);
 //! * `target`: `latest`; an instant (`2025-01-15T12:00:00`, UTC unless an
 //!   offset is given); `txid:N`; or `backup:ID` (a snapshot or segment id as
-//!   `list-backups` shows it);
+//!   `list-backups` shows it), read by [`Target::parse`] when the pipeline
+//!   is compiled; a target the caller passed typed (the restore command's
+//!   flags) is taken as it is, never through text;
 //! * `strict`: when the chain to the target has a gap, fail instead of
 //!   falling back (default false).
 //!
@@ -41,66 +43,18 @@ use serde::Deserialize;
 
 use genesis_core::objects;
 use genesis_core::pipeline::{
-    decode_config, Artifact, ArtifactKind, BuildContext, Emit, FetchedObject, Params, Stage,
-    StageContext, StageFactory,
+    decode_config, Artifact, ArtifactKind, BuildContext, Emit, FetchedObject, ParamValue, Params,
+    Stage, StageContext, StageFactory,
 };
 use genesis_core::plan::{RestorePlan, Target};
 use genesis_core::repo::lost::LostSet;
 use genesis_core::repo::{Catalog, Repository};
-use genesis_core::time::parse_timestamp;
 use genesis_core::{Error, Result};
 
 use crate::{resolve, settings};
 
 /// Default repository directory.
 pub const DEFAULT_REPOSITORY: &str = ".genesis/backups";
-
-/// Parses a target as pipelines and the CLI write it: `latest`, `txid:N`,
-/// `backup:ID`, or a timestamp.
-///
-/// # Errors
-/// `Error::Usage` naming the text and the accepted forms.
-pub fn parse_target(text: &str) -> Result<Target> {
-    let t = text.trim();
-    if t.is_empty() || t.eq_ignore_ascii_case("latest") {
-        return Ok(Target::Latest);
-    }
-    if let Some(n) = t.strip_prefix("txid:") {
-        let txid = n.trim().parse::<u64>().map_err(|_| {
-            Error::Usage(format!(
-                "bad target {text:?}: `txid:` must be followed by a transaction id, e.g. txid:1234"
-            ))
-        })?;
-        return Ok(Target::Txid { txid });
-    }
-    if let Some(id) = t.strip_prefix("backup:") {
-        let id = id.trim();
-        if id.is_empty() {
-            return Err(Error::Usage(format!(
-                "bad target {text:?}: `backup:` must be followed by a backup id from `list-backups`"
-            )));
-        }
-        return Ok(Target::BackupId { id: id.to_string() });
-    }
-    match parse_timestamp(t) {
-        Ok(at) => Ok(Target::Time { at }),
-        Err(_) => Err(Error::Usage(format!(
-            "bad target {text:?}: write `latest`, a UTC time such as 2025-01-15T12:00:00, `txid:N`, or `backup:ID`"
-        ))),
-    }
-}
-
-/// The text form of a target, as [`parse_target`] reads it.
-pub fn target_text(target: &Target) -> String {
-    match target {
-        Target::Latest => "latest".to_string(),
-        // Full precision: restore points carry nanoseconds, and a target
-        // rounded down could fall before the point it names.
-        Target::Time { at } => at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-        Target::Txid { txid } => format!("txid:{txid}"),
-        Target::BackupId { id } => format!("backup:{id}"),
-    }
-}
 
 /// Resolves the restore plan of `target` against the catalog, with no object
 /// known to be lost beyond the unreadable manifests the catalog lists (see
@@ -152,26 +106,39 @@ impl StageFactory for FetchFactory {
         ctx: &BuildContext<'_>,
     ) -> std::result::Result<Box<dyn Stage>, Vec<(String, String)>> {
         let config: FetchConfig = decode_config(config)?;
-        // Check the target's form now, so that a typo fails before anything runs.
-        if let Some(t) = settings::text(&config.target, ctx.params, "target") {
-            if let Err(e) = parse_target(&t) {
-                let key = if config.target.is_some() {
-                    "target"
-                } else {
-                    "config"
-                };
-                return Err(vec![(key.to_string(), e.to_string())]);
-            }
-        }
+        let target = build_target(&config, ctx).map_err(|problem| vec![problem])?;
         if let Err(e) = settings::flag(config.strict, ctx.params, "strict", false) {
             return Err(vec![("strict".to_string(), e.to_string())]);
         }
-        Ok(Box::new(Fetch { config }))
+        Ok(Box::new(Fetch { config, target }))
+    }
+}
+
+/// The run's target, decided when the pipeline is compiled (so that a typo
+/// fails before anything runs): a parameter the caller passed typed is
+/// taken as it is (named by `target = "${name}"` in the config, or the
+/// `target` parameter); text (a pipeline file's value, `--set target=`) is
+/// read once, here, by [`Target::parse`]. An error comes with its config key.
+fn build_target(
+    config: &FetchConfig,
+    ctx: &BuildContext<'_>,
+) -> std::result::Result<Target, (String, String)> {
+    let (value, key) = match (&config.target, ctx.bound_param("target")) {
+        (_, Some(ParamValue::Target(t))) => return Ok(t.clone()),
+        (Some(text), _) => (Some(ParamValue::Str(text.clone())), "target"),
+        (None, _) => (ctx.params.get("target").cloned(), "config"),
+    };
+    match value {
+        Some(ParamValue::Target(t)) => Ok(t),
+        Some(v) => Target::parse(&v.as_text()).map_err(|e| (key.to_string(), e.to_string())),
+        None => Ok(Target::Latest),
     }
 }
 
 struct Fetch {
     config: FetchConfig,
+    /// Decided at compile time ([`build_target`]).
+    target: Target,
 }
 
 impl Fetch {
@@ -190,9 +157,7 @@ impl Fetch {
             settings::text(&self.config.repository, params, "repository")
                 .unwrap_or_else(|| DEFAULT_REPOSITORY.to_string()),
         );
-        let target = parse_target(
-            &settings::text(&self.config.target, params, "target").unwrap_or_default(),
-        )?;
+        let target = &self.target;
         let strict = settings::flag(self.config.strict, params, "strict", false)?;
         let repo = Repository::open_path(&repo_path, false)?;
         let catalog = repo.catalog()?;
@@ -204,7 +169,7 @@ impl Fetch {
         // Prune keeps what a live lease names, for as long as this reads.
         let mut lease: Option<genesis_core::repo::read_leases::ReadLease> = None;
         for _ in 0..MAX_REPLANS {
-            let plan = resolve::resolve_plan(&catalog, &target, strict, now, &lost)?;
+            let plan = resolve::resolve_plan(&catalog, target, strict, now, &lost)?;
             let manifests = plan_manifests(&plan);
             let ids: Vec<String> = manifests.iter().map(|m| m.id.clone()).collect();
             // Best effort: a read-only repository takes no lease (an object
@@ -312,28 +277,5 @@ impl Stage for Fetch {
             out.emit(Artifact::FetchedObject(object))?;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn targets_parse_in_every_form() {
-        assert_eq!(parse_target("latest").unwrap(), Target::Latest);
-        assert_eq!(parse_target("").unwrap(), Target::Latest);
-        assert_eq!(parse_target("txid:42").unwrap(), Target::Txid { txid: 42 });
-        assert_eq!(
-            parse_target("backup:snap_x").unwrap(),
-            Target::BackupId {
-                id: "snap_x".into()
-            }
-        );
-        let t = parse_target("2025-01-15T12:00:00").unwrap();
-        assert_eq!(parse_target(&target_text(&t)).unwrap(), t);
-        for bad in ["txid:x", "backup:", "yesterday"] {
-            assert!(matches!(parse_target(bad), Err(Error::Usage(_))), "{bad}");
-        }
     }
 }

@@ -29,7 +29,7 @@ pub mod verify;
 pub mod wal_apply;
 
 pub use drill::{drill, write_textfile, DrillOptions, DrillReport};
-pub use fetch::{parse_target, resolve_plan, target_text};
+pub use fetch::resolve_plan;
 pub use restore::{restore, RestoreOptions, RestoreResult};
 pub use validate::{validate_database, ValidateOptions};
 

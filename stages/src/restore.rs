@@ -41,8 +41,8 @@ use serde::Serialize;
 
 use genesis_core::lock::{sibling, LockFile};
 use genesis_core::pipeline::{
-    compile_file, compile_str, CancelToken, PluginLoader, StageReport, StagedDatabase,
-    ValidationReport,
+    compile_file_with, compile_str_with, CancelToken, Overrides, ParamValue, PluginLoader,
+    StageReport, StagedDatabase, ValidationReport,
 };
 use genesis_core::plan::{Fallback, Target};
 use genesis_core::plugin_host::LibraryLoader;
@@ -273,13 +273,15 @@ pub(crate) struct StagedRun {
 }
 
 /// Compiles and runs a pipeline (the file given, or `builtin_text`) with the
-/// given parameters set where the pipeline declares them, then the user's
-/// overrides, and returns the staged database the last stage emitted.
+/// given parameters set where the pipeline declares them (text ones as
+/// `--set` would, typed ones as they are: the restore's target), then the
+/// user's overrides, and returns the staged database the last stage emitted.
 pub(crate) fn run_to_staged(
     pipeline: Option<&Path>,
     builtin_name: &str,
     builtin_text: &str,
     params: Vec<(String, String)>,
+    typed: Vec<(String, ParamValue)>,
     overrides: &[(String, String)],
     progress: Arc<dyn Progress>,
 ) -> Result<StagedRun> {
@@ -297,14 +299,20 @@ pub(crate) fn run_to_staged(
         ),
     };
     let declared = declared_params(&text);
-    let mut all: Vec<(String, String)> = params
-        .into_iter()
-        .filter(|(k, _)| declared.contains(k))
-        .collect();
-    all.extend(overrides.iter().cloned());
+    let mut all = Overrides {
+        text: params
+            .into_iter()
+            .filter(|(k, _)| declared.contains(k))
+            .collect(),
+        typed: typed
+            .into_iter()
+            .filter(|(k, _)| declared.contains(k))
+            .collect(),
+    };
+    all.text.extend(overrides.iter().cloned());
     let compiled = match pipeline {
-        Some(p) => compile_file(p, &registry, loader.as_ref(), &all)?,
-        None => compile_str(&text, &file, &registry, loader.as_ref(), &all)?,
+        Some(p) => compile_file_with(p, &registry, loader.as_ref(), &all)?,
+        None => compile_str_with(&text, &file, &registry, loader.as_ref(), &all)?,
     };
     let name = compiled.name.clone();
     let outcome = compiled
@@ -687,10 +695,6 @@ pub fn restore(opts: &RestoreOptions, progress: Arc<dyn Progress>) -> Result<Res
         ("repository".to_string(), opts.repo.display().to_string()),
         ("database".to_string(), opts.db.display().to_string()),
         (
-            "target".to_string(),
-            crate::fetch::target_text(&opts.target),
-        ),
-        (
             "staging_dir".to_string(),
             opts.staging_dir.display().to_string(),
         ),
@@ -709,11 +713,17 @@ pub fn restore(opts: &RestoreOptions, progress: Arc<dyn Progress>) -> Result<Res
         ),
     ];
     let created = missing_dirs(&opts.staging_dir);
+    // The target goes to fetch typed, as the caller gave it.
+    let typed = vec![(
+        "target".to_string(),
+        ParamValue::Target(opts.target.clone()),
+    )];
     let run = run_to_staged(
         opts.pipeline.as_deref(),
         "restore",
         RESTORE_PIPELINE,
         params,
+        typed,
         &opts.overrides,
         progress,
     )

@@ -2,8 +2,10 @@
 //! the staging directory with [`StreamingBuild`] (the snapshot's parts
 //! written as they arrive and dropped, then each page's newest version up
 //! to the txid over them, one fsync), which proves the result page-exactly
-//! against the database checksum the capture recorded. It then decodes the plan's event objects and hands them, with
-//! the target time, to event-replay on the emitted staged database.
+//! against the database checksum the capture recorded. It then decodes the
+//! plan's event objects and emits them as one `archived-events` artifact
+//! (always, empty when the plan reads none) ahead of the staged database,
+//! which carries the instant event-replay replays up to.
 //!
 //! The file is `<staging_dir>/restore-<txid>-<pid>.db`; the pid lets the next
 //! restore tell a crashed run's leftovers from a running one's
@@ -19,8 +21,8 @@ use serde::Deserialize;
 
 use genesis_core::lock::sibling;
 use genesis_core::pipeline::{
-    decode_config, Artifact, ArtifactKind, BuildContext, DecompressedObject, Emit, Stage,
-    StageContext, StageFactory, StagedDatabase,
+    decode_config, ArchivedEvents, Artifact, ArtifactKind, BuildContext, DecompressedObject, Emit,
+    Stage, StageContext, StageFactory, StagedDatabase,
 };
 use genesis_core::plan::RestorePlan;
 use genesis_core::rebuild::stream::StreamingBuild;
@@ -70,7 +72,10 @@ impl StageFactory for WalApplyFactory {
         &[ArtifactKind::Plan, ArtifactKind::VerifiedObject]
     }
     fn outputs(&self) -> &[ArtifactKind] {
-        &[ArtifactKind::StagedDatabase]
+        &[ArtifactKind::ArchivedEvents, ArtifactKind::StagedDatabase]
+    }
+    fn requires(&self) -> &[ArtifactKind] {
+        &[ArtifactKind::Plan]
     }
     fn build(
         &self,
@@ -208,7 +213,7 @@ impl Stage for WalApply {
         };
         tracing::info!(path = %path.display(), txid = built.txid, checksum = %built.checksum, "database rebuilt and proven");
 
-        let events = plan
+        let objects = plan
             .events
             .par_iter()
             .filter_map(|m| by_id.get(m.id.as_str()).map(|o| (m, o)))
@@ -225,6 +230,7 @@ impl Stage for WalApply {
         // A time target replays up to it; a fallback to another kind of
         // target replays the events the plan chose (bounded by its objects).
         let target_time = plan.replay_until;
+        out.emit(Artifact::ArchivedEvents(ArchivedEvents { objects }))?;
         out.emit(Artifact::StagedDatabase(Box::new(StagedDatabase {
             path,
             txid: built.txid,
@@ -234,7 +240,6 @@ impl Stage for WalApply {
             page_size: built.page_size,
             point_time: Some(plan.point.time),
             target_time,
-            events,
             plan: Some(plan),
             ..StagedDatabase::default()
         })))

@@ -2,6 +2,8 @@
 //! cdylib, built by this test): a FUNDING_PAYMENT archived after the restore
 //! point is applied through the plugin, and a statement that changes another
 //! number of rows than the plugin expects fails the restore naming the event.
+//! A pipeline plugin stage placed between wal-apply and event-replay (the
+//! passthrough cdylib) passes the archived events on: the replay is the same.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,8 +17,9 @@ use genesis_core::repo::Repository;
 use genesis_stages::{restore, RestoreOptions};
 use rusqlite::Connection;
 
-/// Builds the funding-payment plugin into this test's profile directory.
-fn funding_plugin() -> PathBuf {
+/// Builds a workspace plugin (`genesis-plugin-NAME`) into this test's
+/// profile directory and returns its library.
+fn workspace_plugin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -24,7 +27,7 @@ fn funding_plugin() -> PathBuf {
     cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args([
         "build",
         "-p",
-        "genesis-plugin-funding-payment",
+        &format!("genesis-plugin-{name}"),
     ]);
     if profile.file_name().and_then(|n| n.to_str()) == Some("release") {
         cmd.arg("--release");
@@ -36,8 +39,9 @@ fn funding_plugin() -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     profile.join(format!(
-        "{}genesis_plugin_funding_payment{}",
+        "{}genesis_plugin_{}{}",
         std::env::consts::DLL_PREFIX,
+        name.replace('-', "_"),
         std::env::consts::DLL_SUFFIX
     ))
 }
@@ -73,7 +77,7 @@ fn funding(w: &Connection, asset: &str, amount: f64) -> chrono::DateTime<chrono:
 
 #[test]
 fn funding_payments_replay_through_the_plugin_and_expect_changes_is_enforced() {
-    let plugin = funding_plugin();
+    let plugin = workspace_plugin("funding-payment");
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("genesis.db");
     let mut w = Connection::open(&db).unwrap();
@@ -107,7 +111,7 @@ fn funding_payments_replay_through_the_plugin_and_expect_changes_is_enforced() {
             .unwrap(),
         plugin.display().to_string()
     );
-    std::fs::write(&pipeline, text).unwrap();
+    std::fs::write(&pipeline, &text).unwrap();
 
     let mut o = RestoreOptions::new(&repo, &db, Target::Time { at });
     o.staging_dir = dir.path().join("staging");
@@ -118,6 +122,30 @@ fn funding_payments_replay_through_the_plugin_and_expect_changes_is_enforced() {
     let replay = r.replay.unwrap();
     assert_eq!(replay["handled_by_extension"], 1, "{replay}");
     let c = Connection::open(dir.path().join("funded.db")).unwrap();
+    assert_eq!(genesis_trading::state_hash(&c).unwrap(), hash);
+
+    // A plugin stage between wal-apply and event-replay gets the staged
+    // database and passes the archived events on to the replay.
+    let between = dir.path().join("between.toml");
+    let stage = format!(
+        "[[stages]]\nid = \"between\"\ntype = \"plugin\"\nlibrary = {:?}\n\n",
+        workspace_plugin("passthrough").display().to_string()
+    );
+    let replay_stage = "[[stages]]\nid = \"event-replay\"";
+    assert!(text.contains(replay_stage));
+    std::fs::write(
+        &between,
+        text.replace(replay_stage, &format!("{stage}{replay_stage}")),
+    )
+    .unwrap();
+    let mut o = RestoreOptions::new(&repo, &db, Target::Time { at });
+    o.staging_dir = dir.path().join("staging");
+    o.pipeline = Some(between);
+    o.output = Some(dir.path().join("funded-between.db"));
+    let r = restore(&o, Arc::new(NoProgress)).unwrap();
+    assert_eq!(r.events_replayed, 1, "{r:?}");
+    assert!(r.stages.iter().any(|s| s.id == "between"), "{:?}", r.stages);
+    let c = Connection::open(dir.path().join("funded-between.db")).unwrap();
     assert_eq!(genesis_trading::state_hash(&c).unwrap(), hash);
 
     // No DOGE balance: the plugin's UPDATE changes 0 rows where it expects 1.

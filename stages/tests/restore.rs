@@ -184,6 +184,55 @@ fn restores_to_txids_and_times_equal_the_source() {
     }
 }
 
+/// The target reaches fetch as the value given, never through its text:
+/// an instant at a commit's exact nanosecond restores that commit (one
+/// rounded to microseconds would fall before it and restore the one
+/// before), and a backup id is looked up as it is (text would trim it).
+#[test]
+fn a_typed_target_reaches_fetch_exactly() {
+    let f = captured(4);
+    let points = f.points();
+    // The premise: commit times carry digits below the microsecond.
+    assert!(
+        points
+            .iter()
+            .any(|p| p.time.timestamp_subsec_nanos() % 1000 != 0),
+        "{points:?}"
+    );
+    for (i, p) in points.iter().enumerate().skip(1) {
+        // A capture step stamps every commit it reads with one time: the
+        // target is the last of them.
+        let last = points
+            .iter()
+            .filter(|q| q.time == p.time)
+            .map(|q| q.txid)
+            .max();
+        let mut o = f.opts(Target::Time { at: p.time });
+        o.output = Some(f.out(&format!("exact-{i}.db")));
+        o.validate = false;
+        let r = restore(&o, progress()).unwrap();
+        assert_eq!(Some(r.restored_txid), last, "at {}", p.time);
+        assert_eq!(r.target_timestamp, genesis_core::time::format_exact(p.time));
+    }
+    let snapshot = Repository::open_local(&f.repo, false)
+        .unwrap()
+        .catalog()
+        .unwrap()
+        .generations[0]
+        .snapshots[0]
+        .id
+        .clone();
+    let mut o = f.opts(Target::BackupId {
+        id: format!("{snapshot} "),
+    });
+    o.output = Some(f.out("backup-with-space.db"));
+    let err = restore(&o, progress()).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("no backup with id \"{snapshot} \"")),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_corrupt_segment_is_a_gap_found_before_anything_is_written() {
     let mut f = captured(5);

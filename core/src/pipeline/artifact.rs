@@ -13,6 +13,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::plan::Target;
 use crate::repo::formats::EventRow;
 use crate::repo::{Manifest, ObjectBytes};
 
@@ -32,6 +33,9 @@ pub enum ArtifactKind {
     VerifiedObject,
     /// A database built in the staging directory (after wal-apply), enriched by later stages.
     StagedDatabase,
+    /// The archived events after the restore point, decoded and verified
+    /// (wal-apply emits them before the staged database; event-replay takes them).
+    ArchivedEvents,
 }
 
 impl ArtifactKind {
@@ -44,6 +48,7 @@ impl ArtifactKind {
             ArtifactKind::DecompressedObject => "decompressed-object",
             ArtifactKind::VerifiedObject => "verified-object",
             ArtifactKind::StagedDatabase => "staged-database",
+            ArtifactKind::ArchivedEvents => "archived-events",
         }
     }
 }
@@ -57,6 +62,7 @@ pub enum Artifact {
     DecompressedObject(DecompressedObject),
     VerifiedObject(DecompressedObject),
     StagedDatabase(Box<StagedDatabase>),
+    ArchivedEvents(ArchivedEvents),
 }
 
 impl Artifact {
@@ -69,6 +75,7 @@ impl Artifact {
             Artifact::DecompressedObject(_) => ArtifactKind::DecompressedObject,
             Artifact::VerifiedObject(_) => ArtifactKind::VerifiedObject,
             Artifact::StagedDatabase(_) => ArtifactKind::StagedDatabase,
+            Artifact::ArchivedEvents(_) => ArtifactKind::ArchivedEvents,
         }
     }
 
@@ -85,7 +92,9 @@ impl Artifact {
 /// The resolved parameters of a pipeline run (defaults overridden by `--set`).
 pub type Params = std::collections::BTreeMap<String, ParamValue>;
 
-/// A parameter value. Parameters are strings, integers, floats or booleans.
+/// A parameter value. A pipeline file and `--set` give strings, integers,
+/// floats or booleans; a caller that holds a value typed already (a
+/// restore's [`Target`]) passes it as it is, never through its text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ParamValue {
@@ -93,6 +102,14 @@ pub enum ParamValue {
     Int(i64),
     Float(f64),
     Str(String),
+    /// A restore target (only ever set by a caller, see
+    /// [`crate::pipeline::Overrides::typed`]); shown in its text form.
+    #[serde(skip_deserializing, serialize_with = "display")]
+    Target(Target),
+}
+
+fn display<S: serde::Serializer>(target: &Target, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(target)
 }
 
 impl ParamValue {
@@ -103,6 +120,7 @@ impl ParamValue {
             ParamValue::Int(i) => i.to_string(),
             ParamValue::Float(f) => f.to_string(),
             ParamValue::Str(s) => s.clone(),
+            ParamValue::Target(t) => t.to_string(),
         }
     }
 }
@@ -141,6 +159,25 @@ impl DecompressedObject {
     /// Total raw length.
     pub fn raw_len(&self) -> u64 {
         self.frames.iter().map(|f| f.len() as u64).sum()
+    }
+}
+
+/// The archived events a restore may replay: the decoded rows of every
+/// event object the plan reads, in plan order, each object verified against
+/// its manifest. Its own artifact, not a field of the staged database: it is
+/// what event-replay consumes (and never sent to plugin stages, which pass
+/// it on unchanged).
+#[derive(Debug, Clone, Default)]
+pub struct ArchivedEvents {
+    /// The rows of each event object, as stored (sequence order per object,
+    /// objects possibly overlapping).
+    pub objects: Vec<Arc<Vec<EventRow>>>,
+}
+
+impl ArchivedEvents {
+    /// Rows held, over every object.
+    pub fn rows(&self) -> usize {
+        self.objects.iter().map(|o| o.len()).sum()
     }
 }
 
@@ -208,10 +245,6 @@ pub struct StagedDatabase {
     /// `created_at` of the last event replayed (set by event-replay).
     #[serde(default)]
     pub replayed_until: Option<DateTime<Utc>>,
-    /// Archived event rows beyond the restore point, verified, for
-    /// event-replay (set by wal-apply; never serialized, e.g. to plugins).
-    #[serde(skip)]
-    pub events: Vec<Arc<Vec<EventRow>>>,
     /// The plan the database was built from (set by wal-apply; not serialized).
     #[serde(skip)]
     pub plan: Option<Arc<crate::plan::RestorePlan>>,

@@ -10,7 +10,8 @@
 //! whose declared type clashes with nothing); `workers`,
 //! `channel_capacity`, `on_error`; each factory's own check of its
 //! `[stages.config]`; and the chain (the first stage takes `request`, each
-//! later stage takes something its predecessor produces).
+//! later stage takes something its predecessor produces, and what a stage
+//! [requires](StageFactory::requires) is produced by some stage before it).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ use serde::Serialize;
 use crate::error::{ConfigIssue, Error, Result};
 use crate::pipeline::artifact::{ArtifactKind, ParamValue, Params};
 use crate::pipeline::config::{self, ConfigDecl, Issues, PipelineFile, StageDecl};
-use crate::pipeline::params::{self, Resolved, Substituted};
+use crate::pipeline::params::{self, Overrides, Resolved, Substituted};
 use crate::pipeline::stage::{BuildContext, PluginLoader, Stage, StageFactory, StageRegistry};
 
 /// The stage type that names a plugin library instead of a registered type.
@@ -168,6 +169,19 @@ pub fn compile_file(
     plugins: &dyn PluginLoader,
     overrides: &[(String, String)],
 ) -> Result<CompiledPipeline> {
+    compile_file_with(path, registry, plugins, &Overrides::text(overrides))
+}
+
+/// [`compile_file`] with typed overrides as well as text ones.
+///
+/// # Errors
+/// As [`compile_file`].
+pub fn compile_file_with(
+    path: &Path,
+    registry: &StageRegistry,
+    plugins: &dyn PluginLoader,
+    overrides: &Overrides,
+) -> Result<CompiledPipeline> {
     let bytes = std::fs::read(path).map_err(|e| Error::io("reading pipeline file", path, e))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         Error::Config(vec![ConfigIssue {
@@ -177,7 +191,7 @@ pub fn compile_file(
             message: format!("the file is not UTF-8 text: {e}"),
         }])
     })?;
-    compile_str(&text, path, registry, plugins, overrides)
+    compile_str_with(&text, path, registry, plugins, overrides)
 }
 
 /// Compiles a pipeline from its text. `file` is used in messages and to
@@ -192,6 +206,20 @@ pub fn compile_str(
     registry: &StageRegistry,
     plugins: &dyn PluginLoader,
     overrides: &[(String, String)],
+) -> Result<CompiledPipeline> {
+    compile_str_with(text, file, registry, plugins, &Overrides::text(overrides))
+}
+
+/// [`compile_str`] with typed overrides as well as text ones.
+///
+/// # Errors
+/// As [`compile_str`].
+pub fn compile_str_with(
+    text: &str,
+    file: &Path,
+    registry: &StageRegistry,
+    plugins: &dyn PluginLoader,
+    overrides: &Overrides,
 ) -> Result<CompiledPipeline> {
     let mut issues = Issues::new(file, text);
     let Some(parsed) = config::parse(text, &mut issues) else {
@@ -226,11 +254,7 @@ struct Typed {
 }
 
 impl Compiler<'_> {
-    fn compile(
-        mut self,
-        file: PipelineFile,
-        overrides: &[(String, String)],
-    ) -> Option<CompiledPipeline> {
+    fn compile(mut self, file: PipelineFile, overrides: &Overrides) -> Option<CompiledPipeline> {
         let name = file.name.as_ref().map(|n| n.get_ref().clone());
         match &file.name {
             None => self.issues.push(
@@ -266,13 +290,13 @@ impl Compiler<'_> {
             let on_error = self.on_error(decl, &prefix);
             let config = self.substitute_config(&decl.config, &resolved, &prefix);
             let stage = match (&stage_type, config) {
-                (Some(t), Some(config)) => {
+                (Some(t), Some((config, bindings))) => {
                     let stage_id = id.clone().unwrap_or_else(|| prefix.clone());
                     self.build(
                         &t.factory,
                         &config,
                         decl,
-                        &stage_id,
+                        (&stage_id, &bindings),
                         &resolved.values,
                         &prefix,
                     )
@@ -536,20 +560,27 @@ impl Compiler<'_> {
         }
     }
 
-    /// The config table with `${param}` references substituted, or `None`
-    /// when some reference is bad (each reported at its value's line).
+    /// The config table with `${param}` references substituted, and the
+    /// top-level keys whose value was exactly one reference with the
+    /// parameter each names (so that a stage can take a typed parameter as
+    /// it is); `None` when some reference is bad (each reported at its
+    /// value's line).
     fn substitute_config(
         &mut self,
         config: &ConfigDecl,
         params: &Resolved,
         prefix: &str,
-    ) -> Option<toml::Table> {
+    ) -> Option<(toml::Table, BTreeMap<String, String>)> {
         let mut table = config.table.clone();
+        let mut bindings = BTreeMap::new();
         let mut ok = true;
         for (key, value) in table.iter_mut() {
+            if let Some(name) = value.as_str().and_then(whole_reference) {
+                bindings.insert(key.clone(), name.to_string());
+            }
             ok &= self.substitute_value(value, key, config, params, prefix);
         }
-        ok.then_some(table)
+        ok.then_some((table, bindings))
     }
 
     fn substitute_value(
@@ -627,7 +658,7 @@ impl Compiler<'_> {
         factory: &Arc<dyn StageFactory>,
         config: &toml::Table,
         stage_decl: &StageDecl,
-        stage_id: &str,
+        (stage_id, bindings): (&str, &BTreeMap<String, String>),
         params: &Params,
         prefix: &str,
     ) -> Option<Box<dyn Stage>> {
@@ -635,6 +666,7 @@ impl Compiler<'_> {
             pipeline_file: self.file,
             stage_id,
             params,
+            bindings,
             plugins: self.plugins,
         };
         let decl = &stage_decl.config;
@@ -671,6 +703,9 @@ impl Compiler<'_> {
     }
 
     fn check_chain(&mut self, decls: &[StageDecl], typed: &[Option<Arc<dyn StageFactory>>]) {
+        // What reaches each stage: the run's request, and every kind an
+        // earlier stage produces (a stage passes on what it does not take).
+        let mut upstream = vec![ArtifactKind::Request];
         for (index, factory) in typed.iter().enumerate() {
             let Some(factory) = factory else { continue };
             let span = decls[index]
@@ -678,55 +713,99 @@ impl Compiler<'_> {
                 .as_ref()
                 .map_or(decls[index].span.clone(), |t| t.span());
             let key = format!("stages[{index}].type");
-            let takes = kinds(factory.inputs());
-            if index == 0 {
-                if !factory.inputs().contains(&ArtifactKind::Request) {
-                    let suggest = self.types_taking(&[ArtifactKind::Request]);
+            let linked = self.check_link(decls, typed, index, factory.as_ref(), &span);
+            // A stage whose type is unknown may produce anything: no
+            // requirement is judged after it (its error is reported), nor
+            // for a stage that nothing reaches (said once, above).
+            let judged = linked && typed[..index].iter().all(Option::is_some);
+            for needed in factory.requires() {
+                if judged && !upstream.contains(needed) {
+                    let producers = self.types_producing(*needed);
                     self.issues.push(
-                        Some(span),
-                        key,
+                        Some(span.clone()),
+                        key.clone(),
                         format!(
-                            "the first stage receives the run's `request`, but type {:?} takes only {takes}; start the pipeline with a stage that takes request ({suggest})",
-                            factory.type_name()
+                            "type {:?} needs {}, but no stage before it produces that; put it after a stage that does ({producers})",
+                            factory.type_name(),
+                            needed.name()
                         ),
                     );
                 }
-                continue;
             }
-            let Some(previous) = &typed[index - 1] else {
-                continue;
-            };
-            let produced = previous.outputs();
-            if !factory.inputs().iter().any(|k| produced.contains(k)) {
-                let suggest = self.types_taking(produced);
-                let prev_id = decls[index - 1]
-                    .id
-                    .as_ref()
-                    .map_or(format!("stages[{}]", index - 1), |i| i.get_ref().clone());
-                self.issues.push(
-                    Some(span),
-                    key,
-                    format!(
-                        "type {:?} takes {takes}, but the stage before it ({prev_id:?}, type {:?}) produces only {}; nothing would reach this stage (types that take those: {suggest})",
-                        factory.type_name(),
-                        previous.type_name(),
-                        kinds(produced)
-                    ),
-                );
-            }
+            upstream.extend(factory.outputs().iter().copied());
         }
     }
 
+    /// Whether something reaches stage `index`: the first stage takes the
+    /// request, a later one something its predecessor produces. Reports
+    /// the issue and returns false otherwise (true when the predecessor's
+    /// type is unknown: that is its own issue).
+    fn check_link(
+        &mut self,
+        decls: &[StageDecl],
+        typed: &[Option<Arc<dyn StageFactory>>],
+        index: usize,
+        factory: &dyn StageFactory,
+        span: &std::ops::Range<usize>,
+    ) -> bool {
+        let key = format!("stages[{index}].type");
+        let takes = kinds(factory.inputs());
+        if index == 0 {
+            if factory.inputs().contains(&ArtifactKind::Request) {
+                return true;
+            }
+            let suggest = self.types_taking(&[ArtifactKind::Request]);
+            self.issues.push(
+                Some(span.clone()),
+                key,
+                format!(
+                    "the first stage receives the run's `request`, but type {:?} takes only {takes}; start the pipeline with a stage that takes request ({suggest})",
+                    factory.type_name()
+                ),
+            );
+            return false;
+        }
+        let Some(previous) = &typed[index - 1] else {
+            return true;
+        };
+        let produced = previous.outputs();
+        if factory.inputs().iter().any(|k| produced.contains(k)) {
+            return true;
+        }
+        let suggest = self.types_taking(produced);
+        let prev_id = decls[index - 1]
+            .id
+            .as_ref()
+            .map_or(format!("stages[{}]", index - 1), |i| i.get_ref().clone());
+        self.issues.push(
+            Some(span.clone()),
+            key,
+            format!(
+                "type {:?} takes {takes}, but the stage before it ({prev_id:?}, type {:?}) produces only {}; nothing would reach this stage (types that take those: {suggest})",
+                factory.type_name(),
+                previous.type_name(),
+                kinds(produced)
+            ),
+        );
+        false
+    }
+
+    fn types_producing(&self, kind: ArtifactKind) -> String {
+        let names = self.types_where(|f| f.outputs().contains(&kind));
+        format!("types that produce it: {names}")
+    }
+
     fn types_taking(&self, kinds_given: &[ArtifactKind]) -> String {
+        self.types_where(|f| f.inputs().iter().any(|k| kinds_given.contains(k)))
+    }
+
+    /// The registered type names whose factory satisfies `keep`, listed.
+    fn types_where(&self, keep: impl Fn(&dyn StageFactory) -> bool) -> String {
         let names: Vec<&str> = self
             .registry
             .names()
             .into_iter()
-            .filter(|n| {
-                self.registry
-                    .get(n)
-                    .is_some_and(|f| f.inputs().iter().any(|k| kinds_given.contains(k)))
-            })
+            .filter(|n| self.registry.get(n).is_some_and(|f| keep(f.as_ref())))
             .collect();
         params::list_or_none(&names)
     }
@@ -764,11 +843,20 @@ fn kinds(kinds: &[ArtifactKind]) -> String {
         .join(", ")
 }
 
+/// The parameter name of a string that is exactly one `${name}`.
+fn whole_reference(text: &str) -> Option<&str> {
+    let name = text.strip_prefix("${")?.strip_suffix('}')?;
+    (!name.contains('}')).then_some(name)
+}
+
 fn param_to_toml(value: ParamValue) -> toml::Value {
     match value {
         ParamValue::Bool(b) => toml::Value::Boolean(b),
         ParamValue::Int(i) => toml::Value::Integer(i),
         ParamValue::Float(f) => toml::Value::Float(f),
         ParamValue::Str(s) => toml::Value::String(s),
+        // Shown as text in the table; a stage that takes the typed value
+        // finds it through `BuildContext::bound_param`.
+        ParamValue::Target(t) => toml::Value::String(t.to_string()),
     }
 }

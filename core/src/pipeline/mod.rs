@@ -12,13 +12,14 @@ pub mod stage;
 mod tests;
 
 pub use artifact::{
-    Artifact, ArtifactKind, DecompressedObject, FetchedObject, Finding, FramePart, ParamValue,
-    Params, StagedDatabase, ValidationReport,
+    ArchivedEvents, Artifact, ArtifactKind, DecompressedObject, FetchedObject, Finding, FramePart,
+    ParamValue, Params, StagedDatabase, ValidationReport,
 };
 pub use compile::{
-    compile_file, compile_str, CompiledPipeline, CompiledStage, OnError, PipelineSummary,
-    StageSummary,
+    compile_file, compile_file_with, compile_str, compile_str_with, CompiledPipeline,
+    CompiledStage, OnError, PipelineSummary, StageSummary,
 };
+pub use params::Overrides;
 pub use runner::{RunFailure, RunOutcome, StageReport, StageStatus};
 pub use stage::{
     decode_config, BuildContext, CancelToken, Emit, NoPlugins, PluginInstance, PluginLibrary,

@@ -68,6 +68,27 @@ pub(crate) fn substitute(
     })
 }
 
+/// What a caller sets on a pipeline's declared parameters.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--set key=value`: text, read as the type of the parameter's default.
+    pub text: Vec<(String, String)>,
+    /// Values the caller holds typed already (a restore's target from the
+    /// command line's flags): each takes its parameter's place as it is,
+    /// never through text. A parameter may not be set both ways.
+    pub typed: Vec<(String, ParamValue)>,
+}
+
+impl Overrides {
+    /// Text overrides only.
+    pub fn text(text: &[(String, String)]) -> Self {
+        Overrides {
+            text: text.to_vec(),
+            typed: Vec::new(),
+        }
+    }
+}
+
 /// The parameters of a pipeline after overrides and references.
 pub(crate) struct Resolved {
     /// Every parameter that resolved.
@@ -92,11 +113,7 @@ impl Resolved {
 
 /// The declared parameters with overrides applied and references resolved.
 /// Problems go to `issues`.
-pub(crate) fn resolve(
-    decls: &[ParamDecl],
-    overrides: &[(String, String)],
-    issues: &mut Issues,
-) -> Resolved {
+pub(crate) fn resolve(decls: &[ParamDecl], overrides: &Overrides, issues: &mut Issues) -> Resolved {
     let mut raw: BTreeMap<String, (ParamValue, Option<Range<usize>>)> = decls
         .iter()
         .map(|d| {
@@ -108,19 +125,32 @@ pub(crate) fn resolve(
         .collect();
     let mut known: Vec<&str> = decls.iter().map(|d| d.name.get_ref().as_str()).collect();
     known.sort_unstable();
-    for (key, value) in overrides {
-        let Some((current, _)) = raw.get(key) else {
-            let hint = closest(key, &known)
-                .map(|n| format!(" (did you mean `{n}`?)"))
-                .unwrap_or_default();
+    let undeclared = |key: &str, issues: &mut Issues| {
+        let hint = closest(key, &known)
+            .map(|n| format!(" (did you mean `{n}`?)"))
+            .unwrap_or_default();
+        issues.push(
+            None,
+            format!("--set {key}"),
+            format!(
+                "the pipeline has no parameter `{key}`{hint}; declared parameters: {}",
+                list_or_none(&known)
+            ),
+        );
+    };
+    for (key, value) in &overrides.text {
+        if overrides.typed.iter().any(|(k, _)| k == key) {
             issues.push(
                 None,
                 format!("--set {key}"),
                 format!(
-                    "the pipeline has no parameter `{key}`{hint}; declared parameters: {}",
-                    list_or_none(&known)
+                    "`{key}` is set twice, by --set {key}={value} and by the command's own option; give one of them"
                 ),
             );
+            continue;
+        }
+        let Some((current, _)) = raw.get(key) else {
+            undeclared(key, issues);
             continue;
         };
         match parse_like(current, value) {
@@ -136,6 +166,14 @@ pub(crate) fn resolve(
                 ),
             ),
         }
+    }
+
+    for (key, value) in &overrides.typed {
+        if !raw.contains_key(key) {
+            undeclared(key, issues);
+            continue;
+        }
+        raw.insert(key.clone(), (value.clone(), None));
     }
 
     let mut resolver = Resolver {
@@ -174,6 +212,9 @@ fn parse_like(current: &ParamValue, text: &str) -> Result<ParamValue, &'static s
             "false" => Ok(ParamValue::Bool(false)),
             _ => Err("a boolean (`true` or `false`)"),
         },
+        ParamValue::Target(_) => crate::plan::Target::parse(text)
+            .map(ParamValue::Target)
+            .map_err(|_| "a target (`latest`, `txid:N`, `backup:ID` or a time)"),
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::pipeline::artifact::{Artifact, ArtifactKind, Params};
+use crate::pipeline::artifact::{Artifact, ArtifactKind, ParamValue, Params};
 use crate::progress::Progress;
 
 /// Shared cancellation flag of one pipeline run.
@@ -88,12 +88,23 @@ pub struct BuildContext<'a> {
     pub stage_id: &'a str,
     /// The pipeline's declared parameters with their defaults and overrides.
     pub params: &'a Params,
+    /// The top-level `[stages.config]` keys whose value is exactly one
+    /// `${name}`, with the parameter each names (see [`Self::bound_param`]).
+    pub bindings: &'a BTreeMap<String, String>,
     /// Loads plugin libraries named by the pipeline (stages of `type = "plugin"`,
     /// and stages such as event-replay that take plugin handlers).
     pub plugins: &'a dyn PluginLoader,
 }
 
 impl BuildContext<'_> {
+    /// The parameter a config key names whole (`key = "${name}"`), as the
+    /// parameter holds it: a value a caller passed typed (a restore target)
+    /// is taken from here, not read back from the text substituted into
+    /// the config table.
+    pub fn bound_param(&self, key: &str) -> Option<&ParamValue> {
+        self.params.get(self.bindings.get(key)?)
+    }
+
     /// The directory of the pipeline file.
     pub fn pipeline_dir(&self) -> PathBuf {
         self.pipeline_file
@@ -115,6 +126,12 @@ pub trait StageFactory: Send + Sync {
     fn inputs(&self) -> &[ArtifactKind];
     /// Artifact kinds this stage produces.
     fn outputs(&self) -> &[ArtifactKind];
+    /// Input kinds the stage cannot work without: each must be produced by
+    /// some earlier stage of the chain (the stages between pass on what they
+    /// do not take). Checked when the pipeline is compiled.
+    fn requires(&self) -> &[ArtifactKind] {
+        &[]
+    }
     /// Builds a stage from its `[stages.config]` table.
     ///
     /// # Errors

@@ -26,7 +26,9 @@
 //!   "report":{...}}`, every field optional. The host adds the errors and
 //!   warnings to the database's validation report (errors make it
 //!   inconsistent), stores `metrics` under the stage id in the report's
-//!   metrics, and `report` under the stage id in `plugin_reports`.
+//!   metrics, and `report` under the stage id in `plugin_reports`. Every
+//!   other artifact (the archived events on their way to event-replay, for
+//!   one) passes the plugin stage unchanged and is never sent to it.
 //! * **Event-handler plugin** (named in the event-replay stage's `plugins`):
 //!   a [`wire::EventHandlerRequest`]: `{"op":"describe"}` is answered with a
 //!   [`wire::DescribeResponse`] `{"event_types":["FUNDING_PAYMENT"]}`;

@@ -34,7 +34,7 @@ fn measurement(
     let fetch = stages.iter().find(|s| s.stage_type == "fetch");
     Ok(RestoreMeasurement {
         name,
-        target: crate::target_text(&req.target),
+        target: req.target.to_string(),
         validate: req.validate,
         success: v["success"].as_bool().unwrap_or(false),
         wall_seconds: out.wall_seconds,

@@ -4,6 +4,7 @@
 
 mod compile;
 mod run;
+mod typed;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
