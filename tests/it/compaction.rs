@@ -176,9 +176,10 @@ fn an_hour_of_syncs_restores_reading_at_most_fifteen_objects() {
         .catalog()
         .expect("catalog")
         .restore_points();
-    let window = |p: &genesis_core::repo::catalog::RestorePoint| p.time.timestamp_millis().div_euclid(7200);
+    let window =
+        |p: &genesis_core::repo::catalog::RestorePoint| p.time.timestamp_millis().div_euclid(7200);
     let top_windows = match (points.first(), points.last()) {
-        (Some(a), Some(b)) => (window(b) - window(a) + 1) as usize,
+        (Some(a), Some(b)) => (window(b) - window(a) + 1).max(1) as u64,
         _ => 1,
     };
     let allowed = 15 + top_windows.saturating_sub(2);

@@ -549,7 +549,7 @@ fn many_checkpoints_planted_divergences_early_middle_and_end() {
 
 /// Writes the events again in reverse sequence order (rowids reversed).
 fn reverse_rowid_order(c: &Connection) {
-    let evs: Vec<Event> = genesis_trading::read_events(&c, i64::MIN, None).unwrap();
+    let evs: Vec<Event> = genesis_trading::read_events(c, i64::MIN, None).unwrap();
     c.execute("DELETE FROM events", []).unwrap();
     for e in evs.iter().rev() {
         c.execute(
