@@ -185,7 +185,11 @@ fn an_outage_of_the_store_loses_nothing_and_holds_nothing() {
     let repo = env.open_repo();
     let catalog = repo.catalog().expect("catalog");
     assert!(catalog.bad.is_empty(), "{:?}", catalog.bad);
-    assert_eq!(catalog.generations.len(), 1, "continuity was lost");
+    assert_eq!(
+        catalog.generations.len(),
+        1,
+        "continuity was lost; replicate's log:\n{log}"
+    );
     let points = catalog.restore_points();
     for p in points.windows(2) {
         assert_eq!(

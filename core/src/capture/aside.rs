@@ -26,8 +26,11 @@ use super::*;
 /// The longest a step stands aside (the next step does it again).
 const MAX_ASIDE: Duration = Duration::from_secs(2);
 
-/// How often the capturer looks whether the checkpointer is done.
-const POLL: Duration = Duration::from_millis(1);
+/// How often the capturer looks whether the checkpointer is done: often,
+/// for the read to be held again before the application appends to the
+/// restarted WAL and a checkpoint of its own could restart it once more
+/// (which the salt check would see, at the cost of a new generation).
+const POLL: Duration = Duration::from_micros(100);
 
 impl Capturer {
     /// Stands aside when a blocking checkpointer of another process is at
@@ -53,10 +56,18 @@ impl Capturer {
             std::thread::sleep(POLL);
         }
         self.metrics.stood_aside(t0.elapsed());
-        tracing::debug!(
-            micros = t0.elapsed().as_micros() as u64,
-            "stood aside for a checkpointer"
-        );
+        if t0.elapsed() >= MAX_ASIDE {
+            tracing::warn!(
+                "stood aside {:.1}s for a checkpointer of another process, which is still at work \
+                 (another reader may hold it)",
+                t0.elapsed().as_secs_f64()
+            );
+        } else {
+            tracing::debug!(
+                micros = t0.elapsed().as_micros() as u64,
+                "stood aside for a checkpointer"
+            );
+        }
         self.stood_aside = true;
         if let Err(e) = begin_read(&self.readers[self.active], &self.opts.db) {
             self.continuous = false;
