@@ -175,7 +175,12 @@ pub fn backup(ctx: &Ctx, cmd: BackupCommand) -> anyhow::Result<i32> {
                     }
                 }
             })?;
-            drain(spool)?;
+            // A clean stop: once the spool is drained, the lease goes, so
+            // that another host may capture into the prefix.
+            if let Some(s) = &spool {
+                s.drain(DRAIN_TIMEOUT)?;
+                s.release_lease(&ctx.db)?;
+            }
             print(ctx, &sum, || {
                 format!(
                     "replicated {} transactions in {} segments, {} events, {} snapshot(s), over {:.1}s; last txid {} (generation {})",

@@ -248,3 +248,58 @@ fn a_second_capturer_of_the_same_prefix_is_refused() {
     let (code, v) = second.json(&["list-backups"]);
     assert_eq!(code, 0, "reading is not refused: {v}");
 }
+
+/// The lease outlives a crashed capturer (the same host may come back) and
+/// is released by a `replicate` that stops cleanly, after which another
+/// host's capturer may take the prefix.
+#[test]
+fn a_clean_stop_releases_the_lease_and_a_crash_keeps_it() {
+    let first = Env::on(Store::S3);
+    simulated(&first);
+    let mut second = Env::new();
+    second.repo_url = first.repo_url.clone();
+    simulated(&second);
+    let lease = || {
+        first
+            .open_repo()
+            .backend()
+            .get_state(genesis_core::repo::lease::LEASE_KEY)
+            .expect("read the lease")
+    };
+    let refused = |who: &Env| {
+        let o = who.run(&["backup", "full"]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr_text(&o));
+        assert!(stderr_text(&o).contains("leased to"), "{}", stderr_text(&o));
+    };
+    let replicate = || {
+        let child = first.spawn(&["backup", "replicate", "--interval", "200ms"]);
+        crate::common::wait_for_capture_lock(&first);
+        child
+    };
+
+    // Killed: the lease stays; the other host is refused, this one is not.
+    let mut rep = replicate();
+    refused(&second);
+    crate::common::signal(&rep, "KILL");
+    let _ = rep.wait();
+    assert!(lease().is_some(), "a crashed capturer lost its lease");
+    refused(&second);
+    let o = first.run(&["backup", "sync"]);
+    assert!(o.status.success(), "{}", stderr_text(&o));
+
+    // Stopped by a signal: released once the spool is drained.
+    let rep = replicate();
+    refused(&second);
+    crate::common::signal(&rep, "TERM");
+    let out = crate::common::wait_output(rep, "replicate");
+    assert!(out.status.success(), "{}", stderr_text(&out));
+    assert_eq!(lease(), None, "a clean stop kept the lease");
+    let o = second.run(&["backup", "full"]);
+    assert!(o.status.success(), "{}", stderr_text(&o));
+    refused(&first);
+
+    // The end of `--run-for` is a clean stop too.
+    let o = second.run(&["backup", "replicate", "--interval", "200ms", "--for", "1s"]);
+    assert!(o.status.success(), "{}", stderr_text(&o));
+    assert_eq!(lease(), None, "the end of the run kept the lease");
+}

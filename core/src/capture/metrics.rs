@@ -30,6 +30,8 @@ pub struct CaptureMetrics {
     repository_lost: AtomicU64,
     events_archived: AtomicU64,
     early_steps: AtomicU64,
+    stood_aside: AtomicU64,
+    stood_aside_micros: AtomicU64,
     compacted: AtomicU64,
     compaction_errors: AtomicU64,
     /// The upload spool of a remote repository (its backlog and lag).
@@ -107,6 +109,16 @@ impl CaptureMetrics {
         self.early_steps.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The capturer held no read for `how_long` to let a checkpointer of
+    /// another process restart the WAL.
+    pub fn stood_aside(&self, how_long: std::time::Duration) {
+        self.stood_aside.fetch_add(1, Ordering::Relaxed);
+        self.stood_aside_micros.fetch_add(
+            u64::try_from(how_long.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
     /// Reports the upload spool's backlog and lag with these metrics.
     pub fn attach_spool(&self, stats: Arc<crate::repo::spool::SpoolStats>) {
         let _ = self.spool.set(stats);
@@ -128,7 +140,7 @@ impl CaptureMetrics {
         } else {
             secs(now - last_ok)
         };
-        let rows: [(&str, &str, &str, String); 17] = [
+        let rows: [(&str, &str, &str, String); 19] = [
             ("genesis_capture_txid", "gauge", "Last txid shipped to the repository.", g(&self.txid).to_string()),
             ("genesis_capture_last_commit_timestamp_seconds", "gauge", "Unix time of the last shipped commit, as observed by the capturer.", secs(self.last_commit_ms.load(Ordering::Relaxed)).to_string()),
             ("genesis_capture_lag_seconds", "gauge", "Seconds since the last capture step that succeeded: how far behind the database the repository may be.", lag.to_string()),
@@ -143,6 +155,8 @@ impl CaptureMetrics {
             ("genesis_capture_repository_lost_total", "counter", "Times the repository lost the generation's snapshot under the capturer.", g(&self.repository_lost).to_string()),
             ("genesis_capture_events_archived_total", "counter", "Event rows archived.", g(&self.events_archived).to_string()),
             ("genesis_capture_early_steps_total", "counter", "Steps taken early to let a waiting checkpointer through.", g(&self.early_steps).to_string()),
+            ("genesis_capture_stood_aside_total", "counter", "Times the capturer held no read transaction while another process checkpointed.", g(&self.stood_aside).to_string()),
+            ("genesis_capture_stood_aside_seconds_total", "counter", "Time the capturer held no read transaction while another process checkpointed.", (g(&self.stood_aside_micros) as f64 / 1e6).to_string()),
             ("genesis_capture_compacted_objects_total", "counter", "Compacted objects written (levels 1 and up).", g(&self.compacted).to_string()),
             ("genesis_capture_compaction_errors_total", "counter", "Compaction runs that failed or skipped a window (each logged).", g(&self.compaction_errors).to_string()),
             ("genesis_capture_up", "gauge", "1 while the capturer runs.", "1".to_string()),

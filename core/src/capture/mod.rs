@@ -19,6 +19,7 @@
 //! that position was read: the checkpointer can then only write pages that
 //! the overlay replaces, so the image is exactly the database at that txid.
 
+mod aside;
 mod check;
 mod events;
 pub mod metrics;
@@ -186,6 +187,10 @@ pub struct Capturer {
     /// committed before it began and not yet copied are not protected. This
     /// is why a resumed generation is not continuous until its first copy.)
     continuous: bool,
+    /// Set when the capturer held no read for a checkpointer of another
+    /// process since its position was last advanced (see `aside`): the
+    /// next restarted WAL must then be the position's, restarted once.
+    stood_aside: bool,
     has_events: bool,
     /// Report of what `open` did (a new generation, a snapshot).
     opened: StepReport,
@@ -325,6 +330,7 @@ impl Capturer {
             identity,
             gen: placeholder,
             continuous: false,
+            stood_aside: false,
             has_events,
             opened: StepReport::default(),
             poisoned: None,
@@ -527,6 +533,7 @@ impl Capturer {
                 // Everything up to the WAL's end is copied, under a read
                 // transaction begun before the copy.
                 self.continuous = true;
+                self.stood_aside = false;
                 Ok(Ok(report))
             }
             WalState::Restarted(r) => {
@@ -535,10 +542,18 @@ impl Capturer {
                         "the WAL was restarted while continuity was not held",
                     )?));
                 }
+                if !self.restart_follows(&r.header) {
+                    return Ok(Err(self.restart_generation(
+                        "the WAL was restarted more than once while the capturer stood aside \
+                         for a checkpointer",
+                    )?));
+                }
                 if r.header.page_size != self.gen.page_size {
                     return Ok(Err(self.restart_generation("the page size changed")?));
                 }
-                Ok(Ok(self.ship(&r)?))
+                let report = self.ship(&r)?;
+                self.stood_aside = false;
+                Ok(Ok(report))
             }
         }
     }
@@ -584,6 +599,7 @@ impl Capturer {
         self.writer = open_conn(&self.opts.db)?;
         self.checkpointer = open_conn(&self.opts.db)?;
         self.active = 0;
+        self.stood_aside = false;
         begin_read(&self.readers[0], &self.opts.db)?;
         self.has_events = has_events_table(&self.readers[0], &self.opts.db)?;
         self.new_generation(why)
@@ -719,7 +735,9 @@ impl Capturer {
             }
             report.absorb(taken?);
         }
-        if self.gen.wal.frame >= self.opts.checkpoint_frames {
+        if self.stand_aside()? {
+            // A checkpointer of another process restarts the WAL.
+        } else if self.gen.wal.frame >= self.opts.checkpoint_frames {
             report.absorb(self.checkpoint()?);
         } else {
             self.roll_read()?;

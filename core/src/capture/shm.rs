@@ -17,6 +17,8 @@ use std::path::Path;
 
 use crate::lock::sibling;
 
+/// The write lock's byte in the `-shm` file (`WAL_WRITE_LOCK` 0).
+const WRITE_LOCK_BYTE: i64 = 120;
 /// The checkpoint lock's byte in the `-shm` file.
 const CKPT_LOCK_BYTE: i64 = 120 + 1;
 
@@ -35,6 +37,17 @@ impl ShmProbe {
 
     /// Whether another process holds the checkpoint lock.
     pub(super) fn checkpointer_active(&self) -> bool {
+        self.held_by_other(CKPT_LOCK_BYTE)
+    }
+
+    /// Whether another process holds both the checkpoint lock and the WAL
+    /// write lock: a FULL, RESTART or TRUNCATE checkpoint at work, under
+    /// which no frame can be appended to the WAL.
+    pub(super) fn blocking_checkpointer_active(&self) -> bool {
+        self.held_by_other(CKPT_LOCK_BYTE) && self.held_by_other(WRITE_LOCK_BYTE)
+    }
+
+    fn held_by_other(&self, byte: i64) -> bool {
         let Some(f) = &self.file else {
             return false;
         };
@@ -44,7 +57,7 @@ impl ShmProbe {
         let mut fl: libc::flock = unsafe { std::mem::zeroed() };
         fl.l_type = libc::F_WRLCK as libc::c_short;
         fl.l_whence = libc::SEEK_SET as libc::c_short;
-        fl.l_start = CKPT_LOCK_BYTE as libc::off_t;
+        fl.l_start = byte as libc::off_t;
         fl.l_len = 1;
         // SAFETY: the descriptor is open for the life of `self`, and `fl`
         // is a valid, exclusively borrowed flock struct.

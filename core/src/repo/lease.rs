@@ -7,8 +7,11 @@
 //! accepts. On a local directory the capture lock beside the database does
 //! this job.
 //!
-//! The lease is not released on exit: moving capture to another host means
-//! deleting the object once the old capturer is stopped for good.
+//! `replicate` releases it when it stops cleanly (a signal or the end of
+//! its run, with its spool drained), so that another host can take over;
+//! a capturer that crashed keeps it (its spool may hold objects its next
+//! run uploads): moving capture to another host then means deleting the
+//! object once the old capturer is stopped for good.
 
 use crate::error::{Error, Result};
 use crate::repo::Backend;
@@ -66,4 +69,20 @@ pub fn acquire(backend: &dyn Backend, lease: &Lease) -> Result<()> {
             )))
         }
     }
+}
+
+/// Releases the lease when `lease` holds it (deletes the object); a lease
+/// held by another capturer, or none, is left as it is.
+///
+/// # Errors
+/// Backend failures.
+pub fn release(backend: &dyn Backend, lease: &Lease) -> Result<()> {
+    let Some(held) = backend.get_state(LEASE_KEY)? else {
+        return Ok(());
+    };
+    if serde_json::from_slice::<Lease>(&held).is_ok_and(|h| &h == lease) {
+        backend.delete(LEASE_KEY)?;
+        tracing::info!("released the capturer's lease on {}", backend.describe());
+    }
+    Ok(())
 }

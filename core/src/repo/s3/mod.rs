@@ -16,19 +16,19 @@
 //! the client's futures.
 
 pub mod config;
+mod read;
+mod request;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use object_store::aws::AmazonS3;
 use object_store::path::Path as ObjectPath;
-use object_store::{
-    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
-};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 pub use config::{configure, S3Settings};
+use request::bump;
+pub use request::RequestCounts;
 
 use crate::error::{Error, Result};
 use crate::repo::backend::{Backend, ObjectBytes};
@@ -53,30 +53,6 @@ const GETS_IN_FLIGHT: usize = 32;
 /// (the spool's uploaders, the capture loop's outage backoff) takes over.
 const TRIES: u32 = 3;
 
-/// Requests sent, by kind (for the benchmark's requests-per-hour figures
-/// and the tests that an idle database costs no PUT).
-#[derive(Debug, Default)]
-pub struct RequestCounts {
-    pub put: AtomicU64,
-    pub get: AtomicU64,
-    pub head: AtomicU64,
-    pub list: AtomicU64,
-    pub delete: AtomicU64,
-}
-
-impl RequestCounts {
-    /// (put, get, head, list, delete) so far.
-    pub fn snapshot(&self) -> [u64; 5] {
-        [
-            self.put.load(Ordering::Relaxed),
-            self.get.load(Ordering::Relaxed),
-            self.head.load(Ordering::Relaxed),
-            self.list.load(Ordering::Relaxed),
-            self.delete.load(Ordering::Relaxed),
-        ]
-    }
-}
-
 /// A repository under a bucket's prefix.
 pub struct S3Backend {
     store: Arc<AmazonS3>,
@@ -89,10 +65,6 @@ impl std::fmt::Debug for S3Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "S3Backend({})", self.location)
     }
-}
-
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
 }
 
 impl S3Backend {
@@ -147,55 +119,6 @@ impl S3Backend {
         self.runtime.block_on(f)
     }
 
-    /// Runs `op` until it succeeds, fails for good, or [`TRIES`] transient
-    /// failures have passed; the client's own error, for the caller to map.
-    fn attempt<T, F, Fut>(&self, action: &'static str, key: &str, op: F) -> object_store::Result<T>
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = object_store::Result<T>>,
-    {
-        let mut delay = Duration::from_millis(100);
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match self.block_on(op()) {
-                Err(e) if is_transient(&e) && tries < TRIES => {
-                    tracing::debug!(action, object = %self.url(key), error = %e, "retrying");
-                    std::thread::sleep(delay);
-                    delay *= 2;
-                }
-                r => return r,
-            }
-        }
-    }
-
-    /// [`Self::attempt`] with the error mapped to ours.
-    fn retrying<T, F, Fut>(&self, action: &'static str, key: &str, op: F) -> Result<T>
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = object_store::Result<T>>,
-    {
-        self.attempt(action, key, op)
-            .map_err(|e| self.error(action, key, e))
-    }
-
-    fn error(&self, action: &'static str, key: &str, e: object_store::Error) -> Error {
-        use object_store::Error as E;
-        match e {
-            E::NotFound { .. } => Error::corrupt(key, format!("missing from {}", self.describe())),
-            E::PermissionDenied { .. } | E::Unauthenticated { .. } => Error::Failed(format!(
-                "{action} {}: the object store refused the request ({e}); check the credentials \
-                 (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the [s3] table) and their permissions",
-                self.url(key)
-            )),
-            other => Error::Io {
-                action,
-                path: self.url(key).into(),
-                source: std::io::Error::new(std::io::ErrorKind::NotConnected, other.to_string()),
-            },
-        }
-    }
-
     /// The stored object, when a create-only put found the key taken:
     /// the same bytes are success, other bytes an error naming it.
     fn compare_existing(&self, key: &str, bytes: &[u8]) -> Result<()> {
@@ -208,69 +131,6 @@ impl S3Backend {
             self.describe()
         )))
     }
-
-    /// Reads the rest of an object whose first range is `first`, in
-    /// parallel ranges.
-    fn get_ranges(
-        &self,
-        key: &str,
-        path: &ObjectPath,
-        first: Vec<u8>,
-        size: u64,
-    ) -> Result<Vec<u8>> {
-        let mut out = first;
-        out.reserve(usize::try_from(size).unwrap_or(0).saturating_sub(out.len()));
-        let mut start = out.len() as u64;
-        while start < size {
-            let wave: Vec<std::ops::Range<u64>> = (0..RANGES_IN_FLIGHT as u64)
-                .map(|i| start + i * RANGE_BYTES)
-                .take_while(|&s| s < size)
-                .map(|s| s..(s + RANGE_BYTES).min(size))
-                .collect();
-            let parts = self.retrying("read", key, || {
-                let store = self.store.clone();
-                let path = path.clone();
-                let wave = wave.clone();
-                for _ in &wave {
-                    bump(&self.counts.get);
-                }
-                async move {
-                    let mut set = tokio::task::JoinSet::new();
-                    for (i, r) in wave.into_iter().enumerate() {
-                        let store = store.clone();
-                        let path = path.clone();
-                        set.spawn(async move { (i, store.get_range(&path, r).await) });
-                    }
-                    let mut parts = Vec::new();
-                    while let Some(done) = set.join_next().await {
-                        let (i, r) = done?;
-                        parts.push((i, r?));
-                    }
-                    parts.sort_by_key(|(i, _)| *i);
-                    Ok(parts)
-                }
-            })?;
-            for (_, p) in parts {
-                out.extend_from_slice(&p);
-            }
-            let next = wave.last().map_or(size, |r| r.end);
-            start = next;
-        }
-        if out.len() as u64 != size {
-            return Err(Error::corrupt(
-                key,
-                format!("read {} bytes where the store says {size}", out.len()),
-            ));
-        }
-        Ok(out)
-    }
-}
-
-/// Failures worth another try: the transport and the server, not answers
-/// about the object or the request.
-fn is_transient(e: &object_store::Error) -> bool {
-    use object_store::Error as E;
-    matches!(e, E::Generic { .. } | E::JoinError { .. })
 }
 
 impl Backend for S3Backend {
@@ -310,72 +170,11 @@ impl Backend for S3Backend {
     }
 
     fn get(&self, key: &str) -> Result<ObjectBytes> {
-        let path = self.object_path(key)?;
-        let first = self.attempt("read", key, || {
-            bump(&self.counts.get);
-            let opts = GetOptions {
-                range: Some(GetRange::Bounded(0..RANGE_BYTES)),
-                ..GetOptions::default()
-            };
-            async {
-                let r = self.store.get_opts(&path, opts).await?;
-                let size = r.meta.size;
-                Ok((r.bytes().await?, size))
-            }
-        });
-        let (first, size) = match first {
-            Ok(v) => v,
-            Err(e @ object_store::Error::NotFound { .. }) => return Err(self.error("read", key, e)),
-            // An empty object has no first byte to range over: read it whole.
-            Err(_) => {
-                let b = self.retrying("read", key, || {
-                    bump(&self.counts.get);
-                    async { self.store.get(&path).await?.bytes().await }
-                })?;
-                return Ok(ObjectBytes::Owned(b.to_vec()));
-            }
-        };
-        if first.len() as u64 >= size {
-            return Ok(ObjectBytes::Owned(first.to_vec()));
-        }
-        self.get_ranges(key, &path, first.to_vec(), size)
-            .map(ObjectBytes::Owned)
+        self.read(key)
     }
 
     fn get_many(&self, keys: &[String]) -> Vec<Result<ObjectBytes>> {
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(GETS_IN_FLIGHT) {
-            let paths: Vec<Result<ObjectPath>> =
-                chunk.iter().map(|k| self.object_path(k)).collect();
-            let mut done: Vec<Option<object_store::Result<_>>> =
-                (0..chunk.len()).map(|_| None).collect();
-            self.block_on(async {
-                let mut set = tokio::task::JoinSet::new();
-                for (i, p) in paths.iter().enumerate() {
-                    let Ok(p) = p else { continue };
-                    let (store, p) = (self.store.clone(), p.clone());
-                    bump(&self.counts.get);
-                    set.spawn(
-                        async move { (i, async { store.get(&p).await?.bytes().await }.await) },
-                    );
-                }
-                while let Some(joined) = set.join_next().await {
-                    if let Ok((i, r)) = joined {
-                        done[i] = Some(r);
-                    }
-                }
-            });
-            for ((key, path), r) in chunk.iter().zip(paths).zip(done) {
-                out.push(match (path, r) {
-                    (Err(e), _) => Err(e),
-                    (Ok(_), Some(Ok(b))) => Ok(ObjectBytes::Owned(b.to_vec())),
-                    (Ok(_), Some(Err(e))) if !is_transient(&e) => Err(self.error("read", key, e)),
-                    // A transient failure (or a lost task) is read again alone, with retries.
-                    (Ok(_), _) => self.get(key),
-                });
-            }
-        }
-        out
+        self.read_many(keys)
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {

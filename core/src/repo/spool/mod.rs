@@ -12,12 +12,18 @@
 //! object is stored. A spool left by a crash is uploaded by the next run
 //! (objects first, then manifests).
 
-use std::collections::{HashSet, VecDeque};
+mod stats;
+mod upload;
+
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+pub use stats::SpoolStats;
+use upload::{Queue, Shared, Waiting};
 
 use crate::error::{Error, Result};
 use crate::repo::backend::{Backend, LocalBackend, ObjectBytes};
@@ -29,202 +35,8 @@ pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;
 /// Upload threads.
 const UPLOADERS: usize = 4;
 
-/// The longest wait between two tries of one upload.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
 /// Object directories, in the order a crashed spool is re-queued.
 const DIRS: [&str; 4] = ["snapshots", "segments", "events", "manifests"];
-
-/// What the spool reports (Prometheus rows in the capture metrics).
-#[derive(Debug, Default)]
-pub struct SpoolStats {
-    pub max_bytes: u64,
-    pub uploaded: AtomicU64,
-    pub upload_errors: AtomicU64,
-    backlog: Mutex<(u64, u64, Option<Instant>)>,
-}
-
-impl SpoolStats {
-    /// (objects waiting, their bytes, seconds the oldest has waited).
-    pub fn backlog(&self) -> (u64, u64, f64) {
-        let g = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
-        (g.0, g.1, g.2.map_or(0.0, |t| t.elapsed().as_secs_f64()))
-    }
-
-    /// The rows of the Prometheus text format.
-    pub fn render(&self) -> String {
-        let (n, bytes, lag) = self.backlog();
-        let rows = [
-            (
-                "genesis_capture_upload_backlog_objects",
-                "gauge",
-                "Objects in the local spool not yet stored in the object store.",
-                n.to_string(),
-            ),
-            (
-                "genesis_capture_upload_backlog_bytes",
-                "gauge",
-                "Bytes in the local spool not yet stored in the object store.",
-                bytes.to_string(),
-            ),
-            (
-                "genesis_capture_upload_lag_seconds",
-                "gauge",
-                "How long the oldest object in the spool has waited for its upload.",
-                lag.to_string(),
-            ),
-            (
-                "genesis_capture_spool_max_bytes",
-                "gauge",
-                "The bound of the spool's size.",
-                self.max_bytes.to_string(),
-            ),
-            (
-                "genesis_capture_uploads_total",
-                "counter",
-                "Objects uploaded from the spool.",
-                self.uploaded.load(Ordering::Relaxed).to_string(),
-            ),
-            (
-                "genesis_capture_upload_errors_total",
-                "counter",
-                "Upload tries that failed (each is retried).",
-                self.upload_errors.load(Ordering::Relaxed).to_string(),
-            ),
-        ];
-        rows.iter()
-            .map(|(name, kind, help, v)| {
-                format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n")
-            })
-            .collect()
-    }
-}
-
-struct Waiting {
-    key: String,
-    size: u64,
-    since: Instant,
-}
-
-#[derive(Default)]
-struct Queue {
-    waiting: VecDeque<Waiting>,
-    in_flight: HashSet<String>,
-    bytes: u64,
-}
-
-impl Queue {
-    /// The object id a key names (`segments/ID.zst` -> `ID`).
-    fn id(key: &str) -> &str {
-        let name = key.rsplit('/').next().unwrap_or(key);
-        name.rsplit_once('.').map_or(name, |(id, _)| id)
-    }
-
-    /// The next key an uploader may take: a manifest only once no object of
-    /// its id waits or is in flight.
-    fn pick(&self) -> Option<usize> {
-        let object_pending = |id: &str| {
-            self.waiting
-                .iter()
-                .map(|w| w.key.as_str())
-                .chain(self.in_flight.iter().map(String::as_str))
-                .any(|k| !k.starts_with("manifests/") && Queue::id(k) == id)
-        };
-        self.waiting
-            .iter()
-            .position(|w| !w.key.starts_with("manifests/") || !object_pending(Queue::id(&w.key)))
-    }
-}
-
-struct Shared {
-    remote: Arc<dyn Backend>,
-    local: LocalBackend,
-    queue: Mutex<Queue>,
-    changed: Condvar,
-    stop: AtomicBool,
-    stats: Arc<SpoolStats>,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn publish(&self, q: &Queue) {
-        let mut b = self.stats.backlog.lock().unwrap_or_else(|p| p.into_inner());
-        *b = (
-            (q.waiting.len() + q.in_flight.len()) as u64,
-            q.bytes,
-            q.waiting.iter().map(|w| w.since).min(),
-        );
-    }
-
-    /// One uploader: takes keys until stopped.
-    fn upload_loop(&self) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let job = {
-                let mut q = self.lock();
-                loop {
-                    if self.stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    if let Some(w) = q.pick().and_then(|i| q.waiting.remove(i)) {
-                        q.in_flight.insert(w.key.clone());
-                        break w;
-                    }
-                    q = self
-                        .changed
-                        .wait_timeout(q, Duration::from_millis(200))
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
-            };
-            let res = self.upload(&job.key);
-            let failed = res.is_err();
-            let mut q = self.lock();
-            q.in_flight.remove(&job.key);
-            match res {
-                Ok(()) => {
-                    q.bytes = q.bytes.saturating_sub(job.size);
-                    self.stats.uploaded.fetch_add(1, Ordering::Relaxed);
-                    backoff = Duration::from_millis(100);
-                }
-                Err(e) => {
-                    self.stats.upload_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(object = %job.key, error = %e, "upload failed; kept in the spool and retried");
-                    q.waiting.push_front(job);
-                }
-            }
-            self.publish(&q);
-            self.changed.notify_all();
-            drop(q);
-            if failed {
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    }
-
-    fn upload(&self, key: &str) -> Result<()> {
-        let bytes = self.local.get(key)?;
-        if let Err(e) = self.remote.put(key, &bytes) {
-            // The remote copy of an attempt that never committed (its
-            // manifest absent) is replaced, as `Repository::write_object`
-            // does; anything else stays in the spool.
-            let mkey = format!("manifests/{}.json", Queue::id(key));
-            if key.starts_with("manifests/")
-                || !self.remote.exists(key)?
-                || self.remote.exists(&mkey)?
-            {
-                return Err(e);
-            }
-            self.remote.delete(key)?;
-            self.remote.put(key, &bytes)?;
-        }
-        self.local.delete(key)
-    }
-}
 
 /// A remote backend behind a durable local spool.
 pub struct SpooledBackend {
@@ -300,6 +112,30 @@ impl SpooledBackend {
     /// The spool's figures.
     pub fn stats(&self) -> Arc<SpoolStats> {
         self.shared.stats.clone()
+    }
+
+    /// Releases the capturer's lease on the store (`repo::lease`), after a
+    /// clean stop: only when nothing is left in the spool (what is left
+    /// belongs to this host's next run, so the lease stays).
+    ///
+    /// # Errors
+    /// `Error::Failed` when objects wait in the spool; store failures.
+    pub fn release_lease(&self, db: &Path) -> Result<()> {
+        {
+            let q = self.shared.lock();
+            if !(q.waiting.is_empty() && q.in_flight.is_empty()) {
+                return Err(Error::Failed(format!(
+                    "the capturer's lease on {} is kept: {} object(s) still wait in the spool {}",
+                    self.shared.remote.describe(),
+                    q.waiting.len() + q.in_flight.len(),
+                    self.dir.display()
+                )));
+            }
+        }
+        crate::repo::lease::release(
+            self.shared.remote.as_ref(),
+            &crate::repo::lease::Lease::for_database(db),
+        )
     }
 
     /// Waits until every spooled object is stored, at most `timeout`.
