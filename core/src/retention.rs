@@ -217,6 +217,12 @@ pub fn prune(
             }
         }
     }
+    // A pack holding a manifest removed here goes too (repo::packs).
+    if !dry_run {
+        for key in repo.prune_packs(false)? {
+            tracing::info!(pack = %key, "removed a manifest pack that held pruned manifests");
+        }
+    }
     Ok(report)
 }
 

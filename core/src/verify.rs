@@ -51,6 +51,16 @@ pub fn verify_repository(repo: &Repository, backup_id: Option<&str>) -> Result<V
             breaks: vec!["unknown: the manifest cannot be read".into()],
         })
         .collect();
+    if backup_id.is_none() {
+        for p in repo.check_packs()? {
+            let (object, problem) = p.split_once(": ").unwrap_or(("manifests", p.as_str()));
+            problems.push(Problem {
+                object: object.to_string(),
+                problem: problem.to_string(),
+                breaks: vec!["none: the manifests are read one by one without the pack".into()],
+            });
+        }
+    }
     let scope: Vec<&Generation> = match backup_id {
         Some(id) => {
             crate::repo::ids::validate_id(id)?;

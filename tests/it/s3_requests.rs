@@ -123,3 +123,62 @@ fn a_second_drill_with_a_cache_downloads_no_object() {
         "the second drill asked the store for sizes"
     );
 }
+
+/// Issue 15, Litestream #1172: once `backup compact` has packed the
+/// manifests, loading the catalog costs the LISTs and one GET per pack, not
+/// one per manifest; the catalog is the same.
+#[test]
+fn a_packed_catalog_costs_a_few_requests_whatever_the_chain() {
+    let s3 = server();
+    let proxy = Outage::start(s3.addr);
+    let env = Env::on(Store::S3);
+    let o = env.run(&["simulate", "--rate", "0", "--max-commits", "100"]);
+    assert!(o.status.success(), "{}", crate::common::stderr_text(&o));
+    let app = rusqlite::Connection::open(env.db()).unwrap();
+    app.query_row("SELECT count(*) FROM events", [], |_| Ok(()))
+        .unwrap();
+    let o = env.run(&["backup", "full"]);
+    assert!(o.status.success(), "{}", crate::common::stderr_text(&o));
+    for seed in 2..12 {
+        let seed = seed.to_string();
+        let args = [
+            "simulate",
+            "--rate",
+            "0",
+            "--max-commits",
+            "5",
+            "--seed",
+            &seed,
+        ];
+        let o = env.run(&args);
+        assert!(o.status.success(), "{}", crate::common::stderr_text(&o));
+        let o = env.run(&["backup", "sync"]);
+        assert!(o.status.success(), "{}", crate::common::stderr_text(&o));
+    }
+    drop(app);
+    let manifests = env.open_repo().backend().list("manifests").unwrap().len() as u64;
+    assert!(manifests >= 12, "only {manifests} manifests");
+    let list = || {
+        let before = proxy.counts();
+        let out = env
+            .cmd()
+            .env("AWS_ENDPOINT_URL", proxy.endpoint())
+            .args(["--json", "list-backups"])
+            .output()
+            .expect("list-backups");
+        assert!(out.status.success(), "{}", crate::common::stderr_text(&out));
+        let after = proxy.counts();
+        (after[1] - before[1], out.stdout)
+    };
+    let (before_gets, before_doc) = list();
+    // Two LISTs (the reachability check and the catalog), then each manifest.
+    assert_eq!(before_gets, manifests + 2, "before packing");
+    let o = env.run(&["backup", "compact"]);
+    assert!(o.status.success(), "{}", crate::common::stderr_text(&o));
+    let (after_gets, after_doc) = list();
+    assert_eq!(
+        after_gets, 3,
+        "after packing {manifests} manifests: two LISTs and one pack"
+    );
+    assert_eq!(after_doc, before_doc, "the packed catalog is not the same");
+}

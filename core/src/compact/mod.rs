@@ -254,5 +254,12 @@ pub fn compact_repository(
     now: DateTime<Utc>,
 ) -> Result<CompactReport> {
     let catalog = repo.catalog()?;
-    Compactor::new(repo.clone(), levels.to_vec(), &catalog)?.run(now)
+    let report = Compactor::new(repo.clone(), levels.to_vec(), &catalog)?.run(now)?;
+    // The manifests no pack holds yet, so that loading the catalog costs
+    // few reads (repo::packs).
+    let packed = repo.pack_manifests(1)?;
+    if packed > 0 {
+        tracing::info!(manifests = packed, "packed manifests");
+    }
+    Ok(report)
 }

@@ -74,5 +74,11 @@ pub fn prune_level0(repo: &Repository, retention: Duration, dry_run: bool) -> Re
             repo.delete_object(m)?;
         }
     }
+    // A pack holding a manifest removed here goes too (repo::packs).
+    if !dry_run {
+        for key in repo.prune_packs(false)? {
+            tracing::info!(pack = %key, "removed a manifest pack that held pruned manifests");
+        }
+    }
     Ok(report)
 }

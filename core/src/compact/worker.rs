@@ -19,6 +19,11 @@ pub struct Background {
     handle: Option<JoinHandle<()>>,
 }
 
+/// How often the compaction thread packs the manifests written since.
+const PACK_EVERY: Duration = Duration::from_secs(60);
+/// Manifests worth a pack of their own.
+const PACK_MIN: usize = 64;
+
 impl Background {
     /// Starts compacting `repo` with `levels`, looking for complete windows
     /// every `every`.
@@ -36,6 +41,7 @@ impl Background {
                 let mut compactor: Option<Compactor> = None;
                 let mut pending: Vec<String> = Vec::new();
                 let mut last_run = Instant::now();
+                let mut last_pack = Instant::now();
                 loop {
                     match rx.recv_timeout(every) {
                         Ok(ids) => pending.extend(ids),
@@ -53,6 +59,17 @@ impl Background {
                         tracing::error!(
                             "compaction failed: {e}; the capture goes on, and compaction is tried again"
                         );
+                    }
+                    if last_pack.elapsed() >= PACK_EVERY {
+                        last_pack = Instant::now();
+                        match repo.pack_manifests(PACK_MIN) {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(manifests = n, "packed manifests"),
+                            Err(e) => {
+                                thread_metrics.compaction_error();
+                                tracing::error!("packing manifests failed: {e}; tried again later");
+                            }
+                        }
                     }
                 }
             })

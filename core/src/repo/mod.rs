@@ -10,10 +10,12 @@ pub mod lease;
 pub mod location;
 pub mod lost;
 pub mod manifest;
+pub mod packs;
 pub mod read_leases;
 pub mod s3;
 pub mod spool;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -138,31 +140,42 @@ impl Repository {
         self.backend.delete(&manifest.object_key())
     }
 
-    /// Reads every manifest; unreadable ones are returned as problems, not errors.
+    /// Reads every manifest, from the packs that hold it ([`packs`]) or on
+    /// its own; unreadable ones are returned as problems, not errors.
     ///
     /// # Errors
     /// Backend failures listing the repository.
     pub fn load_manifests(&self) -> Result<(Vec<Manifest>, Vec<BadManifest>)> {
+        let mut listed = self.list_manifests()?;
+        let mut found: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        for held in std::mem::take(&mut listed.packs).into_values() {
+            for (key, bytes) in held {
+                if listed.loose.contains(&key) {
+                    found.insert(key, bytes);
+                }
+            }
+        }
+        let keys: Vec<String> = listed
+            .loose
+            .iter()
+            .filter(|k| !found.contains_key(*k))
+            .cloned()
+            .collect();
         let mut good = Vec::new();
         let mut bad = Vec::new();
-        let keys: Vec<String> = self
-            .backend
-            .list("manifests")?
-            .into_iter()
-            .filter(|k| k.ends_with(".json"))
-            .collect();
         let read = self.backend.get_many(&keys);
         for (key, bytes) in keys.into_iter().zip(read) {
-            let bytes = match bytes {
-                Ok(b) => b,
-                Err(e) => {
-                    bad.push(BadManifest {
-                        key,
-                        problem: e.to_string(),
-                    });
-                    continue;
+            match bytes {
+                Ok(b) => {
+                    found.insert(key, b.to_vec());
                 }
-            };
+                Err(e) => bad.push(BadManifest {
+                    key,
+                    problem: e.to_string(),
+                }),
+            }
+        }
+        for (key, bytes) in found {
             match Manifest::from_json(&key, &bytes) {
                 Ok(m) => good.push(m),
                 Err(e) => bad.push(BadManifest {
