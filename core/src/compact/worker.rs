@@ -42,9 +42,15 @@ impl Background {
                 let mut pending: Vec<String> = Vec::new();
                 let mut last_run = Instant::now();
                 let mut last_pack = Instant::now();
+                // Segments shipped since the last pack: an idle database
+                // costs no request for packing.
+                let mut unpacked = 0usize;
                 loop {
                     match rx.recv_timeout(every) {
-                        Ok(ids) => pending.extend(ids),
+                        Ok(ids) => {
+                            unpacked += ids.len();
+                            pending.extend(ids);
+                        }
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => break,
                     }
@@ -60,8 +66,9 @@ impl Background {
                             "compaction failed: {e}; the capture goes on, and compaction is tried again"
                         );
                     }
-                    if last_pack.elapsed() >= PACK_EVERY {
+                    if last_pack.elapsed() >= PACK_EVERY && unpacked >= PACK_MIN {
                         last_pack = Instant::now();
+                        unpacked = 0;
                         match repo.pack_manifests(PACK_MIN) {
                             Ok(0) => {}
                             Ok(n) => tracing::info!(manifests = n, "packed manifests"),
