@@ -181,4 +181,20 @@ fn a_packed_catalog_costs_a_few_requests_whatever_the_chain() {
         "after packing {manifests} manifests: two LISTs and one pack"
     );
     assert_eq!(after_doc, before_doc, "the packed catalog is not the same");
+    // With --cache-dir a pack is read once: a second drill sends the LISTs only.
+    let cache = env.path().join("cache");
+    let drill = || {
+        let before = proxy.counts();
+        let out = env
+            .cmd()
+            .env("AWS_ENDPOINT_URL", proxy.endpoint())
+            .args(["--json", "drill", "--cache-dir"])
+            .arg(&cache)
+            .output()
+            .expect("drill");
+        assert!(out.status.success(), "{}", crate::common::stderr_text(&out));
+        proxy.counts()[1] - before[1]
+    };
+    drill();
+    assert_eq!(drill(), 2, "a second drill read more than the two LISTs");
 }

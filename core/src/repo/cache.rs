@@ -2,7 +2,9 @@
 //! (`--cache-dir`): a drill every night reads the chain from the cache and
 //! downloads only what is new. Objects are immutable, so a cached copy is
 //! the object; manifests are never cached (the catalog is always the
-//! store's own, so a pruned object is never planned from the cache).
+//! store's own, so a pruned object is never planned from the cache), but
+//! manifest packs are: a pack is named by its content's hash, and the
+//! catalog uses a pack's copy only for a manifest the store's listing shows.
 //! Cached copies are written like local objects (temporary name, fsync,
 //! rename). A cached copy damaged on disk fails fetch's BLAKE3 check like a
 //! damaged object in the store: the restore falls back and says so; remove
@@ -29,11 +31,13 @@ pub(crate) fn configured() -> Option<PathBuf> {
     CACHE_DIR.read().ok().and_then(|g| g.clone())
 }
 
-/// Whether a key names an immutable data object (not a manifest or state).
+/// Whether a key names an immutable data object or a manifest pack (not a
+/// manifest or state).
 fn cacheable(key: &str) -> bool {
     ["snapshots/", "segments/", "events/"]
         .iter()
         .any(|d| key.starts_with(d))
+        || crate::repo::packs::is_pack_key(key)
 }
 
 /// A remote backend read through a local cache.
@@ -82,7 +86,39 @@ impl Backend for CachedBackend {
     }
 
     fn get_many(&self, keys: &[String]) -> Vec<Result<ObjectBytes>> {
-        self.remote.get_many(keys)
+        // Cached copies from the cache; the rest from the store, together.
+        let mut out: Vec<Option<Result<ObjectBytes>>> = keys
+            .iter()
+            .map(|k| {
+                (cacheable(k) && self.cache.exists(k).unwrap_or(false)).then(|| self.cache.get(k))
+            })
+            .collect();
+        let missing: Vec<String> = keys
+            .iter()
+            .zip(&out)
+            .filter(|(_, got)| got.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut fetched = self.remote.get_many(&missing).into_iter();
+        for (key, slot) in keys.iter().zip(out.iter_mut()) {
+            if slot.is_some() {
+                continue;
+            }
+            let got = fetched.next().unwrap_or_else(|| {
+                Err(crate::Error::Failed(format!(
+                    "no answer for {key} from the store"
+                )))
+            });
+            if let (Ok(bytes), true) = (&got, cacheable(key)) {
+                if let Err(e) = self.cache.put(key, bytes) {
+                    tracing::warn!(object = %key, error = %e, "could not keep a copy in the cache");
+                }
+            }
+            *slot = Some(got);
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(crate::Error::Failed("lost a read".into()))))
+            .collect()
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
