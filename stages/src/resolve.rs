@@ -164,10 +164,14 @@ fn backup_point(catalog: &Catalog, id: &str) -> Result<RestorePoint> {
 /// The usable event objects read at or after `from_txid`, in sequence
 /// order, up to the first break in their sequence ranges; and what breaks
 /// the run, when something does. The run goes on into later generations
-/// whose archive continues this one's (a generation started after a crash
-/// of the capturer archives the events committed while none ran, from the
-/// sequence number after the repository's last), so restores into the span
-/// between two generations are exact too.
+/// (in the catalog's order, the order they were started) whose archive
+/// continues this one's: a generation started after the capturer was away
+/// archives the events committed meanwhile, from the sequence number after
+/// the repository's last, so restores into the span between two
+/// generations are exact too. A later generation whose archive starts
+/// further on, while its full backup holds events after the run's last
+/// (the live table no longer held the last archived event as archived),
+/// breaks the run: those events are archived nowhere.
 fn event_run(
     catalog: &Catalog,
     generation: &Generation,
@@ -175,33 +179,73 @@ fn event_run(
     lost: &LostSet,
 ) -> (Vec<Arc<Manifest>>, Option<String>) {
     let mut run: Vec<Arc<Manifest>> = Vec::new();
+    // Where the run ends so far.
     let mut last: Option<i64> = None;
+    // Where this generation's archive ends, whether or not any of its
+    // objects are in the run (the point may be after its last event object).
+    let own_last = generation.events.iter().filter_map(|e| e.seq_max).max();
     let own = generation
         .events
         .iter()
         .filter(|e| e.txid_max >= from_txid && !lost.contains(&e.id));
+    if let Some(why) = extend_run(&mut run, &mut last, own, lost, generation) {
+        return (run, Some(why));
+    }
     let later = catalog
         .generations
         .iter()
-        .filter(|g| g.id > generation.id)
-        .flat_map(|g| g.events.iter())
-        .filter(|e| !lost.contains(&e.id));
-    let mut in_later = false;
-    // Where this generation's archive ends, whether or not any of its objects
-    // are in the run (the point may be after its last event object).
-    let own_last = generation.events.iter().filter_map(|e| e.seq_max).max();
-    for (e, is_later) in own.map(|e| (e, false)).chain(later.map(|e| (e, true))) {
-        if is_later && !in_later {
-            // Only an archive that continues exactly where this one ends.
-            match (last.or(own_last), e.seq_min) {
-                (Some(prev), Some(lo)) if lo == prev + 1 => in_later = true,
-                _ => break,
-            }
+        .skip_while(|g| g.id != generation.id)
+        .skip(1);
+    for g in later {
+        let Some(prev) = last.or(own_last) else {
+            break;
+        };
+        let mut usable = g.events.iter().filter(|e| !lost.contains(&e.id)).peekable();
+        let start = usable.peek().and_then(|e| e.seq_min);
+        let in_snapshot = g.snapshots.first().and_then(|s| s.seq_max);
+        let hole_end = start.map(|lo| lo - 1).or(in_snapshot).filter(|h| *h > prev);
+        if let Some(end) = hole_end {
+            let held = if in_snapshot.is_some_and(|s| s >= end) {
+                "its full backup holds them"
+            } else {
+                "no object holds them"
+            };
+            return (
+                run,
+                Some(format!(
+                    "the events with sequence numbers {}..{end} are archived nowhere (committed while no capturer ran: the archive of generation {} ends at {prev}, the next generation {} archives from {}; {held})",
+                    prev + 1,
+                    generation.id,
+                    g.id,
+                    start.map_or_else(|| format!("after {}", end), |lo| lo.to_string()),
+                )),
+            );
         }
+        if start.is_none() {
+            continue;
+        }
+        last = Some(prev);
+        if let Some(why) = extend_run(&mut run, &mut last, usable, lost, g) {
+            return (run, Some(why));
+        }
+    }
+    (run, None)
+}
+
+/// Appends `objects` (in sequence order) to `run` while their ranges are
+/// contiguous with `last`; the reason of the first break, if any.
+fn extend_run<'a>(
+    run: &mut Vec<Arc<Manifest>>,
+    last: &mut Option<i64>,
+    objects: impl Iterator<Item = &'a Arc<Manifest>>,
+    lost: &LostSet,
+    generation: &Generation,
+) -> Option<String> {
+    for e in objects {
         let (Some(lo), Some(hi)) = (e.seq_min, e.seq_max) else {
             continue;
         };
-        if let Some(prev) = last {
+        if let Some(prev) = *last {
             if lo > prev + 1 {
                 let named: Vec<String> = lost
                     .of(&generation.id, ObjectKind::Events)
@@ -213,7 +257,7 @@ fn event_run(
                     })
                     .map(|l| format!("event object {} {}", l.id, l.problem))
                     .collect();
-                let why = if named.is_empty() {
+                return Some(if named.is_empty() {
                     format!(
                         "the event archive has no object holding sequence numbers {}..{}",
                         prev + 1,
@@ -221,14 +265,13 @@ fn event_run(
                     )
                 } else {
                     named.join("; ")
-                };
-                return (run, Some(why));
+                });
             }
         }
-        last = Some(last.map_or(hi, |p| p.max(hi)));
+        *last = Some(last.map_or(hi, |p| p.max(hi)));
         run.push(e.clone());
     }
-    (run, None)
+    None
 }
 
 /// Resolves the restore plan of `target` (see the module documentation).

@@ -91,9 +91,11 @@ impl Verify {
         self.seen += 1;
         // Pages come from the point's generation alone; events may also come
         // from a later generation whose archive continues it (the plan checks
-        // that the sequence numbers run on).
+        // that the sequence numbers run on). A later generation's txids all
+        // follow the point's (txids are numbered across the repository; ids
+        // sort by start time only to the second).
         if m.generation != plan.point.generation
-            && !(m.kind == ObjectKind::Events && m.generation > plan.point.generation)
+            && !(m.kind == ObjectKind::Events && m.txid_min > plan.point.txid)
         {
             return Err(Error::corrupt(
                 &m.id,

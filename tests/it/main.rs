@@ -24,6 +24,7 @@ mod restore_bad_input;
 mod restore_concurrency;
 mod restore_crash;
 mod restore_gaps;
+mod restore_generations;
 mod restore_live_in_use;
 mod restore_point_in_time;
 mod restore_regressions;

@@ -278,7 +278,11 @@ impl Generation {
 /// All manifests of a repository, by generation.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
-    /// Generations by id (ids sort by creation time).
+    /// Generations in the order they were started: by the first txid any of
+    /// their manifests holds (a new generation's txids continue after the
+    /// repository's last), then by id. An id sorts by creation time only to
+    /// the second: two generations started within one second (a capturer
+    /// restarted quickly) have ids in random order.
     pub generations: Vec<Generation>,
     /// Manifests that could not be read.
     pub bad: Vec<BadManifest>,
@@ -311,6 +315,7 @@ impl Catalog {
                 .sort_by_key(|s| (s.txid_min, s.level, s.txid_max));
             g.events.sort_by_key(|e| (e.seq_min, e.seq_max));
         }
+        generations.sort_by_cached_key(|g| (g.manifests().map(|m| m.txid_min).min(), g.id.clone()));
         Catalog { generations, bad }
     }
 
@@ -409,5 +414,40 @@ impl Catalog {
             .map(|m| m.txid_max)
             .max()
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(generation: &str, txid: u64) -> Manifest {
+        let mut m = Manifest::for_test(
+            &format!("full_{generation}_{txid:012}"),
+            ObjectKind::Snapshot,
+        );
+        m.generation = generation.to_string();
+        m.txid_min = txid;
+        m.txid_max = txid;
+        m
+    }
+
+    #[test]
+    fn generations_are_in_the_order_they_were_started_not_of_their_ids() {
+        // Two generations started within one second: their ids share the
+        // timestamp and sort by their random suffix, here against the order
+        // of their txids (a new generation's txids follow the repository's).
+        let first = "20261201T155210-f53154";
+        let second = "20261201T155210-2131cd";
+        let c = Catalog::new(
+            vec![
+                snapshot(second, 22),
+                snapshot(first, 1),
+                snapshot(first, 12),
+            ],
+            Vec::new(),
+        );
+        let ids: Vec<&str> = c.generations.iter().map(|g| g.id.as_str()).collect();
+        assert_eq!(ids, [first, second]);
     }
 }
