@@ -176,6 +176,25 @@ pub fn print_failure(err: &anyhow::Error) {
     let _ = output::write_stdout(&doc.to_string());
 }
 
+/// The folder of the path an out-of-space (or over-quota) I/O error names.
+fn full_filesystem(err: &anyhow::Error) -> Option<std::path::PathBuf> {
+    err.chain()
+        .find_map(|cause| match cause.downcast_ref::<genesis_core::Error>() {
+            Some(genesis_core::Error::Io { path, source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                Some(
+                    path.parent()
+                        .map_or_else(|| path.clone(), std::path::Path::to_path_buf),
+                )
+            }
+            _ => None,
+        })
+}
+
 /// The error text shown to the user: the error and its causes.
 pub fn describe_error(err: &anyhow::Error) -> String {
     let mut out = err.to_string();
@@ -185,6 +204,13 @@ pub fn describe_error(err: &anyhow::Error) -> String {
              this breaks, then restore to a point it does not need (an earlier --timestamp or --txid, \
              or a later full backup with --backup-id)",
         );
+    }
+    if let Some(dir) = full_filesystem(err) {
+        out.push_str(&format!(
+            "\n  the filesystem holding {} is full: free space there (or give a directory with room, \
+             e.g. `--staging-dir` for a restore) and run the command again",
+            dir.display()
+        ));
     }
     for cause in err.chain().skip(1) {
         let c = cause.to_string();

@@ -413,10 +413,49 @@ pub(crate) fn move_file(from: &Path, to: &Path) -> Result<()> {
 
 /// Replaces the live database with `staged` (see the module documentation).
 /// Returns the pre-recovery backup's path when there was a live database.
+/// On failure the live path still names the old database with its -wal and
+/// -shm, and no file of the restore is left beside it (nor `staged`).
 fn apply(staged: &Path, db: &Path) -> Result<Option<PathBuf>> {
-    let dir = parent_dir(db).unwrap_or_else(|| PathBuf::from("."));
     let tmp = sibling(db, &format!(".genesis-restore-{}.tmp", std::process::id()));
-    move_file(staged, &tmp)?;
+    if let Err(e) = move_file(staged, &tmp) {
+        remove_database_files(staged);
+        return Err(e);
+    }
+    let mut moved_aside: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut backup_made = None;
+    let done = replace_live(&tmp, db, &mut moved_aside, &mut backup_made);
+    if done.is_err() {
+        // Undo in reverse: the live -wal and -shm back beside the live file
+        // (which was never replaced), then the restore's own files removed.
+        for (from, to) in moved_aside.iter().rev() {
+            if let Err(e) = fs::rename(to, from) {
+                tracing::error!(
+                    "could not move {} back to {}: {e}; move it back by hand before opening the database",
+                    to.display(),
+                    from.display()
+                );
+            }
+        }
+        if let Some(b) = backup_made {
+            let _ = fs::remove_file(b);
+        }
+        remove_database_files(&tmp);
+        if let Some(dir) = parent_dir(db) {
+            let _ = fsync_dir(&dir);
+        }
+    }
+    done
+}
+
+/// The steps of [`apply`] once the restored file is beside the live one at
+/// `tmp`; records what it moved aside and the backup it made, for the undo.
+fn replace_live(
+    tmp: &Path,
+    db: &Path,
+    moved_aside: &mut Vec<(PathBuf, PathBuf)>,
+    backup_made: &mut Option<PathBuf>,
+) -> Result<Option<PathBuf>> {
+    let dir = parent_dir(db).unwrap_or_else(|| PathBuf::from("."));
     let backup = if db.exists() {
         // Fold the live WAL into the live file first, so that the file alone
         // is the whole old database: from then on, whatever instant a crash
@@ -424,7 +463,6 @@ fn apply(staged: &Path, db: &Path) -> Result<Option<PathBuf>> {
         // old file without the commits its WAL held.
         if let Err(e) = fold_wal(db) {
             if let Error::Locked(_) = e {
-                let _ = move_file(&tmp, staged);
                 return Err(e);
             }
             tracing::warn!(
@@ -436,15 +474,18 @@ fn apply(staged: &Path, db: &Path) -> Result<Option<PathBuf>> {
         let backup = sibling(db, &format!(".pre-recovery-{stamp}"));
         if let Err(e) = fs::hard_link(db, &backup) {
             tracing::debug!("hard link failed ({e}); copying the live database instead");
+            *backup_made = Some(backup.clone());
             fs::copy(db, &backup)
                 .map_err(|e| Error::io("copy the live database to", &backup, e))?;
             fsync_file(&backup)?;
         }
+        *backup_made = Some(backup.clone());
         for suffix in ["-wal", "-shm"] {
             let side = sibling(db, suffix);
             if side.exists() {
                 let to = sibling(&backup, suffix);
                 fs::rename(&side, &to).map_err(|e| Error::io("move aside", &side, e))?;
+                moved_aside.push((side, to));
             }
         }
         fsync_dir(&dir)?;
@@ -453,9 +494,24 @@ fn apply(staged: &Path, db: &Path) -> Result<Option<PathBuf>> {
         None
     };
     // The one step that changes what the live path names: atomic.
-    fs::rename(&tmp, db).map_err(|e| Error::io("rename the restored database to", db, e))?;
+    fs::rename(tmp, db).map_err(|e| Error::io("rename the restored database to", db, e))?;
     fsync_dir(&dir)?;
     Ok(backup)
+}
+
+/// Removes a database file the restore made, with any -wal and -shm.
+fn remove_database_files(path: &Path) {
+    for p in [
+        path.to_path_buf(),
+        sibling(path, "-wal"),
+        sibling(path, "-shm"),
+    ] {
+        if let Err(e) = fs::remove_file(&p) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!("could not remove {}: {e}", p.display());
+            }
+        }
+    }
 }
 
 /// Checkpoints the live database's WAL into its file (TRUNCATE), so that the
@@ -758,7 +814,10 @@ pub fn restore(opts: &RestoreOptions, progress: Arc<dyn Progress>) -> Result<Res
         ));
         staged.path.clone()
     } else if let Some(out) = &opts.output {
-        move_file(&staged.path, out)?;
+        if let Err(e) = move_file(&staged.path, out) {
+            remove_database_files(&staged.path);
+            return Err(e);
+        }
         not_applied_reason = Some("--output given: the live database was not touched".into());
         out.clone()
     } else {

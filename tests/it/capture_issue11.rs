@@ -248,12 +248,12 @@ fn item3_repository_deleted_under_a_running_capturer_is_repaired_with_a_new_gene
 // ---- item 4 ----
 
 /// A small tmpfs the test mounts, unmounted on drop.
-struct Tmpfs {
+pub struct Tmpfs {
     dir: PathBuf,
 }
 
 impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
         std::fs::create_dir_all(dir).ok()?;
         let o = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -272,7 +272,7 @@ impl Tmpfs {
         })
     }
     /// Fills the filesystem with a file until ENOSPC.
-    fn fill(&self) -> PathBuf {
+    pub fn fill(&self) -> PathBuf {
         use std::io::Write;
         let p = self.dir.join("filler");
         let mut f = std::fs::File::create(&p).expect("filler");

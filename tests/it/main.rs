@@ -23,6 +23,7 @@ mod pipelines_bad;
 mod restore_bad_input;
 mod restore_concurrency;
 mod restore_crash;
+mod restore_full_disk;
 mod restore_gaps;
 mod restore_generations;
 mod restore_live_in_use;
