@@ -30,11 +30,7 @@ struct TwoGenerations {
 /// opens again (generation B when `between` breaks continuity).
 fn two_generations(between: &str) -> TwoGenerations {
     let env = Env::new();
-    let mut conn = Connection::open(env.db()).expect("create the database");
-    conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
-        .expect("WAL");
-    conn.execute_batch("PRAGMA synchronous=OFF")
-        .expect("sync off");
+    let mut conn = crate::trading_chain::open_writer(&env);
     let mut sim = genesis_trading::simulate::Simulator::open(&conn, 11).expect("simulator");
     let mut events = Vec::new();
     let mut commit = |conn: &mut Connection, events: &mut Vec<(DateTime<Utc>, String)>| {

@@ -53,16 +53,22 @@ impl Default for ChainSpec {
     }
 }
 
-/// Builds a chain as `spec` says; the capturer is finished and the writer
-/// closed at the end (the repository is then what a restore reads).
-pub fn trading_chain(spec: &ChainSpec) -> TradingChain {
-    let env = Env::new();
-    let mut conn = Connection::open(env.db()).expect("create the database");
+/// The application's connection to a new database in WAL mode.
+pub fn open_writer(env: &Env) -> Connection {
+    let conn = Connection::open(env.db()).expect("create the database");
     conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
         .expect("WAL");
     // The writer's durability is not under test: no fsync per commit.
     conn.execute_batch("PRAGMA synchronous=OFF")
         .expect("sync off");
+    conn
+}
+
+/// Builds a chain as `spec` says; the capturer is finished and the writer
+/// closed at the end (the repository is then what a restore reads).
+pub fn trading_chain(spec: &ChainSpec) -> TradingChain {
+    let env = Env::new();
+    let mut conn = open_writer(&env);
     if spec.side_table {
         conn.execute_batch("CREATE TABLE notes(n INTEGER PRIMARY KEY, at TEXT)")
             .expect("notes");
