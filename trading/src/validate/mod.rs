@@ -15,6 +15,8 @@
 
 mod fold;
 mod pass;
+mod render;
+mod rows;
 mod stream;
 mod tables;
 
@@ -366,15 +368,15 @@ fn events_pass<'o>(
         };
         let mut pass = pass::Pass::new(opts, newest)?;
         let mut warnings = Sink::new(opts.max_findings_per_rule);
-        let read = stream::each_event(conn, stream::Order::Rowid, |ev| {
-            pass.event(ev, &mut warnings)
+        let read = stream::each_event(conn, stream::Order::Rowid, |batch| {
+            pass.events(batch, &mut warnings)
         })?;
         if read == stream::Streamed::OutOfOrder {
             tracing::debug!("events are not in sequence order by rowid: reading them sorted");
             pass = pass::Pass::new(opts, None)?;
             warnings = Sink::new(opts.max_findings_per_rule);
-            stream::each_event(conn, stream::Order::Sorted, |ev| {
-                pass.event(ev, &mut warnings)
+            stream::each_event(conn, stream::Order::Sorted, |batch| {
+                pass.events(batch, &mut warnings)
             })?;
         }
         tracing::debug!("events read and folded in {:?}", t0.elapsed());
