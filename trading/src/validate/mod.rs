@@ -215,20 +215,33 @@ fn text(v: &SqlValue) -> Option<String> {
     }
 }
 
-/// Calls `f` on each row of `sql`, one buffer reused: a table is never held whole.
+/// Calls `f` on each row of `sql`, one buffer reused (its texts' allocations
+/// too): a table is never held whole, and a row costs no allocation.
 fn each_row(
     conn: &Connection,
     sql: &str,
     mut f: impl FnMut(&[SqlValue]) -> Result<()>,
 ) -> Result<()> {
+    use rusqlite::types::ValueRef;
     let mut stmt = conn.prepare(sql).map_err(q(sql))?;
     let n = stmt.column_count();
     let mut rows = stmt.query([]).map_err(q(sql))?;
-    let mut buf = Vec::with_capacity(n);
+    let mut buf = vec![SqlValue::Null; n];
     while let Some(r) = rows.next().map_err(q(sql))? {
-        buf.clear();
-        for i in 0..n {
-            buf.push(r.get::<_, SqlValue>(i).map_err(q(sql))?);
+        for (i, slot) in buf.iter_mut().enumerate() {
+            let text = match r.get_ref(i).map_err(q(sql))? {
+                ValueRef::Text(t) => std::str::from_utf8(t).ok(),
+                _ => None,
+            };
+            match (text, &mut *slot) {
+                (Some(t), SqlValue::Text(s)) => {
+                    s.clear();
+                    s.push_str(t);
+                }
+                // Anything else as before (and its error, for text that is
+                // not UTF-8).
+                (_, slot) => *slot = r.get::<_, SqlValue>(i).map_err(q(sql))?,
+            }
         }
         f(&buf)?;
     }
