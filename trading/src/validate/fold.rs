@@ -20,7 +20,7 @@
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
 
-use super::render::{quote_cell, quote_text, quote_value, render, Sqlite};
+use super::render::{quote_cell, quote_text, quote_value, render, render_into, Sqlite};
 use super::rows::{key_of, row_of, Cell, Rows, TextSet};
 use crate::effects::{self, OpKind, SqlVal, Table};
 use crate::error::{Error, Result};
@@ -94,14 +94,20 @@ pub(super) struct State {
     real_cols: [u64; 3],
     /// The converted values of the operation being applied.
     scratch: Vec<(usize, Cell)>,
+    /// Keep each row's rendering until it changes (for many hashes).
+    keep_lines: bool,
 }
 
 /// The assignments of the effects being folded (see [`State::apply`]).
 pub(super) type Vals<'e> = Vec<(u8, SqlVal<'e>)>;
 
 impl State {
-    pub(super) fn new() -> Result<State> {
+    /// The folded state of no event; `keep_lines` when it will be hashed
+    /// more than once (each row's rendering is then kept until it changes;
+    /// otherwise the rows are rendered straight into the hash).
+    pub(super) fn new(keep_lines: bool) -> Result<State> {
         Ok(State {
+            keep_lines,
             tables: HASHED.map(|t| Rows::new(t.columns().len())),
             checkpoint_ids: FxSet::default(),
             client_order_ids: TextSet::default(),
@@ -138,6 +144,7 @@ impl State {
             sqlite,
             real_cols,
             scratch,
+            ..
         } = self;
         for op in std::iter::once(first).chain(second) {
             let noun = op.table.row_noun();
@@ -283,6 +290,47 @@ impl State {
         Ok(())
     }
 
+    /// Feeds the live rows, rendered, in key order to `hasher`, rendering a
+    /// window of rows at a time on every CPU (memory bounded by the window).
+    ///
+    /// # Errors
+    /// [`Error::Internal`] if a rendering thread panics.
+    fn render_into_hash(rows: &Rows, hasher: &mut blake3::Hasher) -> Result<()> {
+        const WINDOW: usize = 1 << 16;
+        let width = rows.width();
+        let (keys, ends, cells) = rows.parts_ref();
+        let lines = |ids: &[u32]| {
+            let mut out = String::with_capacity(ids.len() * 16 * (width + 1));
+            for &id in ids {
+                render_into(key_of(keys, ends, id), row_of(cells, width, id), &mut out);
+                out.push('\n');
+            }
+            out
+        };
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        for window in rows.sorted_ids().chunks(WINDOW) {
+            let per = window.len().div_ceil(threads).max(4096);
+            if window.len() <= per {
+                hasher.update(lines(window).as_bytes());
+                continue;
+            }
+            std::thread::scope(|s| {
+                let parts: Vec<_> = window
+                    .chunks(per)
+                    .map(|part| s.spawn(move || lines(part)))
+                    .collect();
+                for part in parts {
+                    let text = part.join().map_err(|p| {
+                        Error::internal("rendering rows for the state hash", p.as_ref())
+                    })?;
+                    hasher.update(text.as_bytes());
+                }
+                Ok::<_, Error>(())
+            })?;
+        }
+        Ok(())
+    }
+
     /// The canonical state hash (DOMAIN.md rule 10) of the folded state.
     ///
     /// # Errors
@@ -291,26 +339,36 @@ impl State {
         // The lines are gathered into large updates: BLAKE3 hashes many
         // chunks at once only when given them at once.
         const BUF: usize = 1 << 16;
-        let mut hasher = blake3::Hasher::new();
-        let mut buf: Vec<u8> = Vec::with_capacity(BUF + 4096);
-        let mut put = |bytes: &[u8], hasher: &mut blake3::Hasher| {
+        fn put(buf: &mut Vec<u8>, hasher: &mut blake3::Hasher, bytes: &[u8]) {
             buf.extend_from_slice(bytes);
             if buf.len() >= BUF {
-                hasher.update(&buf);
+                hasher.update(buf);
                 buf.clear();
             }
-        };
+        }
+        let mut hasher = blake3::Hasher::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(BUF + 4096);
         for (table, rows) in HASHED.iter().zip(self.tables.iter_mut()) {
-            Self::render_changed(rows)?;
             rows.sort();
-            put(table.name().as_bytes(), &mut hasher);
-            put(b"\n", &mut hasher);
+            put(&mut buf, &mut hasher, table.name().as_bytes());
+            put(&mut buf, &mut hasher, b"\n");
+            if !self.keep_lines {
+                hasher.update(&buf);
+                buf.clear();
+                Self::render_into_hash(rows, &mut hasher)?;
+                continue;
+            }
+            Self::render_changed(rows)?;
             for &id in rows.sorted_ids() {
                 match &rows.meta[id as usize].line {
-                    Some(line) => put(line.as_bytes(), &mut hasher),
-                    None => put(render(rows.key(id), rows.row(id)).as_bytes(), &mut hasher),
+                    Some(line) => put(&mut buf, &mut hasher, line.as_bytes()),
+                    None => put(
+                        &mut buf,
+                        &mut hasher,
+                        render(rows.key(id), rows.row(id)).as_bytes(),
+                    ),
                 };
-                put(b"\n", &mut hasher);
+                put(&mut buf, &mut hasher, b"\n");
             }
         }
         hasher.update(&buf);
@@ -411,17 +469,12 @@ mod tests {
 
     #[test]
     fn roll_back_restores_the_hash_and_refusals_name_the_row() {
-        let mut s = State::new().unwrap();
-        let mut vals = Vals::new();
         let created = ev(
             1,
             "ORDER_CREATED",
             "o1",
             r#"{"client_order_id": "c1", "quantity": 2, "price": "3.5"}"#,
         );
-        s.apply(&created, &mut vals).unwrap();
-        let before = s.hash().unwrap();
-        s.start_undo();
         let later = [
             ev(2, "ORDER_FILLED", "o1", r#"{"filled_quantity": 2}"#),
             ev(3, "ORDER_CREATED", "o2", r#"{"client_order_id": "c2"}"#),
@@ -432,22 +485,34 @@ mod tests {
                 r#"{"asset": "USDT", "free_balance": 1}"#,
             ),
         ];
-        for e in &later {
-            s.apply(e, &mut vals).unwrap();
+        let mut hashes = Vec::new();
+        for keep_lines in [false, true] {
+            let mut s = State::new(keep_lines).unwrap();
+            let mut vals = Vals::new();
+            s.apply(&created, &mut vals).unwrap();
+            let before = s.hash().unwrap();
+            s.start_undo();
+            for e in &later {
+                s.apply(e, &mut vals).unwrap();
+            }
+            let after = s.hash().unwrap();
+            assert_ne!(after, before);
+            s.roll_back();
+            assert_eq!(s.hash().unwrap(), before);
+            hashes.push((before, after));
+            let dup = ev(5, "ORDER_CREATED", "o3", r#"{"client_order_id": "c1"}"#);
+            let err = s.apply(&dup, &mut vals).unwrap_err().to_string();
+            assert!(
+                err.contains("UNIQUE constraint failed: orders.client_order_id"),
+                "{err}"
+            );
+            let missing = ev(6, "ORDER_FILLED", "o9", "{}");
+            let err = s.apply(&missing, &mut vals).unwrap_err().to_string();
+            assert!(err.contains("no order o9 to update"), "{err}");
+            let err = s.apply(&created, &mut vals).unwrap_err().to_string();
+            assert!(err.contains("order o1 already exists"), "{err}");
         }
-        assert_ne!(s.hash().unwrap(), before);
-        s.roll_back();
-        assert_eq!(s.hash().unwrap(), before);
-        let dup = ev(5, "ORDER_CREATED", "o3", r#"{"client_order_id": "c1"}"#);
-        let err = s.apply(&dup, &mut vals).unwrap_err().to_string();
-        assert!(
-            err.contains("UNIQUE constraint failed: orders.client_order_id"),
-            "{err}"
-        );
-        let missing = ev(6, "ORDER_FILLED", "o9", "{}");
-        let err = s.apply(&missing, &mut vals).unwrap_err().to_string();
-        assert!(err.contains("no order o9 to update"), "{err}");
-        let err = s.apply(&created, &mut vals).unwrap_err().to_string();
-        assert!(err.contains("order o1 already exists"), "{err}");
+        // Rendered straight into the hash or kept: the same hashes.
+        assert_eq!(hashes[0], hashes[1]);
     }
 }

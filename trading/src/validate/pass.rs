@@ -168,7 +168,10 @@ impl<'o> Pass<'o> {
             count: 0,
             last: None,
             fold: if opts.check_replay || opts.check_checkpoints {
-                Some(State::new()?)
+                // Many hashes: every checkpoint, or those a restore replayed.
+                Some(State::new(
+                    opts.all_checkpoints || opts.checkpoints_after.is_some(),
+                )?)
             } else {
                 None
             },

@@ -105,12 +105,17 @@ pub(super) fn quote_cell(c: &Cell, out: &mut String) {
 /// `quote()` renders them, separated by `|`.
 pub(super) fn render(key: &str, vals: &[Cell]) -> String {
     let mut line = String::with_capacity(16 * (vals.len() + 1));
-    quote_text(key, &mut line);
-    for v in vals {
-        line.push('|');
-        quote_cell(v, &mut line);
-    }
+    render_into(key, vals, &mut line);
     line
+}
+
+/// [`render`], appended to `out`.
+pub(super) fn render_into(key: &str, vals: &[Cell], out: &mut String) {
+    quote_text(key, out);
+    for v in vals {
+        out.push('|');
+        quote_cell(v, out);
+    }
 }
 
 /// `v` as `quote()` renders it.

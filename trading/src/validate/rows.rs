@@ -197,6 +197,11 @@ impl Rows {
         (&self.keys, &self.key_ends, &self.cells, &mut self.meta)
     }
 
+    /// The keys and the cells (see [`key_of`] and [`row_of`]).
+    pub(super) fn parts_ref(&self) -> (&str, &[usize], &[Box<[Cell]>]) {
+        (&self.keys, &self.key_ends, &self.cells)
+    }
+
     pub(super) fn width(&self) -> usize {
         self.width
     }
