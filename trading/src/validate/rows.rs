@@ -74,6 +74,9 @@ pub(super) fn key_hash(key: &str) -> u64 {
     x ^ (x >> 32)
 }
 
+/// A table's keys, key ends, cells and per-row metadata ([`Rows::parts`]).
+pub(super) type Parts<'r> = (&'r str, &'r [usize], &'r [Box<[Cell]>], &'r mut [Meta]);
+
 /// Rows per chunk of cells.
 const CHUNK: usize = 1024;
 
@@ -151,7 +154,7 @@ impl Rows {
             .ok_or_else(|| format!("more than {} rows in one table", u32::MAX))?;
         self.keys.push_str(key);
         self.key_ends.push(self.keys.len());
-        if id as usize % CHUNK == 0 {
+        if (id as usize).is_multiple_of(CHUNK) {
             self.cells
                 .push(vec![Cell::Null; CHUNK * self.width].into_boxed_slice());
         }
@@ -193,7 +196,7 @@ impl Rows {
 
     /// The keys, the cells and the per-row metadata, apart (to render rows
     /// in parallel): see [`key_of`] and [`row_of`].
-    pub(super) fn parts(&mut self) -> (&str, &[usize], &[Box<[Cell]>], &mut [Meta]) {
+    pub(super) fn parts(&mut self) -> Parts<'_> {
         (&self.keys, &self.key_ends, &self.cells, &mut self.meta)
     }
 
