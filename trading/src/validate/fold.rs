@@ -17,10 +17,10 @@
 //! afterwards, so the state at an earlier checkpoint can be hashed once the
 //! pass knows it was the newest.
 
-use rusqlite::types::{Value, ValueRef};
+use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
-use super::render::{quote_cell, quote_text, quote_value, render, render_into, Sqlite};
+use super::render::{quote_cell, quote_text, render, render_into, Sqlite};
 use super::rows::{key_of, row_of, Cell, Rows, TextSet};
 use crate::effects::{self, OpKind, SqlVal, Table};
 use crate::error::{Error, Result};
@@ -55,13 +55,14 @@ fn is_real(table: Table, col: &str) -> bool {
     }
 }
 
-fn owned(v: ValueRef<'_>) -> Value {
+/// A value read from the database, as a cell (to render it).
+fn cell_of(v: ValueRef<'_>) -> Cell {
     match v {
-        ValueRef::Null => Value::Null,
-        ValueRef::Integer(i) => Value::Integer(i),
-        ValueRef::Real(f) => Value::Real(f),
-        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
-        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+        ValueRef::Null => Cell::Null,
+        ValueRef::Integer(i) => Cell::Int(i),
+        ValueRef::Real(f) => Cell::Real(f),
+        ValueRef::Text(t) => Cell::text(&String::from_utf8_lossy(t)),
+        ValueRef::Blob(b) => Cell::Blob(b.into()),
     }
 }
 
@@ -407,7 +408,7 @@ impl State {
                 };
                 let mut qk = String::new();
                 let Some(id) = id else {
-                    quote_value(&owned(key), &mut qk);
+                    quote_cell(&cell_of(key), &mut qk);
                     let m = format!("{noun} {qk} is in the database but no event creates it");
                     found.push((qk, m));
                     continue;
@@ -419,11 +420,11 @@ impl State {
                         continue;
                     }
                     let (mut a, mut b) = (String::new(), String::new());
-                    quote_value(&owned(have), &mut a);
+                    quote_cell(&cell_of(have), &mut a);
                     quote_cell(want, &mut b);
                     if a != b {
                         if qk.is_empty() {
-                            quote_value(&owned(key), &mut qk);
+                            quote_cell(&cell_of(key), &mut qk);
                         }
                         let m = format!("{noun} {qk}: {} is {a} in the database but {b} after replaying the events", cols[i]);
                         found.push((qk.clone(), m));

@@ -118,20 +118,6 @@ pub(super) fn render_into(key: &str, vals: &[Cell], out: &mut String) {
     }
 }
 
-/// `v` as `quote()` renders it.
-pub(super) fn quote_value(v: &Value, out: &mut String) {
-    match v {
-        Value::Null => out.push_str("NULL"),
-        Value::Integer(i) => {
-            let mut b = itoa_buf();
-            out.push_str(itoa(*i, &mut b));
-        }
-        Value::Text(t) => quote_text(t, out),
-        Value::Real(r) => quote_real(*r, out),
-        Value::Blob(b) => quote_blob(b, out),
-    }
-}
-
 /// A blob as `quote()` renders it: `X'...'` in upper-case hex.
 fn quote_blob(b: &[u8], out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -298,7 +284,7 @@ mod tests {
             .query_row([vec![0u8, 1, 0xab, 0xff]], |row| row.get(0))
             .unwrap();
         let mut have = String::new();
-        quote_value(&Value::Blob(vec![0, 1, 0xab, 0xff]), &mut have);
+        quote_cell(&Cell::Blob(vec![0, 1, 0xab, 0xff].into()), &mut have);
         assert_eq!(have, blob);
         for t in ["", "'", "it's", "''x'", "plain"] {
             let want: String = stmt.query_row([t], |row| row.get(0)).unwrap();
