@@ -77,9 +77,13 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 /// after its closing quote; `None` for escapes and control characters.
 fn string(text: &str, i: usize) -> Option<(&str, usize)> {
     let b = text.as_bytes();
-    let len = b.get(i..)?.iter().position(|&c| c == b'"')?;
-    let s = &b[i..i + len];
-    if s.iter().any(|&c| c == b'\\' || c < 0x20) {
+    // One scan: the first quote, unless an escape or a control character
+    // comes before it.
+    let len = b
+        .get(i..)?
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    if b[i + len] != b'"' {
         return None;
     }
     // Both ends are ASCII quotes, so these are character boundaries.

@@ -15,6 +15,8 @@
 
 mod fold;
 mod pass;
+mod render;
+mod rows;
 mod stream;
 mod tables;
 
@@ -213,20 +215,33 @@ fn text(v: &SqlValue) -> Option<String> {
     }
 }
 
-/// Calls `f` on each row of `sql`, one buffer reused: a table is never held whole.
+/// Calls `f` on each row of `sql`, one buffer reused (its texts' allocations
+/// too): a table is never held whole, and a row costs no allocation.
 fn each_row(
     conn: &Connection,
     sql: &str,
     mut f: impl FnMut(&[SqlValue]) -> Result<()>,
 ) -> Result<()> {
+    use rusqlite::types::ValueRef;
     let mut stmt = conn.prepare(sql).map_err(q(sql))?;
     let n = stmt.column_count();
     let mut rows = stmt.query([]).map_err(q(sql))?;
-    let mut buf = Vec::with_capacity(n);
+    let mut buf = vec![SqlValue::Null; n];
     while let Some(r) = rows.next().map_err(q(sql))? {
-        buf.clear();
-        for i in 0..n {
-            buf.push(r.get::<_, SqlValue>(i).map_err(q(sql))?);
+        for (i, slot) in buf.iter_mut().enumerate() {
+            let text = match r.get_ref(i).map_err(q(sql))? {
+                ValueRef::Text(t) => std::str::from_utf8(t).ok(),
+                _ => None,
+            };
+            match (text, &mut *slot) {
+                (Some(t), SqlValue::Text(s)) => {
+                    s.clear();
+                    s.push_str(t);
+                }
+                // Anything else as before (and its error, for text that is
+                // not UTF-8).
+                (_, slot) => *slot = r.get::<_, SqlValue>(i).map_err(q(sql))?,
+            }
         }
         f(&buf)?;
     }
@@ -366,15 +381,15 @@ fn events_pass<'o>(
         };
         let mut pass = pass::Pass::new(opts, newest)?;
         let mut warnings = Sink::new(opts.max_findings_per_rule);
-        let read = stream::each_event(conn, stream::Order::Rowid, |ev| {
-            pass.event(ev, &mut warnings)
+        let read = stream::each_event(conn, stream::Order::Rowid, |batch| {
+            pass.events(batch, &mut warnings)
         })?;
         if read == stream::Streamed::OutOfOrder {
             tracing::debug!("events are not in sequence order by rowid: reading them sorted");
             pass = pass::Pass::new(opts, None)?;
             warnings = Sink::new(opts.max_findings_per_rule);
-            stream::each_event(conn, stream::Order::Sorted, |ev| {
-                pass.event(ev, &mut warnings)
+            stream::each_event(conn, stream::Order::Sorted, |batch| {
+                pass.events(batch, &mut warnings)
             })?;
         }
         tracing::debug!("events read and folded in {:?}", t0.elapsed());

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
-use super::fold::State;
+use super::fold::{State, Vals};
 use super::{codes, Sink, ValidateOptions};
 use crate::error::Result;
 use crate::event::Event;
@@ -168,7 +168,10 @@ impl<'o> Pass<'o> {
             count: 0,
             last: None,
             fold: if opts.check_replay || opts.check_checkpoints {
-                Some(State::new()?)
+                // Many hashes: every checkpoint, or those a restore replayed.
+                Some(State::new(
+                    opts.all_checkpoints || opts.checkpoints_after.is_some(),
+                )?)
             } else {
                 None
             },
@@ -188,7 +191,18 @@ impl<'o> Pass<'o> {
         self.last.as_ref().map(|(_, t)| t.as_str())
     }
 
-    pub(super) fn event(&mut self, ev: &Event, warnings: &mut Sink) -> Result<()> {
+    /// Checks and folds a batch of events, in order.
+    pub(super) fn events(&mut self, batch: &[Event], warnings: &mut Sink) -> Result<()> {
+        // The effects' assignments, one buffer for the batch (they borrow
+        // from its events).
+        let mut vals = Vals::with_capacity(32);
+        for ev in batch {
+            self.event(ev, &mut vals, warnings)?;
+        }
+        Ok(())
+    }
+
+    fn event<'e>(&mut self, ev: &'e Event, vals: &mut Vals<'e>, warnings: &mut Sink) -> Result<()> {
         self.count += 1;
         let s = ev.sequence_number;
         // Rule 2: 1, 2, 3, ...
@@ -238,7 +252,7 @@ impl<'o> Pass<'o> {
             }
             None => self.last = Some((s, ev.created_at.clone())),
         }
-        self.fold_event(ev)
+        self.fold_event(ev, vals)
     }
 
     fn times(&mut self, ev: &Event, warnings: &mut Sink) {
@@ -289,11 +303,11 @@ impl<'o> Pass<'o> {
         }
     }
 
-    fn fold_event(&mut self, ev: &Event) -> Result<()> {
+    fn fold_event<'e>(&mut self, ev: &'e Event, vals: &mut Vals<'e>) -> Result<()> {
         let Some(state) = &mut self.fold else {
             return Ok(());
         };
-        if let Err(e) = state.apply(ev) {
+        if let Err(e) = state.apply(ev, vals) {
             if matches!(e, crate::Error::Sqlite { .. }) {
                 return Err(e);
             }

@@ -63,9 +63,9 @@ fn text_into(row: &rusqlite::Row<'_>, i: usize, out: &mut String) -> rusqlite::R
 /// Events per batch handed from the reading thread to the folding one.
 const BATCH: usize = 1024;
 
-/// Calls `f` on every event in sequence order (ties by event id), on another
-/// thread while this one reads the next rows from SQLite. Batches of events
-/// are recycled, so memory does not grow with the table.
+/// Calls `f` on every event in sequence order (ties by event id), a batch at
+/// a time, on another thread while this one reads the next rows from SQLite.
+/// Batches of events are recycled, so memory does not grow with the table.
 ///
 /// # Errors
 /// [`Error::Sqlite`] when `events` cannot be read or holds a value of the
@@ -74,7 +74,7 @@ const BATCH: usize = 1024;
 pub(super) fn each_event(
     conn: &Connection,
     order: Order,
-    f: impl FnMut(&Event) -> Result<()> + Send,
+    f: impl FnMut(&[Event]) -> Result<()> + Send,
 ) -> Result<Streamed> {
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<Event>>(4);
     let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<Event>>();
@@ -82,9 +82,7 @@ pub(super) fn each_event(
         let worker = s.spawn(move || -> Result<()> {
             let mut f = f;
             for batch in full_rx {
-                for ev in &batch {
-                    f(ev)?;
-                }
+                f(&batch)?;
                 // The reader may be gone already; the batch is then freed.
                 let _ = empty_tx.send(batch);
             }
