@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use genesis_core::pipeline::EncodedEvents;
 use genesis_core::repo::formats::{self, EventRow};
-use genesis_stages::event_stream::replay_archive;
+use genesis_stages::event_stream::{event_row, replay_archive};
 use rayon::prelude::*;
 
 use genesis_trading::{replay, schema, simulate, ReplayOptions};
@@ -226,17 +226,7 @@ fn archive_objects(events: &[genesis_trading::Event]) -> Vec<(Vec<u8>, u64)> {
     events
         .par_chunks(EVENTS_PER_OBJECT)
         .map(|chunk| {
-            let rows: Vec<EventRow> = chunk
-                .iter()
-                .map(|ev| EventRow {
-                    sequence_number: ev.sequence_number,
-                    event_id: ev.event_id.clone().into_bytes(),
-                    event_type: ev.event_type.clone().into_bytes(),
-                    aggregate_id: ev.aggregate_id.clone().into_bytes(),
-                    event_data: ev.event_data.clone().into_bytes(),
-                    created_at: ev.created_at.clone().into_bytes(),
-                })
-                .collect();
+            let rows: Vec<EventRow> = chunk.iter().map(event_row).collect();
             let raw = formats::encode_events(&rows);
             let compressed = formats::compress(&raw).expect("compress");
             (compressed, raw.len() as u64)

@@ -6,7 +6,8 @@
 //! with a sequence number above the database's highest and `created_at` at or
 //! before the target, in sequence order, in one transaction, through
 //! `genesis_trading::replay` (which inserts each event row and applies its
-//! effect). The replay report (with unknown event types: count and first
+//! effect), the event objects decoded beside the replay
+//! ([`crate::event_stream`]). The replay report (with unknown event types: count and first
 //! sequence number each), the number replayed and the instant reached are
 //! recorded on the staged database. Otherwise the stage passes the database on
 //! unchanged, saying why in the report. The replay runs in trading's staging

@@ -34,6 +34,19 @@ use genesis_trading::{Event, EventExtension, ReplayOptions, ReplayReport};
 
 use crate::event_replay::{contiguous_prefix, select_event, select_events};
 
+/// The archived row of an event, as capture stores it (for tests and benches
+/// that build archives).
+pub fn event_row(ev: &Event) -> formats::EventRow {
+    formats::EventRow {
+        sequence_number: ev.sequence_number,
+        event_id: ev.event_id.clone().into_bytes(),
+        event_type: ev.event_type.clone().into_bytes(),
+        aggregate_id: ev.aggregate_id.clone().into_bytes(),
+        event_data: ev.event_data.clone().into_bytes(),
+        created_at: ev.created_at.clone().into_bytes(),
+    }
+}
+
 /// What a replay from the archive did.
 pub struct ArchiveReplay {
     pub report: ReplayReport,
@@ -363,17 +376,7 @@ mod tests {
                 break;
             }
             let end = (at + size).min(events.len());
-            let rows: Vec<EventRow> = events[at..end]
-                .iter()
-                .map(|ev| EventRow {
-                    sequence_number: ev.sequence_number,
-                    event_id: ev.event_id.clone().into_bytes(),
-                    event_type: ev.event_type.clone().into_bytes(),
-                    aggregate_id: ev.aggregate_id.clone().into_bytes(),
-                    event_data: ev.event_data.clone().into_bytes(),
-                    created_at: ev.created_at.clone().into_bytes(),
-                })
-                .collect();
+            let rows: Vec<EventRow> = events[at..end].iter().map(event_row).collect();
             out.push(EncodedEvents {
                 id: format!("events-{i}"),
                 frames: Arc::new(vec![formats::encode_events(&rows)]),
@@ -406,6 +409,15 @@ mod tests {
         }
         out
     }
+
+    type Case<'a> = (
+        &'a str,
+        Vec<usize>,
+        i64,
+        DateTime<Utc>,
+        Option<usize>,
+        Option<usize>,
+    );
 
     type Outcome = std::result::Result<(ReplayReport, Option<(i64, i64)>, Vec<String>), String>;
 
@@ -465,14 +477,9 @@ mod tests {
         let events = genesis_trading::random_events(23, 3000);
         let time_of = |i: usize| events[i].time().unwrap();
         let end = time_of(2999) + chrono::Duration::seconds(1);
-        let cases: Vec<(
-            &str,
-            Vec<usize>,
-            i64,
-            DateTime<Utc>,
-            Option<usize>,
-            Option<usize>,
-        )> = vec![
+        // What, object sizes, the database's last event, the target, the
+        // object lost and the event made bad.
+        let cases: Vec<Case<'_>> = vec![
             ("all", vec![1000], 0, end, None, None),
             ("uneven", vec![1, 257, 640], 0, end, None, None),
             ("after the database", vec![300], 1234, end, None, None),

@@ -221,11 +221,8 @@ pub fn encode_events(rows: &[EventRow]) -> Vec<u8> {
     out
 }
 
-/// Decodes event rows.
-///
-/// # Errors
-/// `Error::Corrupt` naming `object`.
-pub fn decode_events(object: &str, raw: &[u8]) -> Result<Vec<EventRow>> {
+/// A reader past an events object's header, and its row count.
+fn events_reader<'a>(object: &'a str, raw: &'a [u8]) -> Result<(Reader<'a>, usize)> {
     let mut r = Reader {
         buf: raw,
         pos: 0,
@@ -235,6 +232,15 @@ pub fn decode_events(object: &str, raw: &[u8]) -> Result<Vec<EventRow>> {
         return Err(Error::corrupt(object, "not an events object (bad magic)"));
     }
     let n = r.u32()? as usize;
+    Ok((r, n))
+}
+
+/// Decodes event rows.
+///
+/// # Errors
+/// `Error::Corrupt` naming `object`.
+pub fn decode_events(object: &str, raw: &[u8]) -> Result<Vec<EventRow>> {
+    let (mut r, n) = events_reader(object, raw)?;
     let mut rows = Vec::with_capacity(n.min(1 << 20));
     // Fields in the order the format stores them (a struct expression
     // evaluates in source order).
@@ -279,15 +285,7 @@ pub struct EventSequences {
 /// # Errors
 /// `Error::Corrupt` naming `object`, as [`decode_events`].
 pub fn event_sequences(object: &str, raw: &[u8]) -> Result<EventSequences> {
-    let mut r = Reader {
-        buf: raw,
-        pos: 0,
-        object,
-    };
-    if r.take(8)? != EVENTS_MAGIC {
-        return Err(Error::corrupt(object, "not an events object (bad magic)"));
-    }
-    let rows = r.u32()? as usize;
+    let (mut r, rows) = events_reader(object, raw)?;
     let mut out = EventSequences {
         rows,
         first: None,
