@@ -275,10 +275,12 @@ fn stream(
             gap: None,
             failed: None,
             done: false,
+            waited: std::time::Duration::ZERO,
         };
         let replayed = replay_stream(conn, &mut source, opts, extensions);
         // The decoders stop at their next object.
         stop.store(true, Ordering::Relaxed);
+        tracing::debug!("the replay waited {:?} for decoded objects", source.waited);
         (replayed, source.gap, source.failed.take())
     });
     let (replayed, archive_gap, failed) = outcome;
@@ -312,6 +314,8 @@ struct Selected<'s> {
     /// The object whose failure ended the stream, if one did.
     failed: Option<usize>,
     done: bool,
+    /// How long the replay waited for decoded objects.
+    waited: std::time::Duration,
 }
 
 impl<'s> Iterator for Selected<'s> {
@@ -319,7 +323,9 @@ impl<'s> Iterator for Selected<'s> {
 
     fn next(&mut self) -> Option<Self::Item> {
         while !self.done && self.next < self.slots.slots.len() {
+            let t = std::time::Instant::now();
             let d = self.slots.wait(self.next);
+            self.waited += t.elapsed();
             self.next += 1;
             if let Some(End::Failed(e)) = &d.end {
                 self.done = true;
