@@ -126,6 +126,7 @@ pub fn classify(err: &anyhow::Error) -> (&'static str, i32) {
             T::Sqlite { .. } => "sqlite",
             T::Event { .. } => "event",
             T::Extension { .. } => "plugin",
+            T::EventSource(_) => "event_source",
             T::Staging { .. } | T::JournalMode { .. } => "staging",
             T::Schema(_) => "schema",
             T::Timestamp { .. } => "timestamp",

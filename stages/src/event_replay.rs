@@ -6,7 +6,8 @@
 //! with a sequence number above the database's highest and `created_at` at or
 //! before the target, in sequence order, in one transaction, through
 //! `genesis_trading::replay` (which inserts each event row and applies its
-//! effect). The replay report (with unknown event types: count and first
+//! effect), the event objects decoded beside the replay
+//! ([`crate::event_stream`]). The replay report (with unknown event types: count and first
 //! sequence number each), the number replayed and the instant reached are
 //! recorded on the staged database. Otherwise the stage passes the database on
 //! unchanged, saying why in the report. The replay runs in trading's staging
@@ -34,7 +35,8 @@ use genesis_core::pipeline::{
 use genesis_core::plugin_host::{self, EventHandlerPlugin, SqlValue, WireEvent};
 use genesis_core::repo::formats::EventRow;
 use genesis_core::{Error, Result};
-use genesis_trading::replay::replay_with_extensions;
+
+use crate::event_stream::{replay_archive, ArchiveReplayError};
 use genesis_trading::{Event, EventExtension, ReplayOptions};
 
 #[derive(Debug, Default, Deserialize)]
@@ -215,7 +217,7 @@ fn to_event(row: &mut EventRow) -> Result<Event> {
 
 /// The event of an archived row, or `None` when its `created_at` is after
 /// `until` (the row is then left as it is).
-fn select_event(row: &mut EventRow, until: DateTime<Utc>) -> Result<Option<Event>> {
+pub(crate) fn select_event(row: &mut EventRow, until: DateTime<Utc>) -> Result<Option<Event>> {
     let seq = row.sequence_number;
     let at = std::str::from_utf8(&row.created_at).map_err(|_| {
         Error::Failed(format!(
@@ -336,7 +338,7 @@ pub fn select_events(
 
 /// Cuts `events` at the first sequence number that does not follow the one
 /// before it (starting after `after`); returns `(expected, found)` there.
-fn contiguous_prefix(events: &mut Vec<Event>, after: i64) -> Option<(i64, i64)> {
+pub(crate) fn contiguous_prefix(events: &mut Vec<Event>, after: i64) -> Option<(i64, i64)> {
     let (i, expected, found) = (after + 1..)
         .zip(events.iter())
         .enumerate()
@@ -374,49 +376,66 @@ impl EventReplay {
             return Ok(());
         }
         let after = genesis_trading::event::max_sequence(&conn).map_err(trading_error(&path))?;
-        let mut events = select_events(archived.objects, after, until)?;
-        // Only a run without a hole in its sequence numbers can be replayed:
-        // a lost event object ends the replay there (the restore reports
-        // the gap and the RPO it costs).
-        let archive_gap = contiguous_prefix(&mut events, after);
         let mut extensions: Vec<Box<dyn EventExtension + Send>> = Vec::new();
         for h in self.handlers.drain(..) {
             extensions.push(Box::new(h));
         }
         // The staged file is this restore's private copy, discarded on any
         // failure: replay it without a journal and syncs, then back to WAL
-        // and one fsync (ReplayOptions::staging).
+        // and one fsync (ReplayOptions::staging). Only a run without a hole
+        // in its sequence numbers is replayed: a lost event object ends the
+        // replay there (the restore reports the gap and the RPO it costs).
         let opts = ReplayOptions {
             staging: true,
             after_sequence: Some(after),
             ..ReplayOptions::default()
         };
-        let result = replay_with_extensions(&mut conn, &events, &opts, &mut extensions);
-        let report = match result {
+        let result = replay_archive(
+            &mut conn,
+            &archived.objects,
+            after,
+            until,
+            &opts,
+            &mut extensions,
+        );
+        drop(archived);
+        let replayed = match result {
             Ok(r) => r,
             Err(e) => {
                 // Without a journal the failed transaction may have left rows
-                // behind: the file must not be used. Remove it now.
+                // behind (and the archive is read while the replay writes):
+                // the file must not be used. Remove it now.
                 drop(conn);
                 let removed = match crate::wal_apply::remove_staged(&path) {
                     Ok(()) => "it has been removed".to_string(),
                     Err(r) => format!("removing it failed: {r}"),
                 };
-                return Err(Error::Failed(format!(
-                    "event replay on {}: {e}; the staged database was being written without a journal and is unusable: {removed}",
-                    path.display()
-                )));
+                return Err(match e {
+                    ArchiveReplayError::Archive(e) => {
+                        tracing::warn!(path = %path.display(), "the staged database was being written without a journal and is unusable: {removed}");
+                        e
+                    }
+                    ArchiveReplayError::Replay(e) => Error::Failed(format!(
+                        "event replay on {}: {e}; the staged database was being written without a journal and is unusable: {removed}",
+                        path.display()
+                    )),
+                });
             }
         };
+        let (report, archive_gap) = (replayed.report, replayed.archive_gap);
+        // A million events are five million strings (about 0.1 s to free):
+        // freed beside the rest of the restore, not before it.
+        let events = replayed.events;
+        std::thread::spawn(move || drop(events));
         // Fold the WAL back into the file: the staged database must be one file.
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .map_err(|e| Error::sqlite("checkpoint", &path, e))?;
         drop(conn);
         staged.events_replayed = report.applied;
-        staged.replayed_until = events.last().and_then(|e| e.time().ok());
-        // A million events are five million strings (about 0.1 s to free):
-        // freed beside the rest of the restore, not before it.
-        std::thread::spawn(move || drop(events));
+        staged.replayed_until = report
+            .last_created_at
+            .as_deref()
+            .and_then(genesis_trading::time::parse_opt);
         let mut value = serde_json::to_value(&report)
             .map_err(|e| Error::Failed(format!("encode the replay report: {e}")))?;
         if let Some(map) = value.as_object_mut() {

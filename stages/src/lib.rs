@@ -18,6 +18,7 @@ pub mod demo;
 pub mod drill;
 pub mod drill_history;
 pub mod event_replay;
+pub mod event_stream;
 pub mod fetch;
 pub mod reconcile;
 pub mod report;

@@ -2,8 +2,9 @@
 //! the staging directory with [`StreamingBuild`] (the snapshot's parts
 //! written as they arrive and dropped, then each page's newest version up
 //! to the txid over them, one fsync), which proves the result page-exactly
-//! against the database checksum the capture recorded. It then decodes the
-//! plan's event objects and emits them as one `archived-events` artifact
+//! against the database checksum the capture recorded. It then emits the
+//! plan's event objects (decompressed, not decoded: event-replay decodes
+//! them beside its replay) as one `archived-events` artifact
 //! (always, empty when the plan reads none) ahead of the staged database,
 //! which carries the instant event-replay replays up to.
 //!
@@ -16,17 +17,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rayon::prelude::*;
 use serde::Deserialize;
 
 use genesis_core::lock::sibling;
 use genesis_core::pipeline::{
     decode_config, ArchivedEvents, Artifact, ArtifactKind, BuildContext, DecompressedObject, Emit,
-    Stage, StageContext, StageFactory, StagedDatabase,
+    EncodedEvents, Stage, StageContext, StageFactory, StagedDatabase,
 };
 use genesis_core::plan::RestorePlan;
 use genesis_core::rebuild::stream::StreamingBuild;
-use genesis_core::repo::formats::decode_events;
 use genesis_core::repo::ObjectKind;
 use genesis_core::{Error, Result};
 
@@ -213,16 +212,20 @@ impl Stage for WalApply {
         };
         tracing::info!(path = %path.display(), txid = built.txid, checksum = %built.checksum, "database rebuilt and proven");
 
+        // Decoded by event-replay, beside the replay (each object's content
+        // checked there, before any of its rows is used).
         let objects = plan
             .events
-            .par_iter()
+            .iter()
             .filter_map(|m| by_id.get(m.id.as_str()).map(|o| (m, o)))
             .map(|(m, o)| {
-                let raw = o
-                    .frames
-                    .first()
-                    .ok_or_else(|| Error::corrupt(&m.id, "an event object without content"))?;
-                decode_events(&m.id, raw).map(Arc::new)
+                if o.frames.is_empty() {
+                    return Err(Error::corrupt(&m.id, "an event object without content"));
+                }
+                Ok(EncodedEvents {
+                    id: m.id.clone(),
+                    frames: Arc::clone(&o.frames),
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         drop(by_id);

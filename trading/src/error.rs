@@ -38,6 +38,9 @@ pub enum Error {
         event_type: String,
         message: String,
     },
+    /// The events to replay could not be read (a streamed replay's source).
+    #[error("reading the events to replay: {0}")]
+    EventSource(String),
     /// A staging replay could not put the database back into its journal mode.
     #[error("staging replay: {action}: {source}")]
     Staging {
@@ -123,6 +126,7 @@ impl Error {
             Error::Sqlite { .. }
             | Error::Event { .. }
             | Error::Extension { .. }
+            | Error::EventSource(_)
             | Error::Staging { .. }
             | Error::JournalMode { .. }
             | Error::Io { .. }

@@ -12,6 +12,12 @@
 //! When several events cannot apply, the one with the lowest sequence number is
 //! reported.
 //!
+//! The events arrive in chunks ([`replay_stream`]: from a decoder running
+//! ahead; [`replay`]: a slice cut into chunks): each chunk goes to the fold's
+//! thread and its event rows are inserted at once, so that the parsing and
+//! folding (and the caller's decoding) run beside SQLite's inserts instead of
+//! before them.
+//!
 //! Events handled by an [`EventExtension`] split the stream: the fold is flushed,
 //! the extension's statements run, and folding resumes, so plugins see exactly
 //! the state a one-by-one replay would show them.
@@ -19,22 +25,27 @@
 //! [`ReplayOptions::staging`] is for a database that is thrown away if anything
 //! fails (a restore's staged copy): the replay then runs under an exclusive
 //! lock with no rollback journal and no syncs, puts the journal mode back (WAL
-//! stays WAL) and fsyncs the file once; the event rows go in by multi-row
-//! prepared statements. Every byte of the file is written by SQLite through
-//! its public API (docs/decisions.md: no page writer, no test controls).
+//! stays WAL) and fsyncs the file once; the event rows, and the projection
+//! rows the replay creates, go in by multi-row prepared statements. Every
+//! byte of the file is written by SQLite through its public API
+//! (docs/decisions.md: no page writer, no test controls).
 
-use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+mod chunks;
+mod fold;
+mod rows;
+mod segment;
+mod write;
 
-use rayon::prelude::*;
+use std::collections::BTreeMap;
+
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
-use crate::effects::{self, OpAt, OpKind, RowOp, SqlVal, Table};
 use crate::error::{Error, Result};
 use crate::event::{max_sequence, Event};
-use crate::stmt::StaticStmt;
+
+pub(crate) use fold::{FxMap, FxSet};
+use rows::{insert_event_rows, EventRows};
 
 /// A statement an extension asks to run: SQL with positional parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,6 +154,8 @@ pub fn replay_with_extensions(
     extensions: &mut [Box<dyn EventExtension + Send>],
 ) -> Result<ReplayReport> {
     let _span = tracing::info_span!("replay", events = events.len()).entered();
+    // Checked before anything is written, so that the database is unchanged
+    // on a sequence error even in the staging mode.
     if opts.check_sequence {
         let base = match opts.after_sequence {
             Some(base) => base,
@@ -150,42 +163,56 @@ pub fn replay_with_extensions(
         };
         check_sequence(base, events)?;
     }
-    let mut report = ReplayReport {
-        applied: events.len() as u64,
-        first_sequence: events.first().map(|e| e.sequence_number),
-        last_sequence: events.last().map(|e| e.sequence_number),
-        last_created_at: events.last().map(|e| e.created_at.clone()),
-        ..ReplayReport::default()
-    };
-    // Which extension handles each unknown type, decided once per type.
-    let mut handler: HashMap<&str, Option<usize>> = HashMap::new();
-    let mut split: Vec<(usize, usize)> = Vec::new();
-    for (i, ev) in events.iter().enumerate() {
-        if effects::is_known(&ev.event_type) {
-            continue;
-        }
-        let h = *handler
-            .entry(ev.event_type.as_str())
-            .or_insert_with(|| extensions.iter().position(|x| x.handles(&ev.event_type)));
-        match h {
-            Some(x) => {
-                report.handled_by_extension += 1;
-                split.push((i, x));
-            }
-            None => {
-                let u = report
-                    .unknown
-                    .entry(ev.event_type.clone())
-                    .or_insert(UnknownType {
-                        count: 0,
-                        first_sequence: ev.sequence_number,
-                    });
-                u.count += 1;
-            }
-        }
-    }
+    let chunks = events.chunks(segment::CHUNK).map(Ok);
+    replay_chunks(conn, chunks, None, opts, extensions)
+}
 
-    let staging = if opts.staging && !events.is_empty() {
+/// Like [`replay_with_extensions`], for events that arrive a chunk at a time
+/// (a decoder running ahead of the replay): each chunk's event rows are
+/// inserted and its effects folded as soon as it arrives. The chunks, in
+/// sequence order, must live until the replay returns (the fold refers to
+/// them); an empty chunk is skipped.
+///
+/// # Errors
+/// As [`replay_with_extensions`] (a sequence number that does not follow is
+/// found when its chunk arrives), plus [`Error::EventSource`] with the
+/// message of a chunk that could not be read. In the staging mode the
+/// database must be discarded after any error.
+pub fn replay_stream<'e>(
+    conn: &mut Connection,
+    chunks: impl Iterator<Item = std::result::Result<&'e [Event], String>>,
+    opts: &ReplayOptions,
+    extensions: &mut [Box<dyn EventExtension + Send>],
+) -> Result<ReplayReport> {
+    let _span = tracing::info_span!("replay_stream").entered();
+    let base = if opts.check_sequence {
+        Some(match opts.after_sequence {
+            Some(base) => base,
+            None => max_sequence(conn)?,
+        })
+    } else {
+        None
+    };
+    replay_chunks(conn, chunks, base, opts, extensions)
+}
+
+/// The replay of chunks; `base`: check that sequence numbers follow it.
+fn replay_chunks<'e>(
+    conn: &mut Connection,
+    chunks: impl Iterator<Item = std::result::Result<&'e [Event], String>>,
+    base: Option<i64>,
+    opts: &ReplayOptions,
+    extensions: &mut [Box<dyn EventExtension + Send>],
+) -> Result<ReplayReport> {
+    let mut chunks = chunks
+        .filter(|c| c.as_ref().map_or(true, |c| !c.is_empty()))
+        .peekable();
+    let nothing = match chunks.peek() {
+        None => true,
+        Some(Ok(_)) => false,
+        Some(Err(m)) => return Err(Error::EventSource(m.clone())),
+    };
+    let staging = if opts.staging && !nothing {
         Staging::enter(conn)?
     } else {
         None
@@ -207,21 +234,29 @@ pub fn replay_with_extensions(
         (true, false) => EventRows::OneByOne,
         (true, true) => EventRows::Batched,
     };
+    let mut progress = segment::Progress::new(base);
+    let no_journal = staging.is_some();
     let result = (|| {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(Error::sqlite("beginning the replay transaction"))?;
-        let mut start = 0;
-        for &(i, x) in &split {
-            replay_segment(&tx, &events[start..i], rows)?;
-            let ev = &events[i];
+        let mut pending = None;
+        loop {
+            let split = segment::replay_segment(
+                &tx,
+                &mut chunks,
+                &mut pending,
+                &mut progress,
+                extensions,
+                rows,
+                no_journal,
+            )?;
+            let Some((ev, x)) = split else { break };
             if opts.record_events {
                 insert_event_rows(&tx, std::slice::from_ref(ev))?;
             }
             run_extension(&tx, ev, extensions[x].as_mut())?;
-            start = i + 1;
         }
-        replay_segment(&tx, &events[start..], rows)?;
         let t = std::time::Instant::now();
         tx.commit()
             .map_err(Error::sqlite("committing the replay"))?;
@@ -252,7 +287,7 @@ pub fn replay_with_extensions(
             }
         }
     }
-    result.map(|()| report)
+    result.map(|()| progress.report)
 }
 
 /// The settings a staging replay changes, to put back afterwards.
@@ -338,15 +373,6 @@ impl Staging {
     }
 }
 
-/// How the event rows are inserted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EventRows {
-    Skip,
-    OneByOne,
-    /// Multi-row statements: only without a journal (no statement journal).
-    Batched,
-}
-
 fn check_sequence(base: i64, events: &[Event]) -> Result<()> {
     for (expected, ev) in (base + 1..).zip(events) {
         if ev.sequence_number != expected {
@@ -401,540 +427,6 @@ fn json_to_sql(v: &serde_json::Value) -> rusqlite::types::Value {
         serde_json::Value::String(s) => Value::Text(s.clone()),
         other => Value::Text(other.to_string()),
     }
-}
-
-const INSERT_EVENT: &str = "INSERT INTO events (event_id, event_type, aggregate_id, event_data, sequence_number, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-
-fn insert_event_rows(tx: &Transaction<'_>, events: &[Event]) -> Result<()> {
-    let mut stmt = tx
-        .prepare_cached(INSERT_EVENT)
-        .map_err(Error::sqlite("preparing the event insert"))?;
-    for ev in events {
-        stmt.execute(rusqlite::params![
-            ev.event_id,
-            ev.event_type,
-            ev.aggregate_id,
-            ev.event_data,
-            ev.sequence_number,
-            ev.created_at
-        ])
-        .map_err(|e| Error::event(ev, format!("cannot insert the event row: {e}")))?;
-    }
-    Ok(())
-}
-
-/// Event rows per multi-row INSERT (six parameters each).
-const ROWS_PER_INSERT: usize = 64;
-
-fn multi_row_insert_sql(rows: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO events (event_id, event_type, aggregate_id, event_data, sequence_number, created_at) VALUES ",
-    );
-    for i in 0..rows {
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push_str("(?,?,?,?,?,?)");
-    }
-    sql
-}
-
-/// Inserts the event rows [`ROWS_PER_INSERT`] at a time, in order (the rowids
-/// are those of one-by-one inserts). A failing statement may leave some of its
-/// rows (there is no statement journal without a journal): the error names the
-/// first event of the chunk whose row cannot be inserted.
-fn insert_event_rows_batched(tx: &Transaction<'_>, events: &[Event]) -> Result<()> {
-    let mut chunks = events.chunks_exact(ROWS_PER_INSERT);
-    if chunks.len() > 0 {
-        let sql = multi_row_insert_sql(ROWS_PER_INSERT);
-        let mut stmt =
-            StaticStmt::prepare(tx, &sql).map_err(Error::sqlite("preparing the event insert"))?;
-        for chunk in &mut chunks {
-            let before = tx.last_insert_rowid();
-            for (i, ev) in chunk.iter().enumerate() {
-                let p = i * 6;
-                stmt.bind_text(p + 1, &ev.event_id)
-                    .and_then(|()| stmt.bind_text(p + 2, &ev.event_type))
-                    .and_then(|()| stmt.bind_text(p + 3, &ev.aggregate_id))
-                    .and_then(|()| stmt.bind_text(p + 4, &ev.event_data))
-                    .and_then(|()| stmt.bind_int(p + 5, ev.sequence_number))
-                    .and_then(|()| stmt.bind_text(p + 6, &ev.created_at))
-                    .map_err(|e| Error::event(ev, format!("cannot bind the event row: {e}")))?;
-            }
-            if let Err(e) = stmt.execute() {
-                return Err(chunk_error(tx, chunk, before, &e));
-            }
-        }
-    }
-    insert_event_rows(tx, chunks.remainder())
-}
-
-/// The error of a failed multi-row insert: names the first event of the chunk
-/// whose event_id was already there before the chunk (rowid at most `before`)
-/// or repeats one earlier in the chunk; else the chunk's first event.
-fn chunk_error(tx: &Transaction<'_>, chunk: &[Event], before: i64, e: &rusqlite::Error) -> Error {
-    let existing = |id: &str| -> Option<i64> {
-        tx.prepare_cached("SELECT rowid FROM events WHERE event_id = ?1")
-            .and_then(|mut s| s.query_row([id], |r| r.get(0)))
-            .ok()
-    };
-    for (i, ev) in chunk.iter().enumerate() {
-        let repeated = chunk[..i].iter().any(|x| x.event_id == ev.event_id);
-        if repeated || existing(&ev.event_id).is_some_and(|r| r <= before) {
-            return Error::event(ev, format!("cannot insert the event row: {e}"));
-        }
-    }
-    Error::event(
-        &chunk[0],
-        format!(
-            "cannot insert the event rows from this one to #{}: {e}",
-            chunk[chunk.len() - 1].sequence_number
-        ),
-    )
-}
-
-/// A small fast hasher for the fold's maps (keys are short ids).
-#[derive(Default)]
-pub(crate) struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.add(u64::from_le_bytes(w));
-        }
-        for &b in chunks.remainder() {
-            self.add(u64::from(b));
-        }
-    }
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-}
-
-impl FxHasher {
-    fn add(&mut self, w: u64) {
-        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
-pub(crate) type FxSet<K> = std::collections::HashSet<K, BuildHasherDefault<FxHasher>>;
-
-fn partition_of(table: Table, key: &str, parts: usize) -> usize {
-    let mut h = FxHasher::default();
-    h.write_u8(table as u8);
-    h.write(key.as_bytes());
-    // Mix the high bits down so that the modulus sees them.
-    let x = h.finish();
-    ((x ^ (x >> 29)) % parts as u64) as usize
-}
-
-/// How the fold knows a row.
-#[derive(Debug, Clone, Copy)]
-enum Mode {
-    /// Inserted by the event at this index.
-    Created(usize),
-    /// Updated first by the event at this index: it must exist in the database.
-    MustExist(usize),
-    /// Upserted: whether it exists does not matter.
-    Upsert,
-}
-
-#[derive(Debug)]
-struct RowState<'a> {
-    table: Table,
-    key: Cow<'a, str>,
-    first: usize,
-    mode: Mode,
-    /// An insert after a [`Mode::MustExist`] update: an error either way.
-    late_insert: Option<usize>,
-    cols: Vec<Option<SqlVal<'a>>>,
-}
-
-impl<'a> RowState<'a> {
-    fn assign(&mut self, set: &[(u8, SqlVal<'a>)]) {
-        for (c, v) in set {
-            self.cols[usize::from(*c)] = Some(v.clone());
-        }
-    }
-    fn mask(&self) -> u32 {
-        self.cols
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| v.is_some())
-            .fold(0, |m, (i, _)| m | (1 << i))
-    }
-}
-
-/// The folded effects of a segment.
-struct Folded<'a> {
-    rows: Vec<RowState<'a>>,
-    appends: Vec<(usize, RowOp<'a>)>,
-    /// Errors found while folding: (event index, error).
-    errors: Vec<(usize, Error)>,
-}
-
-/// Events per parsing task.
-const PARSE_CHUNK: usize = 16_384;
-
-/// One parsing task's output: the assignments of its operations (which the
-/// operations index into), its operations per partition, and its errors.
-struct Parsed<'a> {
-    vals: Vec<(u8, SqlVal<'a>)>,
-    per_part: Vec<Vec<(usize, OpAt<'a>)>>,
-    errors: Vec<(usize, Error)>,
-}
-
-/// A parsing task's operations of one partition, with the task's buffer of
-/// assignments.
-type PartOps<'p, 'a> = (&'p [(u8, SqlVal<'a>)], &'p [(usize, OpAt<'a>)]);
-
-fn fold(events: &[Event]) -> Folded<'_> {
-    let parts = rayon::current_num_threads().clamp(1, 8);
-    // Parse in parallel; each task sorts its operations by partition. The
-    // assignments stay in the task's buffer, where the folds read them: no
-    // operation costs an allocation.
-    let parsed: Vec<Parsed<'_>> = events
-        .par_chunks(PARSE_CHUNK)
-        .enumerate()
-        .map(|(c, chunk)| {
-            // About one operation per event, spread evenly.
-            let room = chunk.len() / parts + chunk.len() / 8;
-            let mut out = Parsed {
-                vals: Vec::with_capacity(chunk.len() * 6),
-                per_part: (0..parts).map(|_| Vec::with_capacity(room)).collect(),
-                errors: Vec::new(),
-            };
-            for (i, ev) in (c * PARSE_CHUNK..).zip(chunk) {
-                match effects::effect_into(ev, &mut out.vals) {
-                    Err(e) => out.errors.push((i, e)),
-                    Ok(None) => {}
-                    Ok(Some((first, second))) => {
-                        for op in std::iter::once(first).chain(second) {
-                            let p = if op.kind == OpKind::Append {
-                                0
-                            } else {
-                                partition_of(op.table, &op.key, parts)
-                            };
-                            out.per_part[p].push((i, op));
-                        }
-                    }
-                }
-            }
-            out
-        })
-        .collect();
-    let mut by_part: Vec<Vec<PartOps<'_, '_>>> = (0..parts).map(|_| Vec::new()).collect();
-    for chunk in &parsed {
-        for (p, ops) in chunk.per_part.iter().enumerate() {
-            by_part[p].push((&chunk.vals, ops));
-        }
-    }
-    let folded: Vec<Folded<'_>> = by_part
-        .into_par_iter()
-        .map(|chunks| {
-            fold_part(
-                events,
-                chunks
-                    .into_iter()
-                    .flat_map(|(vals, ops)| ops.iter().map(move |(i, op)| (*i, op, vals))),
-            )
-        })
-        .collect();
-    let mut out = Folded {
-        rows: Vec::new(),
-        appends: Vec::new(),
-        errors: Vec::new(),
-    };
-    for chunk in parsed {
-        out.errors.extend(chunk.errors);
-    }
-    for f in folded {
-        out.rows.extend(f.rows);
-        out.appends.extend(f.appends);
-        out.errors.extend(f.errors);
-    }
-    out.rows.sort_unstable_by_key(|r| r.first);
-    out
-}
-
-/// Folds one partition's operations, given in event order, each with the
-/// buffer holding its assignments.
-fn fold_part<'a, 'p>(
-    events: &'a [Event],
-    ops: impl Iterator<Item = (usize, &'p OpAt<'a>, &'p [(u8, SqlVal<'a>)])>,
-) -> Folded<'a>
-where
-    'a: 'p,
-{
-    let mut map: FxMap<(Table, Cow<'a, str>), RowState<'a>> = FxMap::default();
-    let mut appends = Vec::new();
-    let mut errors = Vec::new();
-    for (i, op, vals) in ops {
-        let set = &vals[op.vals.clone()];
-        if op.kind == OpKind::Append {
-            appends.push((
-                i,
-                RowOp {
-                    table: op.table,
-                    kind: op.kind,
-                    key: op.key.clone(),
-                    set: set.to_vec(),
-                },
-            ));
-            continue;
-        }
-        let table = op.table;
-        let entry = map.entry((table, op.key.clone()));
-        let st = match entry {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let mode = match op.kind {
-                    OpKind::Insert => Mode::Created(i),
-                    OpKind::Update => Mode::MustExist(i),
-                    _ => Mode::Upsert,
-                };
-                let st = v.insert(RowState {
-                    table,
-                    key: op.key.clone(),
-                    first: i,
-                    mode,
-                    late_insert: None,
-                    cols: vec![None; table.columns().len()],
-                });
-                st.assign(set);
-                continue;
-            }
-        };
-        match (op.kind, st.mode) {
-            (OpKind::Insert, Mode::Created(j)) => errors.push((
-                i,
-                Error::event(
-                    &events[i],
-                    format!(
-                        "{} {} already exists (created by event #{})",
-                        table.row_noun(),
-                        op.key,
-                        events[j].sequence_number
-                    ),
-                ),
-            )),
-            (OpKind::Insert, Mode::MustExist(_)) => {
-                st.late_insert.get_or_insert(i);
-            }
-            _ => st.assign(set),
-        }
-    }
-    Folded {
-        rows: map.into_values().collect(),
-        appends,
-        errors,
-    }
-}
-
-fn replay_segment(tx: &Transaction<'_>, events: &[Event], rows: EventRows) -> Result<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let (rows_result, folded) = fold_beside(events, || match rows {
-        EventRows::Skip => Ok(()),
-        EventRows::OneByOne => insert_event_rows(tx, events),
-        EventRows::Batched => insert_event_rows_batched(tx, events),
-    })?;
-    write_folded(tx, events, rows_result, folded)
-}
-
-/// Folds `events` on another thread while `work` runs on this one.
-fn fold_beside<'e, R>(events: &'e [Event], work: impl FnOnce() -> R) -> Result<(R, Folded<'e>)> {
-    let t0 = std::time::Instant::now();
-    let (done, folded) = std::thread::scope(|s| {
-        let folder = s.spawn(|| {
-            let f = fold(events);
-            tracing::debug!("fold done in {:?}", t0.elapsed());
-            f
-        });
-        let done = work();
-        tracing::debug!("event rows done in {:?}", t0.elapsed());
-        (done, folder.join())
-    });
-    match folded {
-        Ok(f) => Ok((done, f)),
-        Err(payload) => Err(Error::internal("the replay fold", payload.as_ref())),
-    }
-}
-
-/// Writes the folded projection rows and appends; the error of the event
-/// with the lowest index among `rows_result`'s and the fold's, if any.
-fn write_folded(
-    tx: &Transaction<'_>,
-    events: &[Event],
-    rows_result: Result<()>,
-    folded: Folded<'_>,
-) -> Result<()> {
-    let t0 = std::time::Instant::now();
-    let mut first_error: Option<(usize, Error)> = None;
-    let mut note = |i: usize, e: Error| {
-        if first_error.as_ref().is_none_or(|(j, _)| i < *j) {
-            first_error = Some((i, e));
-        }
-    };
-    if let Err(e) = rows_result {
-        let i = e
-            .sequence()
-            .and_then(|s| events.iter().position(|ev| ev.sequence_number == s))
-            .unwrap_or(0);
-        note(i, e);
-    }
-    for (i, e) in folded.errors {
-        note(i, e);
-    }
-    write_rows(tx, events, &folded.rows, &mut note)?;
-    tracing::debug!(
-        "{} projection rows done in {:?}",
-        folded.rows.len(),
-        t0.elapsed()
-    );
-    let mut appends = folded.appends;
-    write_appends(tx, events, &mut appends, &mut note)?;
-    match first_error {
-        Some((_, e)) => Err(e),
-        None => Ok(()),
-    }
-}
-
-/// A prepared statement per (table, operation, columns), bound without copies.
-type StmtCache<'r> = FxMap<(Table, OpKind, u32), StaticStmt<'r>>;
-
-fn cached_stmt<'s, 'r>(
-    cache: &'s mut StmtCache<'r>,
-    tx: &'r Transaction<'_>,
-    table: Table,
-    kind: OpKind,
-    mask: u32,
-) -> Result<&'s mut StaticStmt<'r>> {
-    match cache.entry((table, kind, mask)) {
-        std::collections::hash_map::Entry::Occupied(o) => Ok(o.into_mut()),
-        std::collections::hash_map::Entry::Vacant(v) => {
-            let sql = effects::sql::statement(table, kind, mask);
-            let stmt =
-                StaticStmt::prepare(tx, &sql).map_err(Error::sqlite(format!("preparing {sql}")))?;
-            Ok(v.insert(stmt))
-        }
-    }
-}
-
-fn write_rows<'r>(
-    tx: &'r Transaction<'_>,
-    events: &[Event],
-    rows: &'r [RowState<'_>],
-    note: &mut impl FnMut(usize, Error),
-) -> Result<()> {
-    const NULL: SqlVal<'static> = SqlVal::Null;
-    let mut cache = StmtCache::default();
-    for row in rows {
-        let (kind, mask) = match row.mode {
-            Mode::Created(_) => (OpKind::Insert, (1u32 << row.cols.len()) - 1),
-            Mode::MustExist(_) => (OpKind::Update, row.mask()),
-            Mode::Upsert => (OpKind::Upsert, row.mask()),
-        };
-        let stmt = cached_stmt(&mut cache, tx, row.table, kind, mask)?;
-        let bind = |stmt: &mut StaticStmt<'r>| -> rusqlite::Result<()> {
-            stmt.bind_text(1, row.key.as_ref())?;
-            if kind == OpKind::Insert {
-                for (p, v) in (2..).zip(&row.cols) {
-                    stmt.bind_val(p, v.as_ref().unwrap_or(&NULL))?;
-                }
-            } else {
-                for (p, v) in (2..).zip(row.cols.iter().flatten()) {
-                    stmt.bind_val(p, v)?;
-                }
-            }
-            Ok(())
-        };
-        let outcome = bind(stmt).and_then(|()| {
-            if kind == OpKind::Update && mask == 0 {
-                stmt.exists().map(u64::from)
-            } else {
-                stmt.execute_changes()
-            }
-        });
-        let noun = row.table.row_noun();
-        match (outcome, row.mode) {
-            (Err(e), Mode::Created(i)) => {
-                let exists = tx
-                    .prepare_cached(&effects::sql::statement(row.table, OpKind::Update, 0))
-                    .and_then(|mut s| s.exists([&row.key]))
-                    .unwrap_or(false);
-                let reason = if exists {
-                    format!("{noun} {} already exists", row.key)
-                } else {
-                    format!("cannot write {noun} {}: {e}", row.key)
-                };
-                note(i, Error::event(&events[i], reason));
-            }
-            (Err(e), _) => note(
-                row.first,
-                Error::event(
-                    &events[row.first],
-                    format!("cannot write {noun} {}: {e}", row.key),
-                ),
-            ),
-            (Ok(0), Mode::MustExist(i)) => note(
-                i,
-                Error::event(&events[i], format!("no {noun} {} to update", row.key)),
-            ),
-            (Ok(_), Mode::MustExist(_)) => {
-                if let Some(j) = row.late_insert {
-                    note(
-                        j,
-                        Error::event(&events[j], format!("{noun} {} already exists", row.key)),
-                    );
-                }
-            }
-            (Ok(_), _) => {}
-        }
-    }
-    Ok(())
-}
-
-/// Appends (tier history) in event order.
-fn write_appends<'r>(
-    tx: &'r Transaction<'_>,
-    events: &[Event],
-    appends: &'r mut [(usize, RowOp<'_>)],
-    note: &mut impl FnMut(usize, Error),
-) -> Result<()> {
-    for (_, op) in appends.iter_mut() {
-        op.set.sort_by_key(|(c, _)| *c);
-    }
-    let appends: &'r [(usize, RowOp<'_>)] = appends;
-    let mut cache = StmtCache::default();
-    for (i, op) in appends {
-        let mask = op.set.iter().fold(0u32, |m, (c, _)| m | (1 << c));
-        let stmt = cached_stmt(&mut cache, tx, op.table, OpKind::Append, mask)?;
-        let bound = (1..)
-            .zip(&op.set)
-            .try_for_each(|(p, (_, v))| stmt.bind_val(p, v));
-        if let Err(e) = bound.and_then(|()| stmt.execute()) {
-            note(
-                *i,
-                Error::event(
-                    &events[*i],
-                    format!("cannot write {}: {e}", op.table.row_noun()),
-                ),
-            );
-        }
-    }
-    Ok(())
 }
 
 /// Every table's rows in rowid order, as text (tests compare databases).
@@ -1189,6 +681,132 @@ mod tests {
         assert!(
             err.contains(&format!("event #{} (", dup[70].sequence_number))
                 && err.contains("UNIQUE"),
+            "{err}"
+        );
+    }
+
+    /// Order creations o1..=n, the i-th with client id c{client(i)}.
+    fn creations(from: i64, n: i64, client: impl Fn(i64) -> i64) -> Vec<Event> {
+        (from..from + n)
+            .map(|i| {
+                ev(
+                    i,
+                    "ORDER_CREATED",
+                    &format!("o{i}"),
+                    &format!(
+                        r#"{{"client_order_id":"c{}","quantity":1.0,"price":10}}"#,
+                        client(i)
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    /// The error of each mode's replay of `events` after `first`.
+    fn errors_in_both_modes(first: &[Event], events: &[Event]) -> (String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = Vec::new();
+        for opts in [ReplayOptions::default(), staging()] {
+            let (mut c, _) = file_db(dir.path(), &format!("{}.db", opts.staging));
+            replay(&mut c, first, &opts).unwrap();
+            out.push(replay(&mut c, events, &opts).unwrap_err().to_string());
+        }
+        (out.remove(0), out.remove(0))
+    }
+
+    /// Created projection rows go in 32 at a time without a journal; a
+    /// failing statement's rows are written again one by one, so the error
+    /// is the one the row-by-row write gives.
+    #[test]
+    fn a_failing_multi_row_projection_insert_names_the_same_event() {
+        // A client id repeated inside a batch (event 50 repeats event 40's).
+        let events = creations(1, 100, |i| if i == 50 { 40 } else { i });
+        let (safe, staged) = errors_in_both_modes(&[], &events);
+        assert!(
+            safe.contains("event #50 (") && safe.contains("client_order_id"),
+            "{safe}"
+        );
+        assert_eq!(safe, staged);
+        // An order that exists before the replay, in the middle of a batch.
+        let first = creations(1, 10, |i| i);
+        let mut events = creations(11, 90, |i| i);
+        events[40] = creations(51, 1, |_| 1000)[0].clone();
+        events[40].aggregate_id = "o7".into();
+        let (safe, staged) = errors_in_both_modes(&first, &events);
+        assert!(
+            safe.contains("event #51 (") && safe.contains("order o7 already exists"),
+            "{safe}"
+        );
+        assert_eq!(safe, staged);
+    }
+
+    /// The same replay taken in chunks of any size gives the same rows.
+    #[test]
+    fn a_stream_in_uneven_chunks_equals_the_replay_of_the_slice() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = crate::simulate::random_events(17, 5000);
+        let (mut whole, _) = file_db(dir.path(), "whole.db");
+        replay(&mut whole, &events, &staging()).unwrap();
+        for (k, sizes) in [[1usize, 700, 33], [4096, 1, 16_384], [64, 65, 63]]
+            .iter()
+            .enumerate()
+        {
+            let mut chunks = Vec::new();
+            let mut at = 0;
+            for (i, &size) in sizes.iter().cycle().enumerate() {
+                if at >= events.len() {
+                    break;
+                }
+                let end = (at + size).min(events.len());
+                chunks.push(&events[at..end]);
+                // An empty chunk now and then is skipped.
+                if i % 5 == 0 {
+                    chunks.push(&events[end..end]);
+                }
+                at = end;
+            }
+            let (mut c, _) = file_db(dir.path(), &format!("stream-{k}.db"));
+            let r = replay_stream(&mut c, chunks.into_iter().map(Ok), &staging(), &mut []).unwrap();
+            assert_eq!(r.applied, 5000);
+            assert_eq!(r.last_sequence, Some(5000));
+            assert_eq!(dump(&whole), dump(&c), "chunk sizes {sizes:?}");
+            let check: String = c
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(check, "ok");
+        }
+    }
+
+    #[test]
+    fn a_stream_fails_on_a_chunk_that_cannot_be_read_or_does_not_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = crate::simulate::random_events(3, 300);
+        let (mut c, _) = file_db(dir.path(), "a.db");
+        let chunks = vec![Ok(&events[..100]), Err("object 2 is damaged".to_string())];
+        let err = replay_stream(
+            &mut c,
+            chunks.into_iter(),
+            &ReplayOptions::default(),
+            &mut [],
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::EventSource(_)), "{err}");
+        assert!(err.to_string().contains("object 2 is damaged"), "{err}");
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0, "the safe mode rolls the whole replay back");
+        let chunks = vec![Ok(&events[..100]), Ok(&events[101..])];
+        let err = replay_stream(
+            &mut c,
+            chunks.into_iter(),
+            &ReplayOptions::default(),
+            &mut [],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("gap in sequence numbers: expected 101, found 102"),
             "{err}"
         );
     }

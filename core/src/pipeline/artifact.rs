@@ -14,7 +14,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::plan::Target;
-use crate::repo::formats::EventRow;
 use crate::repo::{Manifest, ObjectBytes};
 
 /// The kind of an artifact, used for the compile-time check of a pipeline.
@@ -162,22 +161,34 @@ impl DecompressedObject {
     }
 }
 
-/// The archived events a restore may replay: the decoded rows of every
-/// event object the plan reads, in plan order, each object verified against
+/// The archived events a restore may replay: the content of every event
+/// object the plan reads, in plan order, each object verified against
 /// its manifest. Its own artifact, not a field of the staged database: it is
 /// what event-replay consumes (and never sent to plugin stages, which pass
 /// it on unchanged).
 #[derive(Debug, Clone, Default)]
 pub struct ArchivedEvents {
-    /// The rows of each event object, as stored (sequence order per object,
-    /// objects possibly overlapping).
-    pub objects: Vec<Arc<Vec<EventRow>>>,
+    /// The event objects, decompressed and verified but not decoded:
+    /// event-replay decodes them beside the replay (objects in sequence
+    /// order, possibly overlapping).
+    pub objects: Vec<EncodedEvents>,
 }
 
-impl ArchivedEvents {
-    /// Rows held, over every object.
-    pub fn rows(&self) -> usize {
-        self.objects.iter().map(|o| o.len()).sum()
+/// One event object's content, as the events format stores it
+/// (`repo::formats::decode_events` reads it).
+#[derive(Debug, Clone)]
+pub struct EncodedEvents {
+    /// The object's id, to name it in errors.
+    pub id: String,
+    /// The decompressed frames; the content is the first (an event object
+    /// has one).
+    pub frames: Arc<Vec<Vec<u8>>>,
+}
+
+impl EncodedEvents {
+    /// The encoded rows (empty when the object has no frame).
+    pub fn content(&self) -> &[u8] {
+        self.frames.first().map_or(&[], |f| f.as_slice())
     }
 }
 

@@ -12,8 +12,8 @@ pub mod stage;
 mod tests;
 
 pub use artifact::{
-    ArchivedEvents, Artifact, ArtifactKind, DecompressedObject, FetchedObject, Finding, FramePart,
-    ParamValue, Params, StagedDatabase, ValidationReport,
+    ArchivedEvents, Artifact, ArtifactKind, DecompressedObject, EncodedEvents, FetchedObject,
+    Finding, FramePart, ParamValue, Params, StagedDatabase, ValidationReport,
 };
 pub use compile::{
     compile_file, compile_file_with, compile_str, compile_str_with, CompiledPipeline,

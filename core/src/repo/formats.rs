@@ -221,11 +221,8 @@ pub fn encode_events(rows: &[EventRow]) -> Vec<u8> {
     out
 }
 
-/// Decodes event rows.
-///
-/// # Errors
-/// `Error::Corrupt` naming `object`.
-pub fn decode_events(object: &str, raw: &[u8]) -> Result<Vec<EventRow>> {
+/// A reader past an events object's header, and its row count.
+fn events_reader<'a>(object: &'a str, raw: &'a [u8]) -> Result<(Reader<'a>, usize)> {
     let mut r = Reader {
         buf: raw,
         pos: 0,
@@ -235,6 +232,15 @@ pub fn decode_events(object: &str, raw: &[u8]) -> Result<Vec<EventRow>> {
         return Err(Error::corrupt(object, "not an events object (bad magic)"));
     }
     let n = r.u32()? as usize;
+    Ok((r, n))
+}
+
+/// Decodes event rows.
+///
+/// # Errors
+/// `Error::Corrupt` naming `object`.
+pub fn decode_events(object: &str, raw: &[u8]) -> Result<Vec<EventRow>> {
+    let (mut r, n) = events_reader(object, raw)?;
     let mut rows = Vec::with_capacity(n.min(1 << 20));
     // Fields in the order the format stores them (a struct expression
     // evaluates in source order).
@@ -258,6 +264,57 @@ pub fn decode_events(object: &str, raw: &[u8]) -> Result<Vec<EventRow>> {
         ));
     }
     Ok(rows)
+}
+
+/// Where an events object's rows lie in sequence numbers, read without
+/// decoding the rows (see [`event_sequences`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventSequences {
+    pub rows: usize,
+    /// The first and last rows' sequence numbers (`None` when empty).
+    pub first: Option<i64>,
+    pub last: Option<i64>,
+    /// Whether every row's sequence number is above the one before.
+    pub increasing: bool,
+}
+
+/// The sequence numbers of an events object's rows, checking its framing as
+/// [`decode_events`] does but copying nothing: a reader that streams the
+/// objects needs to know where they lie before it decodes them.
+///
+/// # Errors
+/// `Error::Corrupt` naming `object`, as [`decode_events`].
+pub fn event_sequences(object: &str, raw: &[u8]) -> Result<EventSequences> {
+    let (mut r, rows) = events_reader(object, raw)?;
+    let mut out = EventSequences {
+        rows,
+        first: None,
+        last: None,
+        increasing: true,
+    };
+    let row = |r: &mut Reader<'_>| -> std::result::Result<i64, Short> {
+        let seq = i64::from_le_bytes(r.get_array()?);
+        for _ in 0..5 {
+            let len = u32::from_le_bytes(r.get_array()?) as usize;
+            r.get(len)?;
+        }
+        Ok(seq)
+    };
+    for _ in 0..rows {
+        let seq = row(&mut r).map_err(|short| r.truncated(short))?;
+        if out.last.is_some_and(|last| seq <= last) {
+            out.increasing = false;
+        }
+        out.first.get_or_insert(seq);
+        out.last = Some(seq);
+    }
+    if r.pos != raw.len() {
+        return Err(Error::corrupt(
+            object,
+            "unexpected bytes after the last event",
+        ));
+    }
+    Ok(out)
 }
 
 /// Compresses one buffer as a single zstd frame.
@@ -364,12 +421,49 @@ mod tests {
         assert!(err.contains("more than SQLite allows"), "{err}");
     }
 
+    /// What [`event_sequences`] must say of `raw`: the decoded rows' numbers.
+    fn sequences_of_decoded(raw: &[u8]) -> Option<EventSequences> {
+        let rows = decode_events("fuzz", raw).ok()?;
+        Some(EventSequences {
+            rows: rows.len(),
+            first: rows.first().map(|r| r.sequence_number),
+            last: rows.last().map(|r| r.sequence_number),
+            increasing: rows
+                .windows(2)
+                .all(|w| w[0].sequence_number < w[1].sequence_number),
+        })
+    }
+
+    #[test]
+    fn event_sequences_are_read_without_decoding() {
+        let row = |seq: i64| EventRow {
+            sequence_number: seq,
+            event_id: format!("e{seq}").into_bytes(),
+            event_type: b"CHECKPOINT".to_vec(),
+            aggregate_id: b"k".to_vec(),
+            event_data: b"{}".to_vec(),
+            created_at: b"2025-01-15T14:30:00".to_vec(),
+        };
+        for seqs in [vec![], vec![4], vec![4, 5, 9], vec![4, 9, 5], vec![4, 4]] {
+            let raw = encode_events(&seqs.iter().map(|&s| row(s)).collect::<Vec<_>>());
+            let got = event_sequences("e", &raw).unwrap();
+            assert_eq!(Some(got), sequences_of_decoded(&raw), "{seqs:?}");
+            assert_eq!(got.increasing, seqs.windows(2).all(|w| w[0] < w[1]));
+            if !raw.is_empty() {
+                let cut = event_sequences("e", &raw[..raw.len() - 1]).map_err(|e| e.to_string());
+                let decoded = decode_events("e", &raw[..raw.len() - 1]).map_err(|e| e.to_string());
+                assert_eq!(cut.err(), decoded.err(), "{seqs:?}");
+            }
+        }
+    }
+
     proptest::proptest! {
         /// Decoders never panic, whatever the bytes (a fuzz target in miniature).
         #[test]
         fn decoders_survive_arbitrary_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
             let _ = decode_segment("fuzz", &bytes);
             let _ = decode_events("fuzz", &bytes);
+            proptest::prop_assert_eq!(sequences_of_decoded(&bytes), event_sequences("fuzz", &bytes).ok());
         }
 
         /// Valid encodings with one byte changed or cut are rejected or decode, never panic.
@@ -387,6 +481,9 @@ mod tests {
             raw[i] = val;
             let _ = decode_events("fuzz", &raw);
             let _ = decode_events("fuzz", &raw[..cut.min(raw.len())]);
+            for raw in [&raw[..], &raw[..cut.min(raw.len())]] {
+                proptest::prop_assert_eq!(sequences_of_decoded(raw), event_sequences("fuzz", raw).ok());
+            }
         }
     }
 }
