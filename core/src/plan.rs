@@ -96,12 +96,21 @@ impl RestorePlan {
         n
     }
 
-    /// Ids of the objects the plan reads, in order.
-    pub fn object_ids(&self) -> Vec<String> {
-        std::iter::once(&self.snapshot)
-            .chain(self.segments.iter())
+    /// The objects the plan reads, in the order the stages pass them on:
+    /// the segments (txid order), the event objects, then the snapshot. The
+    /// segments come first so that wal-apply knows every page they replace
+    /// before the snapshot streams, and writes each page once.
+    pub fn delivery_order(&self) -> Vec<Arc<Manifest>> {
+        self.segments
+            .iter()
             .chain(self.events.iter())
-            .map(|m| m.id.clone())
+            .chain(std::iter::once(&self.snapshot))
+            .cloned()
             .collect()
+    }
+
+    /// Ids of the objects the plan reads, in [`Self::delivery_order`].
+    pub fn object_ids(&self) -> Vec<String> {
+        self.delivery_order().iter().map(|m| m.id.clone()).collect()
     }
 }

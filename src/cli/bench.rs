@@ -238,6 +238,9 @@ fn table(r: &BenchReport, html: Option<&PathBuf>) -> String {
                 stages.join(", ")
             ));
         }
+        if let Some(t) = &z.targets {
+            s.push_str(&format!("\n{}", t.line()));
+        }
         if let Some(d) = &z.kept_dir {
             s.push_str(&format!("\nfiles kept in {}", d.display()));
         }

@@ -31,8 +31,10 @@
 //! restore that a fallback can serve, and never reaches wal-apply. (verify
 //! checks the BLAKE3 again, for pipelines that read objects another way.)
 //!
-//! Emits `plan` first, then every object's compressed bytes in plan order
-//! (snapshot, segments, event objects).
+//! Emits `plan` first, then every object's compressed bytes in
+//! [`RestorePlan::delivery_order`] (segments, event objects, then the
+//! snapshot: wal-apply knows the pages the segments replace before the
+//! snapshot streams).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -170,7 +172,7 @@ impl Fetch {
         let mut lease: Option<genesis_core::repo::read_leases::ReadLease> = None;
         for _ in 0..MAX_REPLANS {
             let plan = resolve::resolve_plan(&catalog, target, strict, now, &lost)?;
-            let manifests = plan_manifests(&plan);
+            let manifests = plan.delivery_order();
             let ids: Vec<String> = manifests.iter().map(|m| m.id.clone()).collect();
             // Best effort: a read-only repository takes no lease (an object
             // pruned under the read is then found missing and planned around).
@@ -246,15 +248,6 @@ impl Fetch {
             "gave up resolving a restore plan after {MAX_REPLANS} rounds of missing or damaged objects; run `genesis-recovery verify-backups`"
         )))
     }
-}
-
-/// The manifests a plan reads, in plan order.
-fn plan_manifests(plan: &RestorePlan) -> Vec<Arc<genesis_core::repo::Manifest>> {
-    std::iter::once(&plan.snapshot)
-        .chain(plan.segments.iter())
-        .chain(plan.events.iter())
-        .cloned()
-        .collect()
 }
 
 impl Stage for Fetch {

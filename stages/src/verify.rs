@@ -1,12 +1,14 @@
 //! The `verify` stage: proves every object before anything is built from it.
 //!
-//! For each object, in the order the plan lists them: the BLAKE3 and size of
-//! the stored (compressed) bytes against the manifest
-//! ([`objects::verify_compressed`]); that it is the object the plan expects
-//! next; its generation and page size; for segments, txid contiguity with
-//! the previous object and the chained database checksums (a segment's
-//! `db_checksum_before` equals the previous object's `db_checksum_after`);
-//! for event objects, contiguous sequence ranges. At the end, that every
+//! For each object, in the order fetch sends them
+//! ([`RestorePlan::delivery_order`]: segments, event objects, the snapshot
+//! last): the BLAKE3 and size of the stored (compressed) bytes against the
+//! manifest ([`objects::verify_compressed`]); that it is the object the plan
+//! expects next; its generation and page size; for segments, txid contiguity
+//! with the previous object and the chained database checksums (a segment's
+//! `db_checksum_before` equals the previous object's `db_checksum_after`,
+//! the first one's the plan's snapshot's, whose manifest the arriving
+//! snapshot must equal); for event objects, contiguous sequence ranges. At the end, that every
 //! object of the plan arrived. The first problem fails the stage with
 //! `Error::Corrupt` naming the object, which cancels the run before
 //! wal-apply writes anything.
@@ -57,7 +59,7 @@ impl StageFactory for VerifyFactory {
     }
 }
 
-/// The chain checker, fed objects in plan order.
+/// The chain checker, fed objects in delivery order.
 #[derive(Default)]
 struct Verify {
     plan: Option<Arc<RestorePlan>>,
@@ -121,7 +123,10 @@ impl Verify {
                 })?;
                 if m.kind == ObjectKind::Segment {
                     let Some((prev, prev_txid)) = &self.db_after else {
-                        return Err(Error::corrupt(&m.id, "a segment came before the snapshot"));
+                        return Err(Error::corrupt(
+                            &plan.snapshot.id,
+                            "the manifest records no database checksum after it",
+                        ));
                     };
                     if m.txid_min != prev_txid + 1 {
                         return Err(Error::corrupt(
@@ -141,6 +146,13 @@ impl Verify {
                             ),
                         ));
                     }
+                    self.db_after = Some((after, m.txid_max));
+                } else if *m != *plan.snapshot {
+                    // The segments were chained to the plan's snapshot.
+                    return Err(Error::corrupt(
+                        &m.id,
+                        "its manifest differs from the one the restore plan chained the segments to",
+                    ));
                 } else if m.txid_max > plan.point.txid {
                     return Err(Error::corrupt(
                         &m.id,
@@ -150,7 +162,6 @@ impl Verify {
                         ),
                     ));
                 }
-                self.db_after = Some((after, m.txid_max));
             }
             ObjectKind::Events => {
                 let (Some(lo), Some(hi)) = (m.seq_min, m.seq_max) else {
@@ -184,7 +195,12 @@ impl Stage for Verify {
                 ctx.progress
                     .start("verify", Some(self.expected.len() as u64));
                 self.seen = 0;
-                self.db_after = None;
+                // The segments arrive first and chain from the plan's snapshot.
+                self.db_after = plan
+                    .snapshot
+                    .db_checksum_after
+                    .clone()
+                    .map(|c| (c, plan.snapshot.txid_max));
                 self.last_seq = None;
                 self.plan = Some(plan.clone());
                 out.emit(Artifact::Plan(plan))

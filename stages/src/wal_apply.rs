@@ -1,10 +1,13 @@
 //! The `wal-apply` stage: builds the database of the plan's restore point in
-//! the staging directory with [`StreamingBuild`] (the snapshot's parts
-//! written as they arrive and dropped, then each page's newest version up
-//! to the txid over them, one fsync), which proves the result page-exactly
-//! against the database checksum the capture recorded. It then emits the
-//! plan's event objects (decompressed, not decoded: event-replay decodes
-//! them beside its replay) as one `archived-events` artifact
+//! the staging directory with [`StreamingBuild`], each page written once:
+//! the segments arrive first (fetch sends them before the snapshot), so when
+//! the snapshot's first part comes, each page's newest version up to the
+//! txid is written and the segments are dropped; then the snapshot's parts
+//! are written as they arrive (but for the pages the segments replaced) and
+//! dropped; one fsync. The build proves the result page-exactly against the
+//! database checksum the capture recorded. It then emits the plan's event
+//! objects (decompressed, not decoded: event-replay decodes them beside its
+//! replay) as one `archived-events` artifact
 //! (always, empty when the plan reads none) ahead of the staged database,
 //! which carries the instant event-replay replays up to.
 //!
@@ -26,7 +29,7 @@ use genesis_core::pipeline::{
 };
 use genesis_core::plan::RestorePlan;
 use genesis_core::rebuild::stream::StreamingBuild;
-use genesis_core::repo::ObjectKind;
+use genesis_core::repo::{Manifest, ObjectKind};
 use genesis_core::{Error, Result};
 
 use crate::settings;
@@ -94,7 +97,8 @@ impl StageFactory for WalApplyFactory {
 struct WalApply {
     config: WalApplyConfig,
     plan: Option<Arc<RestorePlan>>,
-    /// Segments and event objects (the snapshot goes to `build` as it comes).
+    /// Segments (until the snapshot arrives) and event objects (the
+    /// snapshot goes to `build` as it comes).
     objects: Vec<DecompressedObject>,
     /// The staged file being built, and its path.
     build: Option<(StreamingBuild, PathBuf)>,
@@ -128,13 +132,52 @@ impl WalApply {
             // A stale -wal beside a fresh file would be replayed onto it by SQLite.
             remove_staged(&path)?;
             ctx.progress.start("wal-apply", Some(plan.point.db_pages));
-            self.build = Some((StreamingBuild::new(&plan.snapshot, &path)?, path));
+            let build = {
+                let segments = plan_segments(plan, &self.objects)?;
+                StreamingBuild::new(&plan.snapshot, &segments, plan.point.txid, &path)?
+            };
+            // Their pages are written: only the event objects are kept.
+            self.objects
+                .retain(|o| o.manifest.kind == ObjectKind::Events);
+            self.build = Some((build, path));
         }
         if let Some((b, _)) = &mut self.build {
             b.frames(first, &o.frames)?;
         }
         Ok(())
     }
+}
+
+/// The plan's segments with their raw content, in txid order, from the
+/// objects that arrived.
+///
+/// # Errors
+/// `Error::Corrupt` naming a segment that has not arrived.
+fn plan_segments<'a>(
+    plan: &'a RestorePlan,
+    objects: &'a [DecompressedObject],
+) -> Result<Vec<(&'a Manifest, &'a [u8])>> {
+    // By id: a chain that is not compacted yet can have thousands of objects.
+    let by_id: HashMap<&str, &DecompressedObject> = objects
+        .iter()
+        .map(|o| (o.manifest.id.as_str(), o))
+        .collect();
+    plan.segments
+        .iter()
+        .map(|m| {
+            let o = by_id.get(m.id.as_str()).ok_or_else(|| {
+                Error::corrupt(
+                    &m.id,
+                    "had not arrived at wal-apply when the snapshot did (fetch sends the segments first)",
+                )
+            })?;
+            let raw = o
+                .frames
+                .first()
+                .ok_or_else(|| Error::corrupt(&m.id, "a segment without content"))?;
+            Ok((m.as_ref(), raw.as_slice()))
+        })
+        .collect()
 }
 
 /// Removes a file if it exists.
@@ -161,6 +204,14 @@ impl Stage for WalApply {
             Artifact::VerifiedObject(o) if o.manifest.kind == ObjectKind::Snapshot => {
                 self.snapshot_part(&o, ctx)?
             }
+            Artifact::VerifiedObject(o)
+                if o.manifest.kind == ObjectKind::Segment && self.build.is_some() =>
+            {
+                return Err(Error::corrupt(
+                    &o.manifest.id,
+                    "arrived at wal-apply after the snapshot; the segments must come first (as fetch sends them)",
+                ))
+            }
             Artifact::VerifiedObject(o) => self.objects.push(o),
             other => {
                 return Err(Error::Failed(format!(
@@ -181,25 +232,7 @@ impl Stage for WalApply {
         let (build, path) = self.build.take().ok_or_else(|| {
             Error::corrupt(&plan.snapshot.id, "the snapshot never arrived at wal-apply")
         })?;
-        // By id: a day-long chain has tens of thousands of objects.
-        let by_id: HashMap<&str, &DecompressedObject> = self
-            .objects
-            .iter()
-            .map(|o| (o.manifest.id.as_str(), o))
-            .collect();
-        let mut segments = Vec::with_capacity(plan.segments.len());
-        for m in &plan.segments {
-            let o = by_id
-                .get(m.id.as_str())
-                .ok_or_else(|| Error::corrupt(&m.id, "the segment never arrived at wal-apply"))?;
-            let raw = o
-                .frames
-                .first()
-                .ok_or_else(|| Error::corrupt(&m.id, "a segment without content"))?;
-            segments.push((m.as_ref(), raw.as_slice()));
-        }
-
-        let built = build.finish(&segments, plan.point.txid, &plan.point.checksum);
+        let built = build.finish(&plan.point.checksum);
         ctx.progress.finish("wal-apply");
         let built = match built {
             Ok(b) => b,
@@ -211,6 +244,11 @@ impl Stage for WalApply {
             }
         };
         tracing::info!(path = %path.display(), txid = built.txid, checksum = %built.checksum, "database rebuilt and proven");
+        let by_id: HashMap<&str, &DecompressedObject> = self
+            .objects
+            .iter()
+            .map(|o| (o.manifest.id.as_str(), o))
+            .collect();
 
         // Decoded by event-replay, beside the replay (each object's content
         // checked there, before any of its rows is used).

@@ -598,3 +598,125 @@ fn the_verify_backups_pipeline_stops_after_verify() {
     assert!(verified >= 2, "{verified}");
     assert!(f.staged_files().is_empty());
 }
+
+/// Collects what wal-apply emits.
+struct Collect(Vec<Artifact>);
+
+impl genesis_core::pipeline::Emit for Collect {
+    fn emit(&mut self, a: Artifact) -> genesis_core::Result<()> {
+        self.0.push(a);
+        Ok(())
+    }
+}
+
+/// wal-apply writes each page once only because the segments come before
+/// the snapshot: fed the verified objects in the order fetch sends them it
+/// builds the database; fed the snapshot before the segments, or a segment
+/// after the snapshot, it fails naming the segment and leaves no staged file.
+#[test]
+fn wal_apply_needs_the_segments_before_the_snapshot() {
+    let f = captured(3);
+    let reg = registry();
+    let p = compile_file(
+        &pipelines_dir().join("verify-backups.toml"),
+        &reg,
+        &NoPlugins,
+        &[("repository".into(), f.repo.display().to_string())],
+    )
+    .unwrap();
+    let outputs = p.run(progress(), CancelToken::default()).unwrap().outputs;
+    let plan = outputs
+        .iter()
+        .find(|a| matches!(a, Artifact::Plan(_)))
+        .unwrap();
+    let objects: Vec<&Artifact> = outputs
+        .iter()
+        .filter(|a| matches!(a, Artifact::VerifiedObject(_)))
+        .collect();
+    let kind = |a: &Artifact| match a {
+        Artifact::VerifiedObject(o) => o.manifest.kind,
+        _ => unreachable!(),
+    };
+    let (snap, segs): (Vec<&Artifact>, Vec<&Artifact>) = objects
+        .iter()
+        .partition(|a| kind(a) == genesis_core::repo::ObjectKind::Snapshot);
+    assert!(
+        !segs.is_empty() && !snap.is_empty(),
+        "a chain with segments"
+    );
+    assert!(
+        kind(objects[objects.len() - 1]) == genesis_core::repo::ObjectKind::Snapshot,
+        "fetch sends the snapshot last"
+    );
+
+    let staging = f.dir.path().join("order-staging");
+    let run = |order: Vec<&Artifact>| -> genesis_core::Result<Vec<Artifact>> {
+        let params = genesis_core::pipeline::Params::new();
+        let mut config = toml::Table::new();
+        config.insert(
+            "staging_dir".into(),
+            toml::Value::String(staging.display().to_string()),
+        );
+        let bindings = std::collections::BTreeMap::new();
+        let ctx = genesis_core::pipeline::BuildContext {
+            pipeline_file: Path::new("test.toml"),
+            stage_id: "wal-apply",
+            params: &params,
+            bindings: &bindings,
+            plugins: &NoPlugins,
+        };
+        let mut stage = reg
+            .get("wal-apply")
+            .unwrap()
+            .build(&config, &ctx)
+            .map_err(|e| Error::Failed(format!("{e:?}")))?;
+        let sctx = genesis_core::pipeline::StageContext {
+            stage_id: "wal-apply".into(),
+            params: Arc::new(params.clone()),
+            workers: 2,
+            cancel: CancelToken::default(),
+            progress: progress(),
+        };
+        let mut out = Collect(Vec::new());
+        stage.process(plan.clone(), &sctx, &mut out)?;
+        for a in order {
+            stage.process(a.clone(), &sctx, &mut out)?;
+        }
+        stage.finish(&sctx, &mut out)?;
+        Ok(out.0)
+    };
+    let staged_files = || {
+        std::fs::read_dir(&staging)
+            .map(|d| d.flatten().count())
+            .unwrap_or(0)
+    };
+
+    let mut wrong: Vec<&Artifact> = snap.clone();
+    wrong.extend(segs.iter().copied());
+    let err = run(wrong).unwrap_err().to_string();
+    assert!(
+        err.contains("had not arrived at wal-apply when the snapshot did"),
+        "{err}"
+    );
+    assert_eq!(staged_files(), 0, "a refused build left its file");
+    let mut late: Vec<&Artifact> = objects.clone();
+    late.push(segs[0]);
+    let err = run(late).unwrap_err().to_string();
+    assert!(
+        err.contains("arrived at wal-apply after the snapshot"),
+        "{err}"
+    );
+    assert_eq!(staged_files(), 0, "a build stopped midway left its file");
+
+    let built = run(objects.clone()).unwrap();
+    let staged = built
+        .iter()
+        .find_map(|a| match a {
+            Artifact::StagedDatabase(s) => Some(s),
+            _ => None,
+        })
+        .unwrap();
+    let (txid, rows) = f.steps.last().unwrap();
+    assert_eq!(staged.txid, *txid);
+    assert_eq!(&dump(&staged.path), rows);
+}

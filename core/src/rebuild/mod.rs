@@ -1,10 +1,10 @@
 //! Rebuilding the database at any captured txid: the snapshot, then for every
 //! page its newest version up to that txid (level-0 and compacted segments),
 //! truncated to the commit's size, fsynced, and proven with the database
-//! checksum. The wal-apply stage feeds [`stream::StreamingBuild`] the
-//! snapshot in parts; [`build_database`] does it with the snapshot in
-//! memory, and [`rebuild`] the whole read-verify-build for callers outside a
-//! pipeline.
+//! checksum, each page written once. The wal-apply stage gives
+//! [`stream::StreamingBuild`] the segments, then the snapshot in parts;
+//! [`build_database`] does it with the snapshot in memory, and [`rebuild`]
+//! the whole read-verify-build for callers outside a pipeline.
 
 pub mod stream;
 
@@ -49,9 +49,10 @@ pub struct RebuildInput<'a> {
 /// `Error::Corrupt` when the chain is not contiguous, a segment is malformed,
 /// or the result's checksum differs from the expected one; I/O failures.
 pub fn build_database(input: &RebuildInput<'_>, out: &Path) -> Result<RebuildResult> {
-    let mut build = stream::StreamingBuild::new(input.snapshot, out)?;
+    let mut build =
+        stream::StreamingBuild::new(input.snapshot, &input.segments, input.target_txid, out)?;
     build.frames(0, input.snapshot_frames)?;
-    build.finish(&input.segments, input.target_txid, input.expected_checksum)
+    build.finish(input.expected_checksum)
 }
 
 /// The segments walked up to the target: the newest version of each page,

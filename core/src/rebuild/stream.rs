@@ -1,15 +1,22 @@
-//! The rebuild in bounded memory: the snapshot's frames are written to the
-//! staged file as they arrive (each frame then dropped), remembering one
-//! 64-bit hash per page; once the segments are in, the pages they changed
-//! are written over, the pages their sizes cut off are zeroed, and the
-//! database checksum is formed from the remembered hashes. Memory holds the
-//! frames in flight, 8 bytes per snapshot page, and the segments (few once
-//! compacted), never the whole snapshot.
+//! The rebuild in bounded memory, each page written once. The segments
+//! reach wal-apply before the snapshot does (fetch sends them first), so
+//! [`StreamingBuild::new`] walks them up to the target before any snapshot
+//! page is written: it writes the newest version of every page they changed
+//! and marks those pages, one bit each. The snapshot's frames then stream in
+//! (each frame dropped once written) and of each only the pages no segment
+//! replaced and no size cut off are written, in runs of contiguous pages;
+//! pages the sizes cut off stay holes, read as zeros as SQLite reads them.
+//! The database checksum is formed on the way from the hash of every page
+//! written (and of the zero pages), and proven after the one fsync.
+//! Writeback of each snapshot part starts as soon as it is written, so the
+//! fsync at the end waits for little more than the last part.
 //!
-//! Snapshot pages are written once; a page a segment changed is written a
-//! second time. One fsync at the end.
+//! Memory holds the segments until their pages are written (few once
+//! compacted), one bit per snapshot page and the frames in flight, never the
+//! whole snapshot.
 
 use std::fs::{File, OpenOptions};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -20,23 +27,87 @@ use crate::checksum::page_hash;
 use crate::error::{Error, Result};
 use crate::repo::{checksum_hex, parse_checksum, Manifest};
 
-/// A database being rebuilt from a snapshot that arrives frame by frame.
-pub struct StreamingBuild {
+/// The file a rebuild writes pages into: the staged database (a [`File`]),
+/// or, in tests, one that records every write.
+pub trait PageFile: Sync {
+    /// Writes `buf` at byte `offset`.
+    ///
+    /// # Errors
+    /// I/O failures.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Sets the file's length (growing it with a hole).
+    ///
+    /// # Errors
+    /// I/O failures.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Makes everything written durable.
+    ///
+    /// # Errors
+    /// I/O failures.
+    fn sync_all(&self) -> io::Result<()>;
+    /// Starts writing `len` bytes at `offset` back to the disk without
+    /// waiting (a hint: the fsync at the end is what makes them durable).
+    fn start_writeback(&self, _offset: u64, _len: u64) {}
+}
+
+impl PageFile for File {
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write_all_at(buf, offset)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        File::set_len(self, len)
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        File::sync_all(self)
+    }
+    fn start_writeback(&self, offset: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: sync_file_range only reads the descriptor, which `self`
+        // keeps open for the call; a failure only means no early writeback.
+        unsafe {
+            libc::sync_file_range(self.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+}
+
+/// A database being rebuilt: the segments' pages written, the snapshot
+/// arriving frame by frame.
+pub struct StreamingBuild<F: PageFile = File> {
     snapshot: Manifest,
-    file: File,
-    path: PathBuf,
-    /// Hash of each snapshot page written, by page number - 1.
-    hashes: Vec<u64>,
+    file: F,
+    /// The staged file, removed when the build does not finish.
+    path: Option<PathBuf>,
+    /// Snapshot pages a segment replaced: bit `p - 1` for page `p <= keep`.
+    replaced: Vec<u64>,
+    /// Snapshot pages above this were cut off by a size on the way.
+    keep: u64,
+    final_pages: u64,
+    reached: u64,
+    /// XOR of the hashes of the pages written and the zero pages so far.
+    checksum: u64,
+    from_snapshot: u64,
+    from_segments: u64,
+    bytes_written: u64,
     next_frame: usize,
     finished: bool,
 }
 
-impl StreamingBuild {
-    /// Creates (or truncates) `out` for the snapshot `snapshot`.
+impl StreamingBuild<File> {
+    /// Creates (or truncates) `out` for the snapshot `snapshot` and writes
+    /// the newest version up to `target` of every page `segments` changed.
     ///
     /// # Errors
-    /// I/O failures.
-    pub fn new(snapshot: &Manifest, out: &Path) -> Result<StreamingBuild> {
+    /// `Error::Corrupt` when the chain is not contiguous or a segment is
+    /// malformed; I/O failures.
+    pub fn new(
+        snapshot: &Manifest,
+        segments: &[(&Manifest, &[u8])],
+        target: u64,
+        out: &Path,
+    ) -> Result<StreamingBuild<File>> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -44,21 +115,140 @@ impl StreamingBuild {
             .truncate(true)
             .open(out)
             .map_err(|e| Error::io("create", out, e))?;
+        let mut build = StreamingBuild::over(file, snapshot, segments, target, out);
+        if let Ok(b) = &mut build {
+            b.path = Some(out.to_path_buf());
+        } else {
+            let _ = std::fs::remove_file(out);
+        }
+        build
+    }
+}
+
+impl<F: PageFile> StreamingBuild<F> {
+    /// [`StreamingBuild::new`] into `file` (`out` names it in errors).
+    ///
+    /// # Errors
+    /// As [`StreamingBuild::new`].
+    pub fn over(
+        file: F,
+        snapshot: &Manifest,
+        segments: &[(&Manifest, &[u8])],
+        target: u64,
+        out: &Path,
+    ) -> Result<StreamingBuild<F>> {
         let ps = u64::from(snapshot.page_size);
-        file.set_len(snapshot.db_pages * ps)
-            .map_err(|e| Error::io("size", out, e))?;
+        if ps == 0 || snapshot.db_pages.checked_mul(ps) != Some(snapshot.raw_size) {
+            return Err(Error::corrupt(
+                &snapshot.id,
+                format!(
+                    "{} pages of {ps} bytes do not make its raw size of {} bytes",
+                    snapshot.db_pages, snapshot.raw_size
+                ),
+            ));
+        }
+        let Walk {
+            newest,
+            min_pages,
+            final_pages,
+            reached,
+        } = newest_pages(snapshot, segments, target)?;
+        let keep = min_pages.min(final_pages).min(snapshot.db_pages);
+        let size = final_pages
+            .checked_mul(ps)
+            .ok_or_else(|| Error::corrupt(&snapshot.id, "the database size overflows"))?;
+        file.set_len(size).map_err(|e| Error::io("size", out, e))?;
+        let words = usize::try_from(keep.div_ceil(64))
+            .map_err(|_| Error::corrupt(&snapshot.id, "too many pages for this machine"))?;
+        let mut replaced = vec![0u64; words];
+        for &pgno in newest.keys() {
+            let i = u64::from(pgno) - 1;
+            if i < keep {
+                replaced[(i / 64) as usize] |= 1 << (i % 64);
+            }
+        }
+        // Pages past what every size kept and no segment wrote again are zero.
+        let zero = vec![0u8; ps as usize];
+        let mut checksum = ((keep + 1)..=final_pages)
+            .filter(|p| !newest.contains_key(&(*p as u32)))
+            .fold(0u64, |c, p| c ^ page_hash(p as u32, &zero));
+        let pages: Vec<(u32, &[u8])> = newest.iter().map(|(p, d)| (*p, *d)).collect();
+        checksum ^= pages
+            .par_iter()
+            .map(|(pgno, data)| {
+                file.write_at(data, (u64::from(*pgno) - 1) * ps)
+                    .map_err(|e| Error::io("write", out, e))?;
+                Ok::<u64, Error>(page_hash(*pgno, data))
+            })
+            .try_reduce(|| 0, |a, b| Ok(a ^ b))?;
         Ok(StreamingBuild {
             snapshot: snapshot.clone(),
             file,
-            path: out.to_path_buf(),
-            hashes: vec![0; usize::try_from(snapshot.db_pages).unwrap_or(0)],
+            path: None,
+            replaced,
+            keep,
+            final_pages,
+            reached,
+            checksum,
+            from_snapshot: 0,
+            from_segments: pages.len() as u64,
+            bytes_written: pages.len() as u64 * ps,
             next_frame: 0,
             finished: false,
         })
     }
 
+    fn is_replaced(&self, pgno: u64) -> bool {
+        let i = pgno - 1;
+        self.replaced
+            .get((i / 64) as usize)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    /// Writes one frame's pages that are neither replaced nor cut off, in
+    /// runs of contiguous pages; returns the XOR of their hashes, their
+    /// count and the bytes written.
+    fn write_frame(&self, raw: &[u8], first_page: u64) -> Result<(u64, u64, u64)> {
+        let ps = self.snapshot.page_size as usize;
+        let wanted = |i: usize| {
+            let pgno = first_page + i as u64 + 1;
+            pgno <= self.keep && !self.is_replaced(pgno)
+        };
+        let n = raw.len() / ps;
+        let (mut xor, mut pages, mut bytes) = (0u64, 0u64, 0u64);
+        let mut i = 0;
+        while i < n {
+            if !wanted(i) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < n && wanted(i) {
+                xor ^= page_hash(
+                    (first_page + i as u64 + 1) as u32,
+                    &raw[i * ps..(i + 1) * ps],
+                );
+                i += 1;
+            }
+            let run = &raw[start * ps..i * ps];
+            self.file
+                .write_at(run, (first_page + start as u64) * ps as u64)
+                .map_err(|e| Error::io("write", self.display_path(), e))?;
+            pages += (i - start) as u64;
+            bytes += run.len() as u64;
+        }
+        Ok((xor, pages, bytes))
+    }
+
+    fn display_path(&self) -> PathBuf {
+        self.path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(&self.snapshot.id))
+    }
+
     /// Writes the snapshot frames `first..first + frames.len()` (in order:
-    /// `first` must be the next frame expected).
+    /// `first` must be the next frame expected), but for the pages the
+    /// segments replaced or a size cut off.
     ///
     /// # Errors
     /// `Error::Corrupt` for frames out of order or of the wrong size; I/O failures.
@@ -74,54 +264,49 @@ impl StreamingBuild {
                 ),
             ));
         }
-        let ps = snap.page_size as usize;
+        let ps = u64::from(snap.page_size);
         let entries = &snap.frames[first..first + frames.len()];
-        let hashes: Vec<(usize, Vec<u64>)> = frames
+        let this = &*self;
+        let (xor, pages, bytes) = frames
             .par_iter()
             .zip(entries.par_iter())
             .map(|(raw, fe)| {
-                if raw.len() as u64 != fe.raw_len || raw.len() % ps != 0 {
+                if raw.len() as u64 != fe.raw_len
+                    || fe.raw_offset % ps != 0
+                    || fe.raw_len % ps != 0
+                    || fe
+                        .raw_offset
+                        .checked_add(fe.raw_len)
+                        .is_none_or(|e| e > snap.raw_size)
+                {
                     return Err(Error::corrupt(
                         &snap.id,
-                        "a snapshot frame has the wrong size",
+                        "a snapshot frame has the wrong size or lies beyond the snapshot",
                     ));
                 }
-                self.file
-                    .write_all_at(raw, fe.raw_offset)
-                    .map_err(|e| Error::io("write", &self.path, e))?;
-                let first_page = (fe.raw_offset / ps as u64) as usize;
-                let h = raw
-                    .chunks(ps)
-                    .enumerate()
-                    .map(|(i, p)| page_hash((first_page + i + 1) as u32, p))
-                    .collect();
-                Ok((first_page, h))
+                this.write_frame(raw, fe.raw_offset / ps)
             })
-            .collect::<Result<_>>()?;
-        for (first_page, h) in hashes {
-            let end = first_page + h.len();
-            let slot = self
-                .hashes
-                .get_mut(first_page..end)
-                .ok_or_else(|| Error::corrupt(&snap.id, "a snapshot frame lies beyond its size"))?;
-            slot.copy_from_slice(&h);
+            .try_reduce(|| (0, 0, 0), |a, b| Ok((a.0 ^ b.0, a.1 + b.1, a.2 + b.2)))?;
+        if let (Some(a), Some(b)) = (entries.first(), entries.last()) {
+            let end = (b.raw_offset + b.raw_len).min(self.keep * ps);
+            if end > a.raw_offset {
+                self.file.start_writeback(a.raw_offset, end - a.raw_offset);
+            }
         }
+        self.checksum ^= xor;
+        self.from_snapshot += pages;
+        self.bytes_written += bytes;
         self.next_frame += frames.len();
         Ok(())
     }
 
-    /// Applies the segments up to `target`, proves the checksum and fsyncs.
+    /// Checks that every frame arrived, fsyncs, and proves the checksum.
     ///
     /// # Errors
-    /// `Error::Corrupt` when frames are missing, the chain is broken or the
-    /// result's checksum differs from `expected_checksum`; I/O failures.
-    pub fn finish(
-        mut self,
-        segments: &[(&Manifest, &[u8])],
-        target: u64,
-        expected_checksum: &str,
-    ) -> Result<RebuildResult> {
-        let snap = self.snapshot.clone();
+    /// `Error::Corrupt` when frames are missing or the result's checksum
+    /// differs from `expected_checksum`; I/O failures.
+    pub fn finish(mut self, expected_checksum: &str) -> Result<RebuildResult> {
+        let snap = &self.snapshot;
         if self.next_frame != snap.frames.len() {
             return Err(Error::corrupt(
                 &snap.id,
@@ -132,142 +317,42 @@ impl StreamingBuild {
                 ),
             ));
         }
-        let ps = u64::from(snap.page_size);
-        let Walk {
-            newest,
-            min_pages,
-            final_pages,
-            reached,
-        } = newest_pages(&snap, segments, target)?;
-        let keep = min_pages.min(final_pages).min(snap.db_pages);
-        // Pages beyond what every size kept are zero, as SQLite reads them.
-        self.file
-            .set_len(keep * ps)
-            .and_then(|_| self.file.set_len(final_pages * ps))
-            .map_err(|e| Error::io("size", &self.path, e))?;
-        let mut checksum = 0u64;
-        let mut from_snapshot = 0u64;
-        for (i, h) in self.hashes.iter().enumerate().take(keep as usize) {
-            if !newest.contains_key(&(i as u32 + 1)) {
-                checksum ^= h;
-                from_snapshot += 1;
-            }
-        }
-        let zero = vec![0u8; ps as usize];
-        for pgno in (keep + 1)..=final_pages {
-            if !newest.contains_key(&(pgno as u32)) {
-                checksum ^= page_hash(pgno as u32, &zero);
-            }
-        }
-        let pages: Vec<(u32, &[u8])> = newest.iter().map(|(p, d)| (*p, *d)).collect();
-        let (file, path) = (&self.file, &self.path);
-        checksum ^= pages
-            .par_iter()
-            .map(|(pgno, data)| {
-                file.write_all_at(data, (u64::from(*pgno) - 1) * ps)
-                    .map_err(|e| Error::io("write", path, e))?;
-                Ok::<u64, Error>(page_hash(*pgno, data))
-            })
-            .try_reduce(|| 0, |a, b| Ok(a ^ b))?;
         self.file
             .sync_all()
-            .map_err(|e| Error::io("fsync", &self.path, e))?;
+            .map_err(|e| Error::io("fsync", self.display_path(), e))?;
         let expected = parse_checksum(&snap.id, expected_checksum)?;
-        if checksum != expected {
+        if self.checksum != expected {
             return Err(Error::corrupt(
                 &snap.id,
                 format!(
-                    "the database rebuilt at txid {target} has checksum {} but the capture recorded {expected_checksum}: the chain does not reproduce the source",
-                    checksum_hex(checksum)
+                    "the database rebuilt at txid {} has checksum {} but the capture recorded {expected_checksum}: the chain does not reproduce the source",
+                    self.reached,
+                    checksum_hex(self.checksum)
                 ),
             ));
         }
         self.finished = true;
         Ok(RebuildResult {
-            txid: reached,
-            checksum: checksum_hex(checksum),
-            pages: final_pages,
+            txid: self.reached,
+            checksum: checksum_hex(self.checksum),
+            pages: self.final_pages,
             page_size: snap.page_size,
-            pages_from_snapshot: from_snapshot,
-            pages_from_segments: pages.len() as u64,
-            bytes_written: (snap.db_pages + pages.len() as u64) * ps,
+            pages_from_snapshot: self.from_snapshot,
+            pages_from_segments: self.from_segments,
+            bytes_written: self.bytes_written,
         })
     }
 }
 
-impl Drop for StreamingBuild {
+impl<F: PageFile> Drop for StreamingBuild<F> {
     /// A build that did not finish leaves no file behind.
     fn drop(&mut self) {
-        if !self.finished {
-            let _ = std::fs::remove_file(&self.path);
+        if let (false, Some(path)) = (self.finished, &self.path) {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::repo::{FrameEntry, ObjectKind};
-
-    fn snapshot(pages: u64, ps: u32) -> Manifest {
-        Manifest {
-            page_size: ps,
-            raw_size: pages * u64::from(ps),
-            db_pages: pages,
-            frames: (0..pages / 2)
-                .map(|i| FrameEntry {
-                    raw_offset: i * 2 * u64::from(ps),
-                    raw_len: 2 * u64::from(ps),
-                    comp_offset: 0,
-                    comp_len: 0,
-                })
-                .collect(),
-            ..Manifest::for_test("full_g_1", ObjectKind::Snapshot)
-        }
-    }
-
-    fn frame(first_page: u8, ps: usize) -> Vec<u8> {
-        (0..2 * ps)
-            .map(|i| first_page.wrapping_add((i / ps) as u8))
-            .collect()
-    }
-
-    #[test]
-    fn frames_written_as_they_come_give_the_image_and_its_checksum() {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("s.db");
-        let m = snapshot(4, 512);
-        let mut b = StreamingBuild::new(&m, &out).unwrap();
-        b.frames(0, &[frame(1, 512)]).unwrap();
-        // Out of order: refused.
-        assert!(b.frames(0, &[frame(1, 512)]).is_err());
-        b.frames(1, &[frame(3, 512)]).unwrap();
-        let image: Vec<u8> = [frame(1, 512), frame(3, 512)].concat();
-        let want = crate::checksum::image_checksum(&image, 512);
-        let r = b.finish(&[], 1, &checksum_hex(want)).unwrap();
-        assert_eq!(r.pages, 4);
-        assert_eq!(std::fs::read(&out).unwrap(), image);
-    }
-
-    #[test]
-    fn an_unfinished_or_unproven_build_leaves_no_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("s.db");
-        let m = snapshot(4, 512);
-        let mut b = StreamingBuild::new(&m, &out).unwrap();
-        b.frames(0, &[frame(1, 512)]).unwrap();
-        assert!(out.exists());
-        drop(b);
-        assert!(!out.exists(), "a build dropped before finish left its file");
-        let mut b = StreamingBuild::new(&m, &out).unwrap();
-        b.frames(0, &[frame(1, 512), frame(3, 512)]).unwrap();
-        let err = b.finish(&[], 1, &checksum_hex(1)).unwrap_err().to_string();
-        assert!(err.contains("does not reproduce the source"), "{err}");
-        assert!(!out.exists(), "a build whose checksum failed left its file");
-        // A frame missing: refused at finish.
-        let mut b = StreamingBuild::new(&m, &out).unwrap();
-        b.frames(0, &[frame(1, 512)]).unwrap();
-        assert!(b.finish(&[], 1, &checksum_hex(0)).is_err());
-        assert!(!out.exists());
-    }
-}
+#[path = "stream_tests.rs"]
+mod tests;

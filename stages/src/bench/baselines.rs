@@ -16,7 +16,7 @@ use genesis_core::{Error, Result};
 use super::fingerprint::{fingerprint, Fingerprint};
 use super::tools::{file_len, fsync, have, remove_db, run, sync_all, warm};
 
-const LITESTREAM: &str = "litestream restore";
+pub(crate) const LITESTREAM: &str = "litestream restore";
 
 /// One baseline's result.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -169,6 +169,7 @@ pub fn one_size(
         }
     }
     Ok(SizeReport {
+        targets: super::targets::targets(&baselines, &restores),
         requested_bytes: size,
         generation,
         database_bytes: file_len(&live),

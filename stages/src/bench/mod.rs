@@ -13,6 +13,7 @@ pub mod fingerprint;
 pub mod generate;
 pub mod html;
 pub mod litestream;
+pub mod targets;
 pub mod tools;
 
 use std::fs;
@@ -103,6 +104,8 @@ pub struct SizeReport {
     pub database_bytes: u64,
     pub restores: Vec<RestoreMeasurement>,
     pub baselines: Vec<baselines::Baseline>,
+    /// Restore `--latest` against the floor and Litestream (issue 14).
+    pub targets: Option<targets::Targets>,
     /// The directory, when kept.
     pub kept_dir: Option<PathBuf>,
 }
