@@ -472,14 +472,14 @@ fn replace_live(
         }
         let stamp = Utc::now().format("%Y%m%dT%H%M%S%.6fZ").to_string();
         let backup = sibling(db, &format!(".pre-recovery-{stamp}"));
+        // Recorded first: the undo removes a link or a partial copy alike.
+        *backup_made = Some(backup.clone());
         if let Err(e) = fs::hard_link(db, &backup) {
             tracing::debug!("hard link failed ({e}); copying the live database instead");
-            *backup_made = Some(backup.clone());
             fs::copy(db, &backup)
                 .map_err(|e| Error::io("copy the live database to", &backup, e))?;
             fsync_file(&backup)?;
         }
-        *backup_made = Some(backup.clone());
         for suffix in ["-wal", "-shm"] {
             let side = sibling(db, suffix);
             if side.exists() {
