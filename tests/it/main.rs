@@ -15,6 +15,7 @@ mod capture_hostile;
 mod capture_issue11;
 mod capture_matrix;
 mod capture_metrics;
+mod capture_spill;
 mod common;
 mod compaction;
 mod exact_event;

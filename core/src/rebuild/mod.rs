@@ -120,10 +120,15 @@ pub(crate) fn newest_pages<'a>(
                     ),
                 ));
             }
+            // A transaction's frames may hold pages past its own commit's
+            // size (frames spilled before an auto-vacuum cut them off at the
+            // commit): those are not part of the database it leaves.
             for (pgno, data) in t.pages {
-                newest.insert(pgno, data);
+                if u64::from(pgno) <= t.db_pages {
+                    newest.insert(pgno, data);
+                }
             }
-            if t.db_pages < final_pages.max(t.db_pages) || t.db_pages < min_pages {
+            if t.db_pages < final_pages {
                 newest.retain(|p, _| u64::from(*p) <= t.db_pages);
             }
             min_pages = min_pages.min(t.db_pages);
