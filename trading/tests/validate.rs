@@ -325,6 +325,43 @@ fn warnings_unknown_type_backwards_time_user_version() {
     assert_eq!(validate_state(&c, &opts).unwrap().warnings.len(), 2);
 }
 
+/// Each unknown type is warned about once, in type order, with its count
+/// and its first event; a handled type is counted but not warned about.
+#[test]
+fn unknown_types_are_counted_per_type_with_their_first_event() {
+    let extra = [
+        ev(0, "ZETA_EVENT", "z", "{}"),
+        ev(0, "MARGIN_CALL", "m", "{}"),
+        ev(0, "ZETA_EVENT", "z", "{}"),
+        ev(0, "FUNDING_PAYMENT", "f", "{}"),
+        ev(0, "MARGIN_CALL", "m", "{}"),
+        ev(0, "ZETA_EVENT", "z", "{}"),
+    ];
+    let c = build(&extra);
+    let opts = ValidateOptions {
+        handled_event_types: BTreeSet::from(["FUNDING_PAYMENT".to_string()]),
+        ..Default::default()
+    };
+    let r = validate_state(&c, &opts).unwrap();
+    let unknown: Vec<&str> = r
+        .warnings
+        .iter()
+        .filter(|f| f.code == codes::UNKNOWN_EVENT_TYPE)
+        .map(|f| f.message.as_str())
+        .collect();
+    assert_eq!(
+        unknown,
+        [
+            "event type MARGIN_CALL has no effect and no handler (2 events, first #11)",
+            "event type ZETA_EVENT has no effect and no handler (3 events, first #10)",
+        ]
+    );
+    let by_type = &r.metrics["events_by_type"];
+    assert_eq!(by_type["ZETA_EVENT"], 3);
+    assert_eq!(by_type["FUNDING_PAYMENT"], 1);
+    assert_eq!(by_type["BALANCE_UPDATED"], 2);
+}
+
 #[test]
 fn warnings_stale_order_and_short_lock() {
     let mut later = ev(0, "SYSTEM_STATE_SET", "s", r#"{"key":"k","value":"v"}"#);

@@ -65,8 +65,9 @@ pub(super) struct Pass<'o> {
     // Rule 3 and the time warnings.
     pub(super) after_target: Held,
     last_time: Option<(DateTime<Utc>, i64)>,
-    unknown: BTreeMap<String, (u64, i64)>,
-    by_type: crate::replay::FxMap<String, u64>,
+    /// Per event type: its count, the first event's sequence number, and
+    /// whether it is known or handled (looked up once per type, not per event).
+    by_type: crate::replay::FxMap<String, TypeCount>,
     count: u64,
     last: Option<(i64, String)>,
     // Rules 9 and 10.
@@ -86,6 +87,14 @@ pub(super) struct Pass<'o> {
     unchecked: Unchecked,
     /// The pass's metrics, once finished.
     pub(super) metrics: Map<String, Value>,
+}
+
+/// The events of one type: how many, the first one's sequence number, and
+/// whether the type has an effect or a handler (else it is warned about).
+struct TypeCount {
+    count: u64,
+    first: i64,
+    known: bool,
 }
 
 /// The checkpoints not rehashed: how many, the first and the last.
@@ -163,7 +172,6 @@ impl<'o> Pass<'o> {
             sequence: Held::default(),
             after_target: Held::default(),
             last_time: None,
-            unknown: BTreeMap::new(),
             by_type: Default::default(),
             count: 0,
             last: None,
@@ -239,9 +247,16 @@ impl<'o> Pass<'o> {
         }
         self.times(ev, warnings);
         match self.by_type.get_mut(ev.event_type.as_str()) {
-            Some(n) => *n += 1,
+            Some(t) => t.count += 1,
             None => {
-                self.by_type.insert(ev.event_type.clone(), 1);
+                let known = crate::effects::is_known(&ev.event_type)
+                    || self.opts.handled_event_types.contains(&ev.event_type);
+                let t = TypeCount {
+                    count: 1,
+                    first: ev.sequence_number,
+                    known,
+                };
+                self.by_type.insert(ev.event_type.clone(), t);
             }
         }
         match &mut self.last {
@@ -291,15 +306,6 @@ impl<'o> Pass<'o> {
                     self.last_time = Some((t, ev.sequence_number));
                 }
             }
-        }
-        if !crate::effects::is_known(&ev.event_type)
-            && !self.opts.handled_event_types.contains(&ev.event_type)
-        {
-            let u = self
-                .unknown
-                .entry(ev.event_type.clone())
-                .or_insert((0, ev.sequence_number));
-            u.0 += 1;
         }
     }
 
@@ -371,7 +377,8 @@ impl<'o> Pass<'o> {
         warnings: &mut Sink,
         metrics: &mut Map<String, Value>,
     ) -> Result<(Self, Vec<String>)> {
-        for (ty, (count, first)) in &self.unknown {
+        let by_type: BTreeMap<&String, &TypeCount> = self.by_type.iter().collect();
+        for (ty, TypeCount { count, first, .. }) in by_type.iter().filter(|(_, t)| !t.known) {
             warnings.push(
                 codes::UNKNOWN_EVENT_TYPE,
                 format!(
@@ -380,8 +387,8 @@ impl<'o> Pass<'o> {
             );
         }
         metrics.insert("event_count".into(), json!(self.count));
-        let by_type: BTreeMap<&String, &u64> = self.by_type.iter().collect();
-        metrics.insert("events_by_type".into(), json!(by_type));
+        let counts: BTreeMap<&String, u64> = by_type.iter().map(|(ty, t)| (*ty, t.count)).collect();
+        metrics.insert("events_by_type".into(), json!(counts));
         metrics.insert(
             "last_event_sequence".into(),
             json!(self.last.as_ref().map(|l| l.0)),
