@@ -5,7 +5,8 @@
 //! Speed comes from folding instead of executing: the effects are parsed in
 //! parallel (rayon), partitioned by the row they touch and folded in memory into
 //! the final value of each row, so each projection row is written once, while the
-//! event rows are inserted on the calling thread. The result equals applying the
+//! event rows are inserted on the calling thread. On two CPUs or fewer the fold
+//! runs on its one thread, unpartitioned: the other CPU is SQLite's. The result equals applying the
 //! events one by one (row for row, rowids included): new rows are inserted in the
 //! order their first event created them; an update of a row the fold did not
 //! create must find it in the database; an insert of a key that exists fails.

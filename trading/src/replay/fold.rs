@@ -1,9 +1,9 @@
-//! The replay's fold: each event's effect parsed (in parallel) and folded in
-//! memory into the final value of each row it touches, so that each
-//! projection row is written once. The fold is incremental: chunks of events
-//! are added in sequence order as they arrive (while SQLite inserts their
-//! event rows on another thread), and [`Fold::finish`] gives the rows in the
-//! order their first event touched them.
+//! The replay's fold: each event's effect parsed (in parallel, given CPUs to
+//! spare beside SQLite's) and folded in memory into the final value of each
+//! row it touches, so that each projection row is written once. The fold is
+//! incremental: chunks of events are added in sequence order as they arrive
+//! (while SQLite inserts their event rows on another thread), and
+//! [`Fold::finish`] gives the rows in the order their first event touched them.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -134,8 +134,19 @@ pub(super) struct Fold<'a> {
 }
 
 impl<'a> Fold<'a> {
+    /// A fold for this machine: on two CPUs or fewer, one is SQLite's and
+    /// the other the decoder's and this fold's, so the fold runs on its own
+    /// thread alone (a parallel fold would take SQLite's CPU half the time);
+    /// with more, in parallel partitions.
     pub(super) fn new() -> Self {
-        let parts = rayon::current_num_threads().clamp(1, 8);
+        let threads = rayon::current_num_threads();
+        Fold::with_parts(if threads <= 2 { 1 } else { threads.min(8) })
+    }
+
+    /// A fold in `parts` partitions (at least one), folded in parallel when
+    /// more than one.
+    pub(super) fn with_parts(parts: usize) -> Self {
+        let parts = parts.max(1);
         Fold {
             parts: (0..parts).map(|_| Part::default()).collect(),
             errors: Vec::new(),
@@ -146,38 +157,23 @@ impl<'a> Fold<'a> {
     /// event added so far, this chunk included, for the errors' names).
     pub(super) fn add(&mut self, offset: usize, chunk: &'a [Event], events: &Chunks<'a>) {
         let parts = self.parts.len();
+        if parts == 1 {
+            // One CPU beside SQLite's: parse and fold on this thread only.
+            let parsed = parse(offset, chunk, 1);
+            let ops = parsed.per_part[0]
+                .iter()
+                .map(|(i, op)| (*i, op, &parsed.vals[..]));
+            fold_part(&mut self.parts[0], events, ops);
+            self.errors.extend(parsed.errors);
+            return;
+        }
         // Parse in parallel; each task sorts its operations by partition. The
         // assignments stay in the task's buffer, where the folds read them: no
         // operation costs an allocation.
         let parsed: Vec<Parsed<'a>> = chunk
             .par_chunks(PARSE_CHUNK)
             .enumerate()
-            .map(|(c, sub)| {
-                // About one operation per event, spread evenly.
-                let room = sub.len() / parts + sub.len() / 8;
-                let mut out = Parsed {
-                    vals: Vec::with_capacity(sub.len() * 6),
-                    per_part: (0..parts).map(|_| Vec::with_capacity(room)).collect(),
-                    errors: Vec::new(),
-                };
-                for (i, ev) in (offset + c * PARSE_CHUNK..).zip(sub) {
-                    match effects::effect_into(ev, &mut out.vals) {
-                        Err(e) => out.errors.push((i, e)),
-                        Ok(None) => {}
-                        Ok(Some((first, second))) => {
-                            for op in std::iter::once(first).chain(second) {
-                                let p = if op.kind == OpKind::Append {
-                                    0
-                                } else {
-                                    partition_of(op.table, &op.key, parts)
-                                };
-                                out.per_part[p].push((i, op));
-                            }
-                        }
-                    }
-                }
-                out
-            })
+            .map(|(c, sub)| parse(offset + c * PARSE_CHUNK, sub, parts))
             .collect();
         self.parts.par_iter_mut().enumerate().for_each(|(p, part)| {
             let ops = parsed.iter().flat_map(|t| {
@@ -208,6 +204,35 @@ impl<'a> Fold<'a> {
         out.rows.sort_unstable_by_key(|r| r.first);
         out
     }
+}
+
+/// Parses the effects of `sub`, the events from index `offset` on, into
+/// operations sorted by partition (of `parts`).
+fn parse<'a>(offset: usize, sub: &'a [Event], parts: usize) -> Parsed<'a> {
+    // About one operation per event, spread evenly.
+    let room = sub.len() / parts + sub.len() / 8;
+    let mut out = Parsed {
+        vals: Vec::with_capacity(sub.len() * 6),
+        per_part: (0..parts).map(|_| Vec::with_capacity(room)).collect(),
+        errors: Vec::new(),
+    };
+    for (i, ev) in (offset..).zip(sub) {
+        match effects::effect_into(ev, &mut out.vals) {
+            Err(e) => out.errors.push((i, e)),
+            Ok(None) => {}
+            Ok(Some((first, second))) => {
+                for op in std::iter::once(first).chain(second) {
+                    let p = if op.kind == OpKind::Append || parts == 1 {
+                        0
+                    } else {
+                        partition_of(op.table, &op.key, parts)
+                    };
+                    out.per_part[p].push((i, op));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Folds one partition's operations, given in event order, each with the
@@ -273,5 +298,61 @@ fn fold_part<'a, 'p>(
             }
             _ => st.assign(set),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Everything a fold gives, as text (rows in order, appends, errors).
+    fn folded(parts: usize, events: &[Event], chunk: usize) -> Vec<String> {
+        let mut fold = Fold::with_parts(parts);
+        let mut chunks = Chunks::default();
+        for c in events.chunks(chunk) {
+            let offset = chunks.push(c);
+            fold.add(offset, c, &chunks);
+        }
+        let out = fold.finish();
+        let mut errors: Vec<String> = out.errors.iter().map(|e| format!("{e:?}")).collect();
+        errors.sort();
+        out.rows
+            .iter()
+            .map(|r| format!("{r:?}"))
+            .chain(out.appends.iter().map(|a| format!("{a:?}")))
+            .chain(errors)
+            .collect()
+    }
+
+    /// The fold on one thread gives what the parallel fold gives: the same
+    /// rows in the same order with the same values, the same appends and
+    /// errors (a duplicate creation and data that does not parse among them).
+    #[test]
+    fn one_part_folds_as_many_parts() {
+        let mut events = crate::simulate::random_events(7, 20_000);
+        let dup = events
+            .iter()
+            .position(|e| e.event_type == "ORDER_CREATED")
+            .unwrap();
+        let late = events.len() - 10;
+        events[late].event_type = "ORDER_CREATED".into();
+        events[late].aggregate_id = events[dup].aggregate_id.clone();
+        events[late].event_data = events[dup].event_data.clone();
+        events[late - 1].event_type = "BALANCE_UPDATED".into();
+        events[late - 1].event_data = "{\"asset\": 3".into();
+        let one = folded(1, &events, 5_000);
+        assert!(
+            one.iter().any(|l| l.contains("already exists")),
+            "premise: a duplicate"
+        );
+        assert!(
+            one.iter().any(|l| l.contains("not a JSON object")),
+            "premise: bad data"
+        );
+        assert!(one.len() > 1_000, "premise: many rows");
+        for parts in [2, 3, 8] {
+            assert_eq!(one, folded(parts, &events, 5_000), "{parts} parts");
+        }
+        assert_eq!(one, folded(1, &events, 20_000), "one chunk");
     }
 }
