@@ -1,29 +1,6 @@
 //! A restore from start to finish: the lock, the staging directory's
-//! leftovers, the pipeline run, and the apply (DESIGN.md §4).
-//!
-//! # Apply, and what a crash leaves
-//!
-//! A real restore replaces the live database only when the pipeline succeeded
-//! and validation (when it ran) found the state consistent. Steps:
-//!
-//! 1. the staged database is settled into one file (its WAL checkpointed) and
-//!    fsynced, then moved beside the live database as
-//!    `<db>.genesis-restore-<pid>.tmp` (a rename, or, across filesystems, a
-//!    copy that is fsynced);
-//! 2. the live database gets a second name, `<db>.pre-recovery-<UTC stamp>`
-//!    (a hard link, or a fsynced copy where links are not supported), and
-//!    its `-wal`/`-shm` are renamed to that name plus `-wal`/`-shm`, so the
-//!    pre-recovery backup opens with everything it had committed; the
-//!    directory is fsynced;
-//! 3. the temporary file is renamed over the live path and the directory
-//!    fsynced.
-//!
-//! The live path changes only by the rename of step 3, which is atomic: at
-//! every instant it names the complete old file or the complete new one, never
-//! a partial database. A crash before step 3 leaves the old database (and a
-//! temporary file the next restore removes); after it, the new one. A crash
-//! inside step 2 can leave the old file without its `-wal` (a consistent,
-//! older state); its committed WAL is then beside the pre-recovery backup.
+//! leftovers, the pipeline run, and the apply (DESIGN.md §4; the apply and
+//! what a crash leaves: the `apply` module).
 //!
 //! The next run removes what a crashed run left: staged files
 //! (`restore-<txid>-<pid>.db` and side files) and temporary files whose
@@ -36,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::Utc;
 use serde::Serialize;
 
 use genesis_core::lock::{sibling, LockFile};
@@ -51,6 +27,10 @@ use genesis_core::time::{format_exact, format_rfc3339};
 use genesis_core::{Error, Result};
 
 use crate::wal_apply::{parse_staged_file_name, remove_if_exists};
+
+mod apply;
+use apply::{apply, clean_apply_leftovers, remove_database_files};
+pub(crate) use apply::{move_file, settle};
 
 /// What to restore, where, and how.
 #[derive(Debug, Clone)]
@@ -217,34 +197,6 @@ pub fn clean_staging_dir(staging_dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
-/// Removes temporary files a crashed apply left beside the live database.
-fn clean_apply_leftovers(db: &Path) -> Result<()> {
-    let (Some(dir), Some(name)) = (parent_dir(db), db.file_name().and_then(|n| n.to_str())) else {
-        return Ok(());
-    };
-    let prefix = format!("{name}.genesis-restore-");
-    let Ok(entries) = fs::read_dir(&dir) else {
-        return Ok(());
-    };
-    for entry in entries.flatten() {
-        let file = entry.file_name();
-        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
-            continue;
-        };
-        let Some(pid) = rest
-            .strip_suffix(".tmp")
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !process_alive(pid) {
-            remove_if_exists(&entry.path())?;
-            tracing::info!(path = %entry.path().display(), "removed the leftover of a crashed apply");
-        }
-    }
-    Ok(())
-}
-
 fn parent_dir(path: &Path) -> Option<PathBuf> {
     match path.parent() {
         Some(p) if p.as_os_str().is_empty() => Some(PathBuf::from(".")),
@@ -254,7 +206,7 @@ fn parent_dir(path: &Path) -> Option<PathBuf> {
 }
 
 /// The built-in restore pipeline's text.
-pub const RESTORE_PIPELINE: &str = include_str!("../../pipelines/restore.toml");
+pub const RESTORE_PIPELINE: &str = include_str!("../../../pipelines/restore.toml");
 
 /// The `[params]` keys a pipeline text declares (to pass only those).
 fn declared_params(text: &str) -> Vec<String> {
@@ -342,8 +294,6 @@ pub(crate) fn run_to_staged(
     })
 }
 
-/// Checkpoints the staged database's WAL into the file (if SQLite left one)
-/// and fsyncs it, so that it is one complete file that can be moved.
 /// This process's peak resident memory (`VmHWM` of `/proc/self/status`,
 /// which a new program starts afresh, unlike `getrusage`'s `ru_maxrss`,
 /// which keeps the peak of the process that spawned it).
@@ -352,221 +302,6 @@ fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
-}
-
-pub(crate) fn settle(path: &Path) -> Result<()> {
-    let wal = sibling(path, "-wal");
-    if wal.exists() {
-        let conn = rusqlite::Connection::open(path).map_err(|e| Error::sqlite("open", path, e))?;
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .map_err(|e| Error::sqlite("checkpoint", path, e))?;
-        drop(conn);
-    }
-    if let Ok(m) = fs::metadata(&wal) {
-        if m.len() > 0 {
-            return Err(Error::Failed(format!(
-                "{} still holds frames after a checkpoint; is another program using the staged database?",
-                wal.display()
-            )));
-        }
-        remove_if_exists(&wal)?;
-    }
-    remove_if_exists(&sibling(path, "-shm"))?;
-    fsync_file(path)
-}
-
-fn fsync_file(path: &Path) -> Result<()> {
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io("fsync", path, e))
-}
-
-fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io("fsync directory", dir, e))
-}
-
-/// Moves `from` to `to` (which must not be a live database): a rename, or,
-/// across filesystems, a copy to a temporary name beside `to`, fsynced and
-/// renamed. The directory of `to` is fsynced.
-pub(crate) fn move_file(from: &Path, to: &Path) -> Result<()> {
-    let dir = parent_dir(to).unwrap_or_else(|| PathBuf::from("."));
-    match fs::rename(from, to) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(18) || e.kind() == io::ErrorKind::CrossesDevices => {
-            let tmp = sibling(to, &format!(".genesis-copy-{}.tmp", std::process::id()));
-            let copied = fs::copy(from, &tmp)
-                .map_err(|e| Error::io("copy", &tmp, e))
-                .and_then(|_| fsync_file(&tmp))
-                .and_then(|()| fs::rename(&tmp, to).map_err(|e| Error::io("rename", to, e)));
-            if let Err(e) = copied {
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
-            }
-            remove_if_exists(from)?;
-        }
-        Err(e) => return Err(Error::io("rename", from, e)),
-    }
-    fsync_dir(&dir)
-}
-
-/// Replaces the live database with `staged` (see the module documentation).
-/// Returns the pre-recovery backup's path when there was a live database.
-/// On failure the live path still names the old database with its -wal and
-/// -shm, and no file of the restore is left beside it (nor `staged`).
-fn apply(staged: &Path, db: &Path) -> Result<Option<PathBuf>> {
-    let tmp = sibling(db, &format!(".genesis-restore-{}.tmp", std::process::id()));
-    if let Err(e) = move_file(staged, &tmp) {
-        remove_database_files(staged);
-        return Err(e);
-    }
-    let mut moved_aside: Vec<(PathBuf, PathBuf)> = Vec::new();
-    let mut backup_made = None;
-    let done = replace_live(&tmp, db, &mut moved_aside, &mut backup_made);
-    if done.is_err() {
-        // Undo in reverse: the live -wal and -shm back beside the live file
-        // (which was never replaced), then the restore's own files removed.
-        for (from, to) in moved_aside.iter().rev() {
-            if let Err(e) = fs::rename(to, from) {
-                tracing::error!(
-                    "could not move {} back to {}: {e}; move it back by hand before opening the database",
-                    to.display(),
-                    from.display()
-                );
-            }
-        }
-        if let Some(b) = backup_made {
-            let _ = fs::remove_file(b);
-        }
-        remove_database_files(&tmp);
-        if let Some(dir) = parent_dir(db) {
-            let _ = fsync_dir(&dir);
-        }
-    }
-    done
-}
-
-/// The steps of [`apply`] once the restored file is beside the live one at
-/// `tmp`; records what it moved aside and the backup it made, for the undo.
-fn replace_live(
-    tmp: &Path,
-    db: &Path,
-    moved_aside: &mut Vec<(PathBuf, PathBuf)>,
-    backup_made: &mut Option<PathBuf>,
-) -> Result<Option<PathBuf>> {
-    let dir = parent_dir(db).unwrap_or_else(|| PathBuf::from("."));
-    let backup = if db.exists() {
-        // Fold the live WAL into the live file first, so that the file alone
-        // is the whole old database: from then on, whatever instant a crash
-        // hits, the live path names the old database or the new one, never the
-        // old file without the commits its WAL held.
-        if let Err(e) = fold_wal(db) {
-            if let Error::Locked(_) = e {
-                return Err(e);
-            }
-            tracing::warn!(
-                "could not checkpoint the live database before moving it aside ({e}); \
-                 it is kept with its -wal and -shm beside the pre-recovery copy"
-            );
-        }
-        let stamp = Utc::now().format("%Y%m%dT%H%M%S%.6fZ").to_string();
-        let backup = sibling(db, &format!(".pre-recovery-{stamp}"));
-        // Recorded first: the undo removes a link or a partial copy alike.
-        *backup_made = Some(backup.clone());
-        if let Err(e) = fs::hard_link(db, &backup) {
-            tracing::debug!("hard link failed ({e}); copying the live database instead");
-            fs::copy(db, &backup)
-                .map_err(|e| Error::io("copy the live database to", &backup, e))?;
-            fsync_file(&backup)?;
-        }
-        for suffix in ["-wal", "-shm"] {
-            let side = sibling(db, suffix);
-            if side.exists() {
-                let to = sibling(&backup, suffix);
-                fs::rename(&side, &to).map_err(|e| Error::io("move aside", &side, e))?;
-                moved_aside.push((side, to));
-            }
-        }
-        fsync_dir(&dir)?;
-        Some(backup)
-    } else {
-        None
-    };
-    // The one step that changes what the live path names: atomic.
-    fs::rename(tmp, db).map_err(|e| Error::io("rename the restored database to", db, e))?;
-    fsync_dir(&dir)?;
-    Ok(backup)
-}
-
-/// Removes a database file the restore made, with any -wal and -shm.
-fn remove_database_files(path: &Path) {
-    for p in [
-        path.to_path_buf(),
-        sibling(path, "-wal"),
-        sibling(path, "-shm"),
-    ] {
-        if let Err(e) = fs::remove_file(&p) {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!("could not remove {}: {e}", p.display());
-            }
-        }
-    }
-}
-
-/// Checkpoints the live database's WAL into its file (TRUNCATE), so that the
-/// file alone holds every commit.
-///
-/// # Errors
-/// `Error::Locked` when another process uses the database (the checkpoint
-/// cannot finish); other errors when the database cannot be opened (a
-/// damaged file: the caller then keeps its WAL beside the copy).
-fn fold_wal(db: &Path) -> Result<()> {
-    let wal = sibling(db, "-wal");
-    if !wal.exists() {
-        return Ok(());
-    }
-    let in_use = || {
-        Error::Locked(format!(
-            "the live database {} is in use by another process: stop the application and any \
-             `backup replicate` on it, then restore again",
-            db.display()
-        ))
-    };
-    let conn = rusqlite::Connection::open(db)
-        .map_err(|e| Error::sqlite("open the live database", db, e))?;
-    conn.busy_timeout(std::time::Duration::from_secs(2))
-        .map_err(|e| Error::sqlite("configure", db, e))?;
-    // An exclusive file lock is granted only when no other connection has the
-    // database open (in WAL mode every connection holds a shared lock).
-    conn.query_row("PRAGMA locking_mode=EXCLUSIVE", [], |_| Ok(()))
-        .map_err(|e| Error::sqlite("lock the live database", db, e))?;
-    let busy_code = |e: &rusqlite::Error| {
-        matches!(e, rusqlite::Error::SqliteFailure(f, _)
-            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
-    };
-    if let Err(e) = conn.execute_batch("BEGIN EXCLUSIVE; COMMIT;") {
-        return Err(if busy_code(&e) {
-            in_use()
-        } else {
-            Error::sqlite("lock the live database", db, e)
-        });
-    }
-    let (busy, log, done): (i64, i64, i64) = conn
-        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .map_err(|e| {
-            if busy_code(&e) {
-                in_use()
-            } else {
-                Error::sqlite("checkpoint the live database", db, e)
-            }
-        })?;
-    if busy != 0 || log != done {
-        return Err(in_use());
-    }
-    Ok(())
 }
 
 /// The absolute form of a path whose last component may not exist yet:
