@@ -280,3 +280,29 @@ fn an_error_at_the_rename_without_a_live_database_leaves_nothing() {
     assert!(files(&data).0.is_empty(), "{:?}", files(&data));
     assert!(files(&c.staging).0.is_empty());
 }
+
+#[test]
+fn a_move_across_filesystems_copies_then_removes_the_source() {
+    use std::os::unix::fs::MetadataExt;
+    let shm = Path::new("/dev/shm");
+    let here = tempfile::tempdir().unwrap();
+    let same_device =
+        fs::metadata(shm).map(|m| m.dev()).ok() == Some(fs::metadata(here.path()).unwrap().dev());
+    if !shm.is_dir() || same_device {
+        eprintln!("skipped: no /dev/shm on another filesystem than the temporary folder");
+        return;
+    }
+    let there = tempfile::tempdir_in(shm).unwrap();
+    let from = there.path().join("staged.db");
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(&from, &bytes).unwrap();
+    let to = here.path().join("out.db");
+    super::move_file(&from, &to).unwrap();
+    assert!(fs::read(&to).unwrap() == bytes, "the copy differs");
+    assert!(!from.exists(), "the source is left");
+    let names: Vec<String> = fs::read_dir(here.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["out.db"], "a temporary copy is left");
+}
