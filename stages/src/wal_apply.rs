@@ -11,6 +11,13 @@
 //! (always, empty when the plan reads none) ahead of the staged database,
 //! which carries the instant event-replay replays up to.
 //!
+//! Until the snapshot comes, the segments are held in memory up to
+//! `segment_memory_mib` (config key, default 256) of raw content; each
+//! segment past that goes to a spool file beside the staged one
+//! (`<staged>-spool`, removed once its pages are written), with only an index
+//! of its pages kept ([`genesis_core::rebuild::spool`]): the restore's memory
+//! stays bounded however large the compacted objects are.
+//!
 //! The file is `<staging_dir>/restore-<txid>-<pid>.db`; the pid lets the next
 //! restore tell a crashed run's leftovers from a running one's
 //! ([`crate::restore::clean_staging_dir`]). Settings: `staging_dir` (config
@@ -28,7 +35,8 @@ use genesis_core::pipeline::{
     EncodedEvents, Stage, StageContext, StageFactory, StagedDatabase,
 };
 use genesis_core::plan::RestorePlan;
-use genesis_core::rebuild::stream::StreamingBuild;
+use genesis_core::rebuild::spool::{Spool, SpooledSegment};
+use genesis_core::rebuild::stream::{Segment, StreamingBuild};
 use genesis_core::repo::{Manifest, ObjectKind};
 use genesis_core::{Error, Result};
 
@@ -49,7 +57,8 @@ pub fn parse_staged_file_name(name: &str) -> Option<(u64, u32)> {
         .strip_suffix(".db")
         .or_else(|| rest.strip_suffix(".db-wal"))
         .or_else(|| rest.strip_suffix(".db-shm"))
-        .or_else(|| rest.strip_suffix(".db-journal"))?;
+        .or_else(|| rest.strip_suffix(".db-journal"))
+        .or_else(|| rest.strip_suffix(".db-spool"))?;
     let (txid, pid) = rest.split_once('-')?;
     Some((txid.parse().ok()?, pid.parse().ok()?))
 }
@@ -58,7 +67,12 @@ pub fn parse_staged_file_name(name: &str) -> Option<(u64, u32)> {
 #[serde(deny_unknown_fields)]
 struct WalApplyConfig {
     staging_dir: Option<String>,
+    /// Raw segment content held in memory before the snapshot, in MiB.
+    segment_memory_mib: Option<u64>,
 }
+
+/// Default of `segment_memory_mib`.
+const DEFAULT_SEGMENT_MEMORY_MIB: u64 = 256;
 
 /// The `wal-apply` stage type.
 pub struct WalApplyFactory;
@@ -89,6 +103,9 @@ impl StageFactory for WalApplyFactory {
             config,
             plan: None,
             objects: Vec::new(),
+            held: 0,
+            spool: None,
+            spooled: Vec::new(),
             build: None,
         }))
     }
@@ -100,11 +117,56 @@ struct WalApply {
     /// Segments (until the snapshot arrives) and event objects (the
     /// snapshot goes to `build` as it comes).
     objects: Vec<DecompressedObject>,
+    /// Raw bytes of the segments in `objects`.
+    held: u64,
+    /// The segments past the memory budget, until the snapshot comes.
+    spool: Option<Spool>,
+    spooled: Vec<(Arc<Manifest>, SpooledSegment)>,
     /// The staged file being built, and its path.
     build: Option<(StreamingBuild, PathBuf)>,
 }
 
 impl WalApply {
+    /// The staged file of `plan` (its folder created).
+    fn staged_path(&self, plan: &RestorePlan, ctx: &StageContext) -> Result<PathBuf> {
+        let staging = PathBuf::from(
+            settings::text(&self.config.staging_dir, &ctx.params, "staging_dir")
+                .unwrap_or_else(|| DEFAULT_STAGING_DIR.to_string()),
+        );
+        std::fs::create_dir_all(&staging)
+            .map_err(|e| Error::io("create the staging directory", &staging, e))?;
+        Ok(staging.join(staged_file_name(plan.point.txid, std::process::id())))
+    }
+
+    /// Keeps a segment that arrived before the snapshot: in memory while the
+    /// budget allows, else in the spool.
+    fn segment(&mut self, o: DecompressedObject, ctx: &StageContext) -> Result<()> {
+        let budget = self
+            .config
+            .segment_memory_mib
+            .unwrap_or(DEFAULT_SEGMENT_MEMORY_MIB)
+            .saturating_mul(1 << 20);
+        let raw_len = o.raw_len();
+        let Some(plan) = self.plan.clone().filter(|_| self.held + raw_len > budget) else {
+            self.held += raw_len;
+            self.objects.push(o);
+            return Ok(());
+        };
+        let raw = o
+            .frames
+            .first()
+            .ok_or_else(|| Error::corrupt(&o.manifest.id, "a segment without content"))?;
+        if self.spool.is_none() {
+            let path = sibling(&self.staged_path(&plan, ctx)?, "-spool");
+            self.spool = Some(Spool::create(&path)?);
+        }
+        if let Some(spool) = &mut self.spool {
+            let spooled = spool.add(&o.manifest, raw)?;
+            self.spooled.push((Arc::clone(&o.manifest), spooled));
+        }
+        Ok(())
+    }
+
     /// Writes a part (or the whole) of the plan's snapshot to the staged file,
     /// which the first part creates.
     fn snapshot_part(&mut self, o: &DecompressedObject, ctx: &StageContext) -> Result<()> {
@@ -122,23 +184,40 @@ impl WalApply {
                     "the snapshot's first part never arrived",
                 ));
             }
-            let staging = PathBuf::from(
-                settings::text(&self.config.staging_dir, &ctx.params, "staging_dir")
-                    .unwrap_or_else(|| DEFAULT_STAGING_DIR.to_string()),
-            );
-            std::fs::create_dir_all(&staging)
-                .map_err(|e| Error::io("create the staging directory", &staging, e))?;
-            let path = staging.join(staged_file_name(plan.point.txid, std::process::id()));
-            // A stale -wal beside a fresh file would be replayed onto it by SQLite.
-            remove_staged(&path)?;
+            let path = self.staged_path(plan, ctx)?;
+            // A stale -wal beside a fresh file would be replayed onto it by
+            // SQLite (the spool, if any, is beside it already).
+            for suffix in ["-wal", "-shm", "-journal"] {
+                remove_if_exists(&sibling(&path, suffix))?;
+            }
+            remove_if_exists(&path)?;
             ctx.progress.start("wal-apply", Some(plan.point.db_pages));
+            if let Some(spool) = &self.spool {
+                let raw: u64 = self.spooled.iter().map(|(_, s)| s.raw_len()).sum();
+                tracing::info!(
+                    "{} segments ({:.1} MiB raw) past the {} MiB held in memory are read back from {}",
+                    self.spooled.len(),
+                    raw as f64 / f64::from(1 << 20),
+                    self.held >> 20,
+                    spool.path().display()
+                );
+            }
             let build = {
-                let segments = plan_segments(plan, &self.objects)?;
-                StreamingBuild::new(&plan.snapshot, &segments, plan.point.txid, &path)?
+                let segments = plan_segments(plan, &self.objects, &self.spooled)?;
+                StreamingBuild::with_spool(
+                    &plan.snapshot,
+                    &segments,
+                    self.spool.as_ref(),
+                    plan.point.txid,
+                    &path,
+                )?
             };
             // Their pages are written: only the event objects are kept.
             self.objects
                 .retain(|o| o.manifest.kind == ObjectKind::Events);
+            self.held = 0;
+            self.spooled.clear();
+            self.spool = None;
             self.build = Some((build, path));
         }
         if let Some((b, _)) = &mut self.build {
@@ -148,23 +227,29 @@ impl WalApply {
     }
 }
 
-/// The plan's segments with their raw content, in txid order, from the
-/// objects that arrived.
+/// The plan's segments, in txid order, from the objects that arrived (held
+/// in memory) and those spooled.
 ///
 /// # Errors
 /// `Error::Corrupt` naming a segment that has not arrived.
 fn plan_segments<'a>(
     plan: &'a RestorePlan,
     objects: &'a [DecompressedObject],
-) -> Result<Vec<(&'a Manifest, &'a [u8])>> {
+    spooled: &'a [(Arc<Manifest>, SpooledSegment)],
+) -> Result<Vec<Segment<'a>>> {
     // By id: a chain that is not compacted yet can have thousands of objects.
     let by_id: HashMap<&str, &DecompressedObject> = objects
         .iter()
         .map(|o| (o.manifest.id.as_str(), o))
         .collect();
+    let in_spool: HashMap<&str, &SpooledSegment> =
+        spooled.iter().map(|(m, s)| (m.id.as_str(), s)).collect();
     plan.segments
         .iter()
         .map(|m| {
+            if let Some(s) = in_spool.get(m.id.as_str()) {
+                return Ok(Segment::Spooled(m.as_ref(), s));
+            }
             let o = by_id.get(m.id.as_str()).ok_or_else(|| {
                 Error::corrupt(
                     &m.id,
@@ -175,7 +260,7 @@ fn plan_segments<'a>(
                 .frames
                 .first()
                 .ok_or_else(|| Error::corrupt(&m.id, "a segment without content"))?;
-            Ok((m.as_ref(), raw.as_slice()))
+            Ok(Segment::Memory(m.as_ref(), raw.as_slice()))
         })
         .collect()
 }
@@ -191,7 +276,7 @@ pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
 
 /// Removes a staged database and its SQLite side files.
 pub(crate) fn remove_staged(path: &Path) -> Result<()> {
-    for suffix in ["-wal", "-shm", "-journal"] {
+    for suffix in ["-wal", "-shm", "-journal", "-spool"] {
         remove_if_exists(&sibling(path, suffix))?;
     }
     remove_if_exists(path)
@@ -211,6 +296,9 @@ impl Stage for WalApply {
                     &o.manifest.id,
                     "arrived at wal-apply after the snapshot; the segments must come first (as fetch sends them)",
                 ))
+            }
+            Artifact::VerifiedObject(o) if o.manifest.kind == ObjectKind::Segment => {
+                self.segment(o, ctx)?
             }
             Artifact::VerifiedObject(o) => self.objects.push(o),
             other => {
@@ -296,6 +384,7 @@ mod tests {
         let n = staged_file_name(42, 7);
         assert_eq!(parse_staged_file_name(&n), Some((42, 7)));
         assert_eq!(parse_staged_file_name(&format!("{n}-wal")), Some((42, 7)));
+        assert_eq!(parse_staged_file_name(&format!("{n}-spool")), Some((42, 7)));
         assert_eq!(parse_staged_file_name("restore-x-1.db"), None);
         assert_eq!(parse_staged_file_name("other.db"), None);
     }

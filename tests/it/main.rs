@@ -30,6 +30,7 @@ mod restore_generations;
 mod restore_live_in_use;
 mod restore_point_in_time;
 mod restore_regressions;
+mod restore_spool;
 mod s3_outage;
 mod s3_repo;
 mod s3_requests;

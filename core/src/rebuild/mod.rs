@@ -6,6 +6,7 @@
 //! [`build_database`] does it with the snapshot in memory, and [`rebuild`]
 //! the whole read-verify-build for callers outside a pipeline.
 
+pub mod spool;
 pub mod stream;
 
 use std::collections::HashMap;
@@ -55,32 +56,74 @@ pub fn build_database(input: &RebuildInput<'_>, out: &Path) -> Result<RebuildRes
     build.finish(input.expected_checksum)
 }
 
-/// The segments walked up to the target: the newest version of each page,
-/// the smallest size on the way, the size at the end and the txid reached.
-pub(crate) struct Walk<'a> {
-    pub newest: HashMap<u32, &'a [u8]>,
+/// The segments walked up to the target: the newest version of each page
+/// (its bytes, or where they are), the smallest size on the way, the size at
+/// the end and the txid reached.
+pub(crate) struct Walk<P> {
+    pub newest: HashMap<u32, P>,
     pub min_pages: u64,
     pub final_pages: u64,
     pub reached: u64,
 }
 
-/// Walks `segments` (level 0 and compacted) after `snap` up to `target`.
+/// One transaction of a decoded segment: its txid, its commit's size and
+/// its pages (the bytes, or where they are).
+pub(crate) struct Txn<P> {
+    pub txid: u64,
+    pub db_pages: u64,
+    pub pages: Vec<(u32, P)>,
+}
+
+impl<P> Txn<P> {
+    /// The same transaction with each page's `P` turned into a `Q`.
+    pub(crate) fn map<Q>(self, mut f: impl FnMut(P) -> Q) -> Txn<Q> {
+        Txn {
+            txid: self.txid,
+            db_pages: self.db_pages,
+            pages: self.pages.into_iter().map(|(p, d)| (p, f(d))).collect(),
+        }
+    }
+}
+
+/// A decoded segment: its manifest, its page size and its transactions.
+pub(crate) type Decoded<'m, P> = (&'m Manifest, u32, Vec<Txn<P>>);
+
+/// Decodes a segment's raw content into its transactions with their pages'
+/// bytes.
 ///
 /// # Errors
-/// `Error::Corrupt` when the chain is not contiguous, a segment is
-/// malformed, or it does not reach the target.
-pub(crate) fn newest_pages<'a>(
+/// `Error::Corrupt` for a malformed segment.
+pub(crate) fn decode<'a>(m: &'a Manifest, raw: &'a [u8]) -> Result<Decoded<'a, &'a [u8]>> {
+    let (ps, txns) = decode_segment(&m.id, raw)?;
+    let txns = txns
+        .into_iter()
+        .map(|t| Txn {
+            txid: t.txid,
+            db_pages: t.db_pages,
+            pages: t.pages,
+        })
+        .collect();
+    Ok((m, ps, txns))
+}
+
+/// Walks `segments` (level 0 and compacted, decoded) after `snap` up to
+/// `target`.
+///
+/// # Errors
+/// `Error::Corrupt` when the chain is not contiguous, a segment's page size
+/// differs from the snapshot's, or it does not reach the target.
+pub(crate) fn walk<'m, P: Copy>(
     snap: &Manifest,
-    segments: &[(&'a Manifest, &'a [u8])],
+    segments: impl IntoIterator<Item = Result<Decoded<'m, P>>>,
     target: u64,
-) -> Result<Walk<'a>> {
-    let mut newest: HashMap<u32, &[u8]> = HashMap::new();
+) -> Result<Walk<P>> {
+    let mut newest: HashMap<u32, P> = HashMap::new();
     let mut final_pages = snap.db_pages;
     let mut min_pages = snap.db_pages;
     let mut next = snap.txid_max + 1;
     let mut reached = snap.txid_max;
-    'segs: for (m, raw) in segments {
-        let (seg_ps, txns) = decode_segment(&m.id, raw)?;
+    'segs: for segment in segments {
+        let (m, seg_ps, txns) = segment?;
         if seg_ps != snap.page_size {
             return Err(Error::corrupt(
                 &m.id,

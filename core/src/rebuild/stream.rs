@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::{newest_pages, RebuildResult, Walk};
+use super::spool::{Spool, SpooledSegment};
+use super::{decode, walk, RebuildResult, Walk};
 use crate::checksum::page_hash;
 use crate::error::{Error, Result};
 use crate::repo::{checksum_hex, parse_checksum, Manifest};
@@ -73,6 +74,21 @@ impl PageFile for File {
     }
 }
 
+/// A segment of the build: its raw content in memory, or in a [`Spool`].
+#[derive(Clone, Copy)]
+pub enum Segment<'a> {
+    Memory(&'a Manifest, &'a [u8]),
+    Spooled(&'a Manifest, &'a SpooledSegment),
+}
+
+/// Where the newest version of a page is.
+#[derive(Clone, Copy)]
+enum PageRef<'a> {
+    Memory(&'a [u8]),
+    /// Its offset in the spool.
+    Spooled(u64),
+}
+
 /// A database being rebuilt: the segments' pages written, the snapshot
 /// arriving frame by frame.
 pub struct StreamingBuild<F: PageFile = File> {
@@ -108,6 +124,25 @@ impl StreamingBuild<File> {
         target: u64,
         out: &Path,
     ) -> Result<StreamingBuild<File>> {
+        let segments: Vec<Segment<'_>> = segments
+            .iter()
+            .map(|(m, raw)| Segment::Memory(m, raw))
+            .collect();
+        Self::with_spool(snapshot, &segments, None, target, out)
+    }
+
+    /// [`StreamingBuild::new`] with segments in memory or in `spool`.
+    ///
+    /// # Errors
+    /// As [`StreamingBuild::new`]; `Error::Failed` for a spooled segment
+    /// without its spool, or when the spool cannot be read.
+    pub fn with_spool(
+        snapshot: &Manifest,
+        segments: &[Segment<'_>],
+        spool: Option<&Spool>,
+        target: u64,
+        out: &Path,
+    ) -> Result<StreamingBuild<File>> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -115,7 +150,7 @@ impl StreamingBuild<File> {
             .truncate(true)
             .open(out)
             .map_err(|e| Error::io("create", out, e))?;
-        let mut build = StreamingBuild::over(file, snapshot, segments, target, out);
+        let mut build = StreamingBuild::over_spool(file, snapshot, segments, spool, target, out);
         if let Ok(b) = &mut build {
             b.path = Some(out.to_path_buf());
         } else {
@@ -137,6 +172,25 @@ impl<F: PageFile> StreamingBuild<F> {
         target: u64,
         out: &Path,
     ) -> Result<StreamingBuild<F>> {
+        let segments: Vec<Segment<'_>> = segments
+            .iter()
+            .map(|(m, raw)| Segment::Memory(m, raw))
+            .collect();
+        Self::over_spool(file, snapshot, &segments, None, target, out)
+    }
+
+    /// [`StreamingBuild::with_spool`] into `file`.
+    ///
+    /// # Errors
+    /// As [`StreamingBuild::with_spool`].
+    pub fn over_spool(
+        file: F,
+        snapshot: &Manifest,
+        segments: &[Segment<'_>],
+        spool: Option<&Spool>,
+        target: u64,
+        out: &Path,
+    ) -> Result<StreamingBuild<F>> {
         let ps = u64::from(snapshot.page_size);
         if ps == 0 || snapshot.db_pages.checked_mul(ps) != Some(snapshot.raw_size) {
             return Err(Error::corrupt(
@@ -152,7 +206,22 @@ impl<F: PageFile> StreamingBuild<F> {
             min_pages,
             final_pages,
             reached,
-        } = newest_pages(snapshot, segments, target)?;
+        } = walk(
+            snapshot,
+            segments.iter().map(|s| match *s {
+                Segment::Memory(m, raw) => decode(m, raw).map(|(m, ps, txns)| {
+                    let txns = txns.into_iter().map(|t| t.map(PageRef::Memory));
+                    (m, ps, txns.collect())
+                }),
+                Segment::Spooled(m, sp) => {
+                    let (m, ps, txns) = sp.decoded(m);
+                    let txns = txns.into_iter().map(|t| t.map(PageRef::Spooled));
+                    Ok((m, ps, txns.collect()))
+                }
+            }),
+            target,
+        )?;
+
         let keep = min_pages.min(final_pages).min(snapshot.db_pages);
         let size = final_pages
             .checked_mul(ps)
@@ -172,14 +241,29 @@ impl<F: PageFile> StreamingBuild<F> {
         let mut checksum = ((keep + 1)..=final_pages)
             .filter(|p| !newest.contains_key(&(*p as u32)))
             .fold(0u64, |c, p| c ^ page_hash(p as u32, &zero));
-        let pages: Vec<(u32, &[u8])> = newest.iter().map(|(p, d)| (*p, *d)).collect();
+        let pages: Vec<(u32, PageRef<'_>)> = newest.iter().map(|(p, d)| (*p, *d)).collect();
         checksum ^= pages
             .par_iter()
-            .map(|(pgno, data)| {
-                file.write_at(data, (u64::from(*pgno) - 1) * ps)
-                    .map_err(|e| Error::io("write", out, e))?;
-                Ok::<u64, Error>(page_hash(*pgno, data))
-            })
+            .map_init(
+                || vec![0u8; ps as usize],
+                |buf, (pgno, at)| {
+                    let data: &[u8] = match (*at, spool) {
+                        (PageRef::Memory(d), _) => d,
+                        (PageRef::Spooled(offset), Some(spool)) => {
+                            spool.read_page(offset, buf)?;
+                            buf
+                        }
+                        (PageRef::Spooled(_), None) => {
+                            return Err(Error::Failed(
+                                "a spooled segment was given without its spool".into(),
+                            ))
+                        }
+                    };
+                    file.write_at(data, (u64::from(*pgno) - 1) * ps)
+                        .map_err(|e| Error::io("write", out, e))?;
+                    Ok::<u64, Error>(page_hash(*pgno, data))
+                },
+            )
             .try_reduce(|| 0, |a, b| Ok(a ^ b))?;
         Ok(StreamingBuild {
             snapshot: snapshot.clone(),

@@ -175,6 +175,7 @@ fn model(ps: usize, snapshot: &[u8], steps: &[(Option<u64>, &[Txn])]) -> Vec<u8>
 /// pages inside its span.
 #[test]
 fn each_page_is_written_once_and_the_newest_version_wins_at_every_page_size() {
+    // (Two of the three segments are read back from a spool.)
     let dir = tempfile::tempdir().unwrap();
     for shift in 9..=16 {
         let ps = 1u32 << shift;
@@ -203,7 +204,14 @@ fn each_page_is_written_once_and_the_newest_version_wins_at_every_page_size() {
             ..seg("c", 6, 7)
         };
         let (ra, rb, rc) = (encode(ps, &a), encode(ps, &b), encode(ps, &c));
-        let segments: Vec<(&Manifest, &[u8])> = vec![(&ma, &ra), (&mb, &rb), (&mc, &rc)];
+        // The compacted object and one level-0 segment through a spool.
+        let mut spool = crate::rebuild::spool::Spool::create(&dir.path().join("s.spool")).unwrap();
+        let (sb, sc) = (spool.add(&mb, &rb).unwrap(), spool.add(&mc, &rc).unwrap());
+        let segments = [
+            Segment::Memory(&ma, &ra),
+            Segment::Spooled(&mb, &sb),
+            Segment::Spooled(&mc, &sc),
+        ];
         let want = model(psz, &snap_image, &[(None, &a), (None, &b), (Some(9), &c)]);
         assert_eq!(want.len(), 10 * psz);
         assert!(
@@ -224,7 +232,8 @@ fn each_page_is_written_once_and_the_newest_version_wins_at_every_page_size() {
             page_size: u64::from(ps),
             writes: Mutex::new(Vec::new()),
         };
-        let mut build = StreamingBuild::over(rec, &snap, &segments, 7, &out).unwrap();
+        let mut build =
+            StreamingBuild::over_spool(rec, &snap, &segments, Some(&spool), 7, &out).unwrap();
         let frames: Vec<Vec<u8>> = snap_image.chunks(2 * psz).map(<[u8]>::to_vec).collect();
         build.frames(0, &frames[..2]).unwrap();
         build.frames(2, &frames[2..]).unwrap();
@@ -258,7 +267,9 @@ fn each_page_is_written_once_and_the_newest_version_wins_at_every_page_size() {
 }
 
 /// Random level-0 chains (growth, shrinks, rewrites, pages written past the
-/// commit's size) built page-exactly as the plain model leaves them.
+/// commit's size) built page-exactly as the plain model leaves them, with a
+/// random part of the segments in a spool (none in a third of the rounds,
+/// all in another third).
 #[test]
 fn random_level0_chains_equal_the_plain_model() {
     let mut seed = 0x9e3779b97f4a7c15u64;
@@ -316,18 +327,64 @@ fn random_level0_chains_equal_the_plain_model() {
             steps.push((None, txns));
         }
         let target = txid;
-        let segments: Vec<(&Manifest, &[u8])> =
-            owned.iter().map(|(m, r)| (m, r.as_slice())).collect();
+        let mut spool = crate::rebuild::spool::Spool::create(&dir.path().join("r.spool")).unwrap();
+        let spooled: Vec<Option<crate::rebuild::spool::SpooledSegment>> = owned
+            .iter()
+            .map(|(m, r)| match round % 3 {
+                0 => None,
+                1 => Some(spool.add(m, r).unwrap()),
+                _ => (rnd(2) == 0).then(|| spool.add(m, r).unwrap()),
+            })
+            .collect();
+        let segments: Vec<Segment<'_>> = owned
+            .iter()
+            .zip(&spooled)
+            .map(|((m, r), sp)| match sp {
+                Some(sp) => Segment::Spooled(m, sp),
+                None => Segment::Memory(m, r.as_slice()),
+            })
+            .collect();
         let refs: Vec<(Option<u64>, &[Txn])> =
             steps.iter().map(|(c, t)| (*c, t.as_slice())).collect();
         let want = model(psz, &snap_image, &refs);
         let expected = crate::checksum::image_checksum(&want, psz);
         let out = dir.path().join("r.db");
-        let mut b = StreamingBuild::new(&snap, &segments, target, &out).unwrap();
+        let mut b =
+            StreamingBuild::with_spool(&snap, &segments, Some(&spool), target, &out).unwrap();
         let frames: Vec<Vec<u8>> = snap_image.chunks(2 * psz).map(<[u8]>::to_vec).collect();
         b.frames(0, &frames).unwrap();
         let r = b.finish(&checksum_hex(expected));
         assert!(r.is_ok(), "round {round}: {:?}", r.err());
         assert_eq!(std::fs::read(&out).unwrap(), want, "round {round}");
     }
+}
+
+#[test]
+fn a_spooled_segment_without_its_spool_or_past_its_end_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let ps = 512u32;
+    let snap = snapshot(4, ps);
+    let m = Manifest {
+        page_size: ps,
+        txid_min: 2,
+        txid_max: 2,
+        ..Manifest::for_test("a", ObjectKind::Segment)
+    };
+    let raw = encode(ps, &[(2, 4, vec![(1, 9)])]);
+    let mut spool = crate::rebuild::spool::Spool::create(&dir.path().join("a.spool")).unwrap();
+    let sp = spool.add(&m, &raw).unwrap();
+    assert_eq!(sp.raw_len(), raw.len() as u64);
+    let out = dir.path().join("a.db");
+    let segments = [Segment::Spooled(&m, &sp)];
+    let e = StreamingBuild::with_spool(&snap, &segments, None, 2, &out)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("without its spool"), "{e}");
+    assert!(!out.exists(), "a failed build leaves its file");
+    let mut buf = vec![0u8; 512];
+    assert!(spool.read_page(raw.len() as u64 - 100, &mut buf).is_err());
+    let path = spool.path().to_path_buf();
+    drop(spool);
+    assert!(!path.exists(), "the spool is removed when dropped");
 }
