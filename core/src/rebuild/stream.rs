@@ -12,8 +12,9 @@
 //! fsync at the end waits for little more than the last part.
 //!
 //! Memory holds the segments until their pages are written (few once
-//! compacted), one bit per snapshot page and the frames in flight, never the
-//! whole snapshot.
+//! compacted; past the caller's budget they wait in a [`Spool`] and memory
+//! holds only the index of their pages), one bit per snapshot page and the
+//! frames in flight, never the whole snapshot.
 
 use std::fs::{File, OpenOptions};
 use std::io;
