@@ -15,8 +15,8 @@
 //! `segment_memory_mib` (config key, default 256) of raw content; each
 //! segment past that goes to a spool file beside the staged one
 //! (`<staged>-spool`, removed once its pages are written), with only an index
-//! of its pages kept ([`genesis_core::rebuild::spool`]): the restore's memory
-//! stays bounded however large the compacted objects are.
+//! of its pages kept ([`genesis_core::rebuild::spool`]): what wal-apply holds
+//! stays bounded however many segments the plan reads.
 //!
 //! The file is `<staging_dir>/restore-<txid>-<pid>.db`; the pid lets the next
 //! restore tell a crashed run's leftovers from a running one's

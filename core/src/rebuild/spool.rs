@@ -1,5 +1,5 @@
-//! Segments spooled to a file, so that the memory of a restore stays bounded
-//! however large the plan's segments are. The segments reach wal-apply before
+//! Segments spooled to a file, so that what a restore holds stays bounded
+//! however many segments the plan reads. The segments reach wal-apply before
 //! the snapshot and their pages can be written only once the last of them has
 //! come (the newest version of each page wins), so until then wal-apply holds
 //! them; past its memory budget it appends each further segment's raw content
