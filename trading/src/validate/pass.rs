@@ -204,7 +204,10 @@ impl<'o> Pass<'o> {
         // The effects' assignments, one buffer for the batch (they borrow
         // from its events).
         let mut vals = Vals::with_capacity(32);
-        for ev in batch {
+        for (i, ev) in batch.iter().enumerate() {
+            if let Some(ahead) = batch.get(i + super::stream::PREFETCH_AHEAD) {
+                super::stream::prefetch_event(ahead);
+            }
             self.event(ev, &mut vals, warnings)?;
         }
         Ok(())
