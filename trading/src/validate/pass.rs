@@ -83,6 +83,9 @@ pub(super) struct Pass<'o> {
     /// Without `newest`: the newest checkpoint not hashed when it was reached
     /// (the fold keeps the rows as they were there).
     pending: Option<Checkpoint>,
+    /// The pending checkpoint is the newest, known before the pass: hashed
+    /// at the end even if the fold fails after it.
+    pending_is_newest: bool,
     checked: u64,
     unchecked: Unchecked,
     /// The pass's metrics, once finished.
@@ -188,6 +191,7 @@ impl<'o> Pass<'o> {
             newest,
             last_seen: None,
             pending: None,
+            pending_is_newest: false,
             checked: 0,
             unchecked: Unchecked::default(),
             metrics: Map::new(),
@@ -321,9 +325,22 @@ impl<'o> Pass<'o> {
                 return Err(e);
             }
             self.replay_failed = Some(format!("replaying the events from the first fails: {e}"));
+            // The newest checkpoint, deferred, is hashed as it was (what
+            // hashing it when reached gave); an older pending one is not.
+            let deferred = match self.pending.take() {
+                Some(ck) if self.pending_is_newest => {
+                    state.roll_back();
+                    Some((state.hash()?, ck))
+                }
+                Some(ck) => {
+                    self.unchecked.push(ck.sequence);
+                    None
+                }
+                None => None,
+            };
             self.fold = None;
-            if let Some(ck) = self.pending.take() {
-                self.unchecked.push(ck.sequence);
+            if let Some((actual, ck)) = deferred {
+                self.verdict(&ck, &actual);
             }
             return Ok(());
         }
@@ -348,7 +365,13 @@ impl<'o> Pass<'o> {
                 .opts
                 .checkpoints_after
                 .is_some_and(|after| ev.sequence_number > after);
-        if now {
+        if now && self.newest == Some(ev.sequence_number) && !state.keeps_lines() {
+            // The only hash of this pass: deferred to its end, where it runs
+            // beside rule 9's reading of the tables ([`State::finish`]).
+            state.start_undo();
+            self.pending = Some(ck);
+            self.pending_is_newest = true;
+        } else if now {
             state.stop_undo();
             let actual = state.hash()?;
             self.verdict(&ck, &actual);
@@ -372,8 +395,9 @@ impl<'o> Pass<'o> {
         }
     }
 
-    /// Ends the pass: hashes the newest checkpoint if it is still pending, then
-    /// compares the final state with the tables (rule 9), and writes the metrics.
+    /// Ends the pass: compares the final state with the tables (rule 9),
+    /// hashes the pending checkpoint (beside the comparison, see
+    /// [`State::finish`]), and writes the metrics.
     pub(super) fn finish(
         mut self,
         conn: &rusqlite::Connection,
@@ -402,12 +426,10 @@ impl<'o> Pass<'o> {
         );
         let mut diffs = Vec::new();
         if let Some(mut state) = self.fold.take() {
-            if self.opts.check_replay {
-                diffs = state.compare(conn)?;
-            }
-            if let Some(ck) = self.pending.take() {
-                state.roll_back();
-                let actual = state.hash()?;
+            let pending = self.pending.take();
+            let (found, actual) = state.finish(conn, self.opts.check_replay, pending.is_some())?;
+            diffs = found;
+            if let (Some(ck), Some(actual)) = (pending, actual) {
                 self.verdict(&ck, &actual);
             }
             if self.opts.check_checkpoints && self.newest.is_some() && self.last_seen != self.newest
