@@ -15,6 +15,7 @@
 
 mod fold;
 mod pass;
+mod raw;
 mod render;
 mod rows;
 mod stream;

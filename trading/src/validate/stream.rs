@@ -7,8 +7,9 @@
 //! through SQLite's sorter ([`Order::Sorted`]), which spills to temporary files
 //! rather than memory.
 
-use rusqlite::types::ValueRef;
 use rusqlite::Connection;
+
+use super::raw::Query;
 
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -33,31 +34,24 @@ pub(super) enum Streamed {
 const COLUMNS: &str =
     "SELECT event_id, event_type, aggregate_id, event_data, sequence_number, created_at FROM events";
 
-fn text_into(row: &rusqlite::Row<'_>, i: usize, out: &mut String) -> rusqlite::Result<()> {
-    let v = row.get_ref(i)?;
-    match v {
-        ValueRef::Text(t) => {
-            out.clear();
-            match std::str::from_utf8(t) {
-                Ok(t) => out.push_str(t),
-                Err(_) => out.push_str(&String::from_utf8_lossy(t)),
-            }
-            Ok(())
-        }
-        other => Err(rusqlite::Error::InvalidColumnType(
-            i,
-            [
-                "event_id",
-                "event_type",
-                "aggregate_id",
-                "event_data",
-                "sequence_number",
-                "created_at",
-            ][i]
-                .to_string(),
-            other.data_type(),
-        )),
+/// The columns of [`COLUMNS`], for errors.
+const NAMES: [&str; 6] = [
+    "event_id",
+    "event_type",
+    "aggregate_id",
+    "event_data",
+    "sequence_number",
+    "created_at",
+];
+
+fn text_into(row: &Query<'_>, i: usize, out: &mut String) -> rusqlite::Result<()> {
+    let t = row.text(i, NAMES[i])?;
+    out.clear();
+    match std::str::from_utf8(t) {
+        Ok(t) => out.push_str(t),
+        Err(_) => out.push_str(&String::from_utf8_lossy(t)),
     }
+    Ok(())
 }
 
 /// Events per batch handed from the reading thread to the folding one.
@@ -127,57 +121,56 @@ fn read_rows(
         Order::Rowid => COLUMNS.to_string(),
         Order::Sorted => format!("{COLUMNS} ORDER BY sequence_number, event_id"),
     };
-    let mut stmt = conn
-        .prepare(&sql)
-        .map_err(Error::sqlite("reading events"))?;
-    let mut rows = stmt.query([]).map_err(Error::sqlite("reading events"))?;
+    let mut row = Query::prepare(conn, &sql).map_err(read_error)?;
+    // The last event of the batches sent, for the order check.
     let mut prev: Option<(i64, String)> = None;
     let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
     let mut n = 0;
-    let send = |batch: &mut Vec<Event>, n: &mut usize| -> bool {
+    let send = |batch: &mut Vec<Event>, n: &mut usize, prev: &mut Option<(i64, String)>| -> bool {
         batch.truncate(*n);
         *n = 0;
+        if let Some(last) = batch.last() {
+            let (s, id) = prev.get_or_insert_with(|| (0, String::new()));
+            *s = last.sequence_number;
+            id.clear();
+            id.push_str(&last.event_id);
+        }
         let next = empty
             .try_recv()
             .unwrap_or_else(|_| Vec::with_capacity(BATCH));
         full.send(std::mem::replace(batch, next)).is_ok()
     };
-    while let Some(row) = rows.next().map_err(read_error)? {
+    while row.step().map_err(read_error)? {
         if n == batch.len() {
             batch.push(empty_event());
         }
         let ev = &mut batch[n];
         (|| -> rusqlite::Result<()> {
-            text_into(row, 0, &mut ev.event_id)?;
-            text_into(row, 1, &mut ev.event_type)?;
-            text_into(row, 2, &mut ev.aggregate_id)?;
-            text_into(row, 3, &mut ev.event_data)?;
-            ev.sequence_number = row.get(4)?;
-            text_into(row, 5, &mut ev.created_at)
+            text_into(&row, 0, &mut ev.event_id)?;
+            text_into(&row, 1, &mut ev.event_type)?;
+            text_into(&row, 2, &mut ev.aggregate_id)?;
+            text_into(&row, 3, &mut ev.event_data)?;
+            ev.sequence_number = row.int(4, NAMES[4])?;
+            text_into(&row, 5, &mut ev.created_at)
         })()
         .map_err(read_error)?;
         if order == Order::Rowid {
-            match &mut prev {
-                Some((s, id))
-                    if (*s, id.as_str()) >= (ev.sequence_number, ev.event_id.as_str()) =>
-                {
-                    return Ok(Streamed::OutOfOrder);
-                }
-                Some((s, id)) => {
-                    *s = ev.sequence_number;
-                    id.clear();
-                    id.push_str(&ev.event_id);
-                }
-                None => prev = Some((ev.sequence_number, ev.event_id.clone())),
+            let before = match n.checked_sub(1) {
+                Some(p) => Some((batch[p].sequence_number, batch[p].event_id.as_str())),
+                None => prev.as_ref().map(|(s, id)| (*s, id.as_str())),
+            };
+            let ev = &batch[n];
+            if before.is_some_and(|b| b >= (ev.sequence_number, ev.event_id.as_str())) {
+                return Ok(Streamed::OutOfOrder);
             }
         }
         n += 1;
-        if n == BATCH && !send(&mut batch, &mut n) {
+        if n == BATCH && !send(&mut batch, &mut n, &mut prev) {
             return Ok(Streamed::Done);
         }
     }
     if n > 0 {
-        send(&mut batch, &mut n);
+        send(&mut batch, &mut n, &mut prev);
     }
     Ok(Streamed::Done)
 }
