@@ -20,6 +20,7 @@
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
+use super::raw::Query;
 use super::render::{quote_cell, quote_text, render, render_into, Sqlite};
 use super::rows::{key_of, row_of, Cell, Rows, TextSet};
 use crate::effects::{self, OpKind, SqlVal, Table};
@@ -410,8 +411,7 @@ impl State {
                 action: action.clone(),
                 source,
             };
-            let mut stmt = conn.prepare(&sql).map_err(fail)?;
-            let mut rows = stmt.query([]).map_err(fail)?;
+            let mut r = Query::prepare(conn, &sql).map_err(fail)?;
             let mut found: Vec<(String, String)> = Vec::new();
             let folded = &self.tables[t];
             let mut seen = vec![false; folded.ids() as usize];
@@ -419,8 +419,8 @@ impl State {
             // inserted its rows in, which is the folded ids' order: the row
             // after the last one found is tried before the hash table.
             let mut next = 0u32;
-            while let Some(r) = rows.next().map_err(fail)? {
-                let key = r.get_ref(0).map_err(fail)?;
+            while r.step().map_err(fail)? {
+                let key = r.value_ref(0).map_err(fail)?;
                 let id = match key {
                     ValueRef::Text(k) => std::str::from_utf8(k)
                         .ok()
@@ -437,7 +437,7 @@ impl State {
                 next = id.saturating_add(1);
                 seen[id as usize] = true;
                 for (i, want) in folded.row(id).iter().enumerate() {
-                    let have = r.get_ref(i + 1).map_err(fail)?;
+                    let have = r.value_ref(i + 1).map_err(fail)?;
                     if same(have, want) {
                         continue;
                     }

@@ -8,7 +8,7 @@
 use std::marker::PhantomData;
 use std::os::raw::c_int;
 
-use rusqlite::types::Type;
+use rusqlite::types::ValueRef;
 use rusqlite::{ffi, Connection};
 
 /// A prepared read-only query whose rows are read in place; finalized on
@@ -88,14 +88,42 @@ impl<'c> Query<'c> {
         Ok(unsafe { ffi::sqlite3_column_value(self.stmt, col) })
     }
 
-    fn value_type(v: *mut ffi::sqlite3_value) -> Type {
-        // SAFETY: a value of the current row (see `value`).
-        match unsafe { ffi::sqlite3_value_type(v) } {
-            ffi::SQLITE_INTEGER => Type::Integer,
-            ffi::SQLITE_FLOAT => Type::Real,
-            ffi::SQLITE_TEXT => Type::Text,
-            ffi::SQLITE_BLOB => Type::Blob,
-            _ => Type::Null,
+    /// Column `i`'s value, borrowed until the next step (what rusqlite's
+    /// `get_ref` gives).
+    ///
+    /// # Errors
+    /// `InvalidColumnIndex` without a row or such a column; `SQLITE_NOMEM`
+    /// when SQLite cannot give the bytes of a text or blob.
+    pub(super) fn value_ref(&self, i: usize) -> rusqlite::Result<ValueRef<'_>> {
+        let v = self.value(i)?;
+        let nomem = || rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_NOMEM), None);
+        // SAFETY: a value of the current row (see `value`). The pointer is
+        // taken before the length, as SQLite asks; both stay valid until
+        // the next step or conversion, and the slice borrows `self`, so no
+        // step can come first.
+        unsafe {
+            Ok(match ffi::sqlite3_value_type(v) {
+                ffi::SQLITE_INTEGER => ValueRef::Integer(ffi::sqlite3_value_int64(v)),
+                ffi::SQLITE_FLOAT => ValueRef::Real(ffi::sqlite3_value_double(v)),
+                ffi::SQLITE_TEXT => {
+                    let p = ffi::sqlite3_value_text(v);
+                    let n = usize::try_from(ffi::sqlite3_value_bytes(v)).unwrap_or(0);
+                    if p.is_null() {
+                        return Err(nomem());
+                    }
+                    ValueRef::Text(std::slice::from_raw_parts(p, n))
+                }
+                ffi::SQLITE_BLOB => {
+                    let p = ffi::sqlite3_value_blob(v);
+                    let n = usize::try_from(ffi::sqlite3_value_bytes(v)).unwrap_or(0);
+                    match (n, p.is_null()) {
+                        (0, _) => ValueRef::Blob(&[]),
+                        (_, true) => return Err(nomem()),
+                        (n, false) => ValueRef::Blob(std::slice::from_raw_parts(p.cast(), n)),
+                    }
+                }
+                _ => ValueRef::Null,
+            })
         }
     }
 
@@ -104,29 +132,15 @@ impl<'c> Query<'c> {
     /// another type (rusqlite's `InvalidColumnType`, as its `get` gives).
     ///
     /// # Errors
-    /// As said, and `SQLITE_NOMEM` when SQLite cannot convert the text.
+    /// As said, and as [`Query::value_ref`].
     pub(super) fn text(&self, i: usize, name: &str) -> rusqlite::Result<&[u8]> {
-        let v = self.value(i)?;
-        let ty = Self::value_type(v);
-        if ty != Type::Text {
-            return Err(rusqlite::Error::InvalidColumnType(i, name.to_string(), ty));
-        }
-        // SAFETY: a text value of the current row (see `value`); the
-        // pointer and length stay valid until the next step or conversion,
-        // and the slice borrows `self`, so no step can come first.
-        unsafe {
-            let p = ffi::sqlite3_value_text(v);
-            let n = ffi::sqlite3_value_bytes(v);
-            if p.is_null() {
-                return Err(rusqlite::Error::SqliteFailure(
-                    ffi::Error::new(ffi::SQLITE_NOMEM),
-                    None,
-                ));
-            }
-            Ok(std::slice::from_raw_parts(
-                p,
-                usize::try_from(n).unwrap_or(0),
-            ))
+        match self.value_ref(i)? {
+            ValueRef::Text(t) => Ok(t),
+            other => Err(rusqlite::Error::InvalidColumnType(
+                i,
+                name.to_string(),
+                other.data_type(),
+            )),
         }
     }
 
@@ -136,11 +150,13 @@ impl<'c> Query<'c> {
     /// # Errors
     /// As said.
     pub(super) fn int(&self, i: usize, name: &str) -> rusqlite::Result<i64> {
-        let v = self.value(i)?;
-        match Self::value_type(v) {
-            // SAFETY: an integer value of the current row (see `value`).
-            Type::Integer => Ok(unsafe { ffi::sqlite3_value_int64(v) }),
-            ty => Err(rusqlite::Error::InvalidColumnType(i, name.to_string(), ty)),
+        match self.value_ref(i)? {
+            ValueRef::Integer(v) => Ok(v),
+            other => Err(rusqlite::Error::InvalidColumnType(
+                i,
+                name.to_string(),
+                other.data_type(),
+            )),
         }
     }
 }
@@ -179,6 +195,9 @@ mod tests {
             assert_eq!(text, want.map_err(|e| e.to_string()));
             let int = q.int(1, "b").map_err(|e| e.to_string());
             assert_eq!(int, r.get::<_, i64>(1).map_err(|e| e.to_string()));
+            for i in 0..2 {
+                assert_eq!(q.value_ref(i).unwrap(), r.get_ref(i).unwrap());
+            }
             assert!(matches!(
                 q.int(2, "c"),
                 Err(rusqlite::Error::InvalidColumnIndex(2))
