@@ -224,29 +224,41 @@ fn each_row(
     mut f: impl FnMut(&[SqlValue]) -> Result<()>,
 ) -> Result<()> {
     use rusqlite::types::ValueRef;
-    let mut stmt = conn.prepare(sql).map_err(q(sql))?;
-    let n = stmt.column_count();
-    let mut rows = stmt.query([]).map_err(q(sql))?;
-    let mut buf = vec![SqlValue::Null; n];
-    while let Some(r) = rows.next().map_err(q(sql))? {
+    let mut row = raw::Query::prepare(conn, sql).map_err(q(sql))?;
+    let mut buf = vec![SqlValue::Null; row.column_count()];
+    while row.step().map_err(q(sql))? {
         for (i, slot) in buf.iter_mut().enumerate() {
-            let text = match r.get_ref(i).map_err(q(sql))? {
-                ValueRef::Text(t) => std::str::from_utf8(t).ok(),
-                _ => None,
-            };
-            match (text, &mut *slot) {
-                (Some(t), SqlValue::Text(s)) => {
+            let v = row.value_ref(i).map_err(q(sql))?;
+            match (v, &mut *slot) {
+                (ValueRef::Text(t), SqlValue::Text(s)) if std::str::from_utf8(t).is_ok() => {
                     s.clear();
-                    s.push_str(t);
+                    s.push_str(std::str::from_utf8(t).unwrap_or_default());
                 }
-                // Anything else as before (and its error, for text that is
-                // not UTF-8).
-                (_, slot) => *slot = r.get::<_, SqlValue>(i).map_err(q(sql))?,
+                // Anything else as rusqlite's `get` gives it (and its error,
+                // for text that is not UTF-8).
+                (v, slot) => {
+                    *slot = rusqlite::types::FromSql::column_result(v)
+                        .map_err(|e| from_sql_error(i, v, e))
+                        .map_err(q(sql))?
+                }
             }
         }
         f(&buf)?;
     }
     Ok(())
+}
+
+/// A value rusqlite's `get` could not convert, as its `get` reports it (for
+/// a [`SqlValue`], only text that is not UTF-8).
+fn from_sql_error(
+    i: usize,
+    v: rusqlite::types::ValueRef<'_>,
+    e: rusqlite::types::FromSqlError,
+) -> rusqlite::Error {
+    match e {
+        rusqlite::types::FromSqlError::Utf8Error(err) => rusqlite::Error::Utf8Error(i, err),
+        other => rusqlite::Error::FromSqlConversionFailure(i, v.data_type(), Box::new(other)),
+    }
 }
 
 fn rows(conn: &Connection, sql: &str) -> Result<Vec<Vec<SqlValue>>> {

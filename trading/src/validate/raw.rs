@@ -58,6 +58,11 @@ impl<'c> Query<'c> {
         })
     }
 
+    /// The number of columns of a row.
+    pub(super) fn column_count(&self) -> usize {
+        usize::try_from(self.columns).unwrap_or(0)
+    }
+
     /// The next row: `true` when there is one.
     ///
     /// # Errors
@@ -209,5 +214,36 @@ mod tests {
         assert!(q.text(0, "a").is_err(), "no row after the last");
         let err = Query::prepare(&conn, "SELECT nope FROM t").err().unwrap();
         assert!(err.to_string().contains("no such column"), "{err}");
+    }
+
+    /// `each_row` (on this query) gives what rusqlite's `get` gives, errors
+    /// included.
+    #[test]
+    fn each_row_gives_rusqlites_values_and_errors() {
+        use rusqlite::types::Value;
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (a);
+             INSERT INTO t VALUES ('x'), (NULL), (2), (2.5), (x'01'), ('y'), (CAST(x'ff' AS TEXT));",
+        )
+        .unwrap();
+        let sql = "SELECT a FROM t ORDER BY rowid";
+        let mut ours = Vec::new();
+        let err = super::super::each_row(&conn, sql, |r| {
+            ours.push(r[0].clone());
+            Ok(())
+        })
+        .unwrap_err()
+        .to_string();
+        let mut stmt = conn.prepare(sql).unwrap();
+        let theirs: Vec<rusqlite::Result<Value>> =
+            stmt.query_map([], |r| r.get(0)).unwrap().collect();
+        let n = ours.len();
+        assert_eq!(n, 6);
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert_eq!(Some(a), b.as_ref().ok());
+        }
+        let want = theirs[n].as_ref().unwrap_err().to_string();
+        assert!(err.ends_with(&want), "{err} / {want}");
     }
 }
