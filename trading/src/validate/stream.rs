@@ -35,14 +35,7 @@ const COLUMNS: &str =
     "SELECT event_id, event_type, aggregate_id, event_data, sequence_number, created_at FROM events";
 
 /// The columns of [`COLUMNS`], for errors.
-const NAMES: [&str; 6] = [
-    "event_id",
-    "event_type",
-    "aggregate_id",
-    "event_data",
-    "sequence_number",
-    "created_at",
-];
+const NAMES: [&str; 6] = crate::schema::EVENT_COLUMNS;
 
 fn text_into(row: &Query<'_>, i: usize, out: &mut String) -> rusqlite::Result<()> {
     let t = row.text(i, NAMES[i])?;
