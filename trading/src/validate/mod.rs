@@ -13,6 +13,7 @@
 //! rehashes with the folded state at them (which ones: [`pass`]). Nothing is
 //! written to any database.
 
+mod checks;
 mod fold;
 mod pass;
 mod raw;
@@ -319,22 +320,27 @@ pub fn validate_state(conn: &Connection, opts: &ValidateOptions) -> Result<Valid
         };
         (events, tables)
     });
-    let (mut pass, event_warnings, diffs) = events?;
+    let (mut pass, checks, diffs) = events?;
     let tables = tables?;
     metrics.extend(std::mem::take(&mut pass.metrics));
     // Open orders older than the age before the last event (or the target).
-    let reference = pass
+    let reference = checks
         .last_time()
         .and_then(crate::time::parse_opt)
         .map(|t| opts.target.map_or(t, |target| target.min(t)));
 
     tracing::debug!("events and tables checked in {:?}", t0.elapsed());
+    let checks::Checks {
+        sequence,
+        after_target,
+        warnings: event_warnings,
+        ..
+    } = checks;
     warnings.append(event_warnings);
-    pass.sequence.into_sink(codes::EVENT_SEQUENCE, &mut errors);
+    sequence.into_sink(codes::EVENT_SEQUENCE, &mut errors);
     let mut tables = tables;
     errors.push_all(std::mem::replace(&mut tables.duplicates, Sink::new(1)));
-    pass.after_target
-        .into_sink(codes::EVENT_AFTER_TARGET, &mut errors);
+    after_target.into_sink(codes::EVENT_AFTER_TARGET, &mut errors);
     errors.append(tables.errors);
     if let Some(reference) = reference {
         for (id, created, t) in &tables.open_since {
@@ -377,7 +383,7 @@ fn events_pass<'o>(
     conn: &Connection,
     opts: &'o ValidateOptions,
     t0: std::time::Instant,
-) -> Result<(pass::Pass<'o>, Sink, Vec<String>)> {
+) -> Result<(pass::Pass<'o>, checks::Checks<'o>, Vec<String>)> {
     // One read transaction for the search of the newest checkpoint, the pass
     // and the comparison with the tables, so that all see the same database
     // (a live one is written to meanwhile).
@@ -393,32 +399,38 @@ fn events_pass<'o>(
             None
         };
         let mut pass = pass::Pass::new(opts, newest)?;
-        let mut warnings = Sink::new(opts.max_findings_per_rule);
-        let read = stream::each_event(conn, stream::Order::Rowid, |batch| {
-            pass.events(batch, &mut warnings)
-        })?;
+        let mut checks = checks::Checks::new(opts);
+        let read = stream::each_event(
+            conn,
+            stream::Order::Rowid,
+            |ev| checks.event(ev),
+            |batch| pass.events(batch),
+        )?;
         if read == stream::Streamed::OutOfOrder {
             tracing::debug!("events are not in sequence order by rowid: reading them sorted");
             pass = pass::Pass::new(opts, None)?;
-            warnings = Sink::new(opts.max_findings_per_rule);
-            stream::each_event(conn, stream::Order::Sorted, |batch| {
-                pass.events(batch, &mut warnings)
-            })?;
+            checks = checks::Checks::new(opts);
+            stream::each_event(
+                conn,
+                stream::Order::Sorted,
+                |ev| checks.event(ev),
+                |batch| pass.events(batch),
+            )?;
         }
         tracing::debug!("events read and folded in {:?}", t0.elapsed());
         let mut metrics = Map::new();
-        let (mut pass, diffs) = pass.finish(conn, &mut warnings, &mut metrics)?;
+        checks.finish(&mut metrics);
+        let (mut pass, diffs) = pass.finish(conn, &mut metrics)?;
         pass.metrics = metrics;
         tracing::debug!(
             "replay comparison and newest checkpoint done in {:?}",
             t0.elapsed()
         );
-        Ok((pass, warnings, diffs))
+        Ok((pass, checks, diffs))
     })();
     if txn {
         // A read transaction: ending it cannot lose anything.
         let _ = conn.execute_batch("COMMIT");
     }
-    let (pass, warnings, diffs) = read?;
-    Ok((pass, warnings, diffs))
+    read
 }

@@ -50,8 +50,9 @@ fn text_into(row: &Query<'_>, i: usize, out: &mut String) -> rusqlite::Result<()
 /// Events per batch handed from the reading thread to the folding one.
 const BATCH: usize = 1024;
 
-/// Calls `f` on every event in sequence order (ties by event id), a batch at
-/// a time, on another thread while this one reads the next rows from SQLite.
+/// Calls `check` on every event in sequence order (ties by event id) on this
+/// thread as it reads it, and `f` on them, a batch at a time, on another
+/// thread while this one reads the next rows from SQLite.
 /// Batches of events are recycled, so memory does not grow with the table.
 ///
 /// # Errors
@@ -61,6 +62,7 @@ const BATCH: usize = 1024;
 pub(super) fn each_event(
     conn: &Connection,
     order: Order,
+    check: impl FnMut(&Event),
     f: impl FnMut(&[Event]) -> Result<()> + Send,
 ) -> Result<Streamed> {
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<Event>>(4);
@@ -75,7 +77,7 @@ pub(super) fn each_event(
             }
             Ok(())
         });
-        let read = read_rows(conn, order, &full_tx, &empty_rx);
+        let read = read_rows(conn, order, check, &full_tx, &empty_rx);
         drop(full_tx);
         let worked = worker
             .join()
@@ -107,6 +109,7 @@ fn read_error(source: rusqlite::Error) -> Error {
 fn read_rows(
     conn: &Connection,
     order: Order,
+    mut check: impl FnMut(&Event),
     full: &std::sync::mpsc::SyncSender<Vec<Event>>,
     empty: &std::sync::mpsc::Receiver<Vec<Event>>,
 ) -> Result<Streamed> {
@@ -157,6 +160,7 @@ fn read_rows(
                 return Ok(Streamed::OutOfOrder);
             }
         }
+        check(&batch[n]);
         n += 1;
         if n == BATCH && !send(&mut batch, &mut n, &mut prev) {
             return Ok(Streamed::Done);
