@@ -20,9 +20,10 @@
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
+use super::hash::{hash_rows, render_changed};
 use super::raw::Query;
-use super::render::{quote_cell, quote_text, render, render_into, Sqlite};
-use super::rows::{key_of, row_of, Cell, Rows, TextSet};
+use super::render::{quote_cell, quote_text, render, Sqlite};
+use super::rows::{Cell, Rows, TextSet};
 use crate::effects::{self, OpKind, SqlVal, Table};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -82,7 +83,7 @@ fn same(have: ValueRef<'_>, want: &Cell) -> bool {
 
 /// Per hashed table: the first prior version of each row changed since
 /// [`State::start_undo`], by row id (`None`: the row did not exist).
-type Undo = [FxMap<u32, Option<Box<[Cell]>>>; 3];
+pub(super) type Undo = [FxMap<u32, Option<Box<[Cell]>>>; 3];
 
 /// The folded projections.
 pub(super) struct State {
@@ -255,48 +256,6 @@ impl State {
         }
     }
 
-    /// Renders the live rows not rendered since they last changed, on every
-    /// CPU when there are many (a row's rendering depends on no other row).
-    ///
-    /// # Errors
-    /// [`Error::Internal`] if a rendering thread panics.
-    fn render_changed(rows: &mut Rows) -> Result<()> {
-        let width = rows.width();
-        let (keys, ends, cells, meta) = rows.parts();
-        let todo: Vec<u32> = (0..)
-            .zip(meta.iter())
-            .filter(|(_, m)| m.live && m.line.is_none())
-            .map(|(id, _)| id)
-            .collect();
-        let line =
-            |id: u32| render(key_of(keys, ends, id), row_of(cells, width, id)).into_boxed_str();
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
-        let per = todo.len().div_ceil(threads).max(4096);
-        let lines: Vec<Box<str>> = if todo.len() <= per {
-            todo.iter().map(|id| line(*id)).collect()
-        } else {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = todo
-                    .chunks(per)
-                    .map(|chunk| {
-                        s.spawn(move || chunk.iter().map(|id| line(*id)).collect::<Vec<_>>())
-                    })
-                    .collect();
-                let mut all = Vec::with_capacity(todo.len());
-                for h in handles {
-                    all.extend(h.join().map_err(|p| {
-                        Error::internal("rendering rows for the state hash", p.as_ref())
-                    })?);
-                }
-                Ok::<_, Error>(all)
-            })?
-        };
-        for (id, l) in todo.into_iter().zip(lines) {
-            meta[id as usize].line = Some(l);
-        }
-        Ok(())
-    }
-
     /// Brings every table's key order up to date (after the last change,
     /// before hashing).
     fn sort(&mut self) {
@@ -327,7 +286,7 @@ impl State {
         for (table, rows) in HASHED.iter().zip(self.tables.iter_mut()) {
             put(&mut buf, &mut hasher, table.name().as_bytes());
             put(&mut buf, &mut hasher, b"\n");
-            Self::render_changed(rows)?;
+            render_changed(rows)?;
             for &id in rows.sorted_ids() {
                 match &rows.meta[id as usize].line {
                     Some(line) => put(&mut buf, &mut hasher, line.as_bytes()),
@@ -470,61 +429,6 @@ impl State {
         }
         Ok(out)
     }
-}
-
-/// The canonical hash of the tables, each row rendered straight into BLAKE3
-/// in key order (as of the last [`Rows::sort`]), a window of rows at a time
-/// on every CPU (memory bounded by the window). With `undo`, the state as it
-/// was when the undo began: a row changed since in its first prior version,
-/// a row inserted since left out.
-///
-/// # Errors
-/// [`Error::Internal`] if a rendering thread panics.
-fn hash_rows(tables: &[Rows; 3], undo: Option<&Undo>) -> Result<String> {
-    const WINDOW: usize = 1 << 16;
-    let mut hasher = blake3::Hasher::new();
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    for (t, (table, rows)) in HASHED.iter().zip(tables).enumerate() {
-        hasher.update(table.name().as_bytes());
-        hasher.update(b"\n");
-        let width = rows.width();
-        let (keys, ends, cells) = rows.parts_ref();
-        let prior = undo.map(|u| &u[t]);
-        let lines = |ids: &[u32]| {
-            let mut out = String::with_capacity(ids.len() * 16 * (width + 1));
-            for &id in ids {
-                let row = match prior.and_then(|p| p.get(&id)) {
-                    None => row_of(cells, width, id),
-                    Some(Some(before)) => before,
-                    Some(None) => continue,
-                };
-                render_into(key_of(keys, ends, id), row, &mut out);
-                out.push('\n');
-            }
-            out
-        };
-        for window in rows.sorted_ids().chunks(WINDOW) {
-            let per = window.len().div_ceil(threads).max(4096);
-            if window.len() <= per {
-                hasher.update(lines(window).as_bytes());
-                continue;
-            }
-            std::thread::scope(|s| {
-                let parts: Vec<_> = window
-                    .chunks(per)
-                    .map(|part| s.spawn(move || lines(part)))
-                    .collect();
-                for part in parts {
-                    let text = part.join().map_err(|p| {
-                        Error::internal("rendering rows for the state hash", p.as_ref())
-                    })?;
-                    hasher.update(text.as_bytes());
-                }
-                Ok::<_, Error>(())
-            })?;
-        }
-    }
-    Ok(format!("blake3:{}", hasher.finalize().to_hex()))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 
 mod checks;
 mod fold;
+mod hash;
 mod pass;
 mod raw;
 mod render;

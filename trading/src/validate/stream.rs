@@ -175,13 +175,13 @@ fn read_rows(
 /// Events ahead of the one being folded whose texts are prefetched.
 pub(super) const PREFETCH_AHEAD: usize = 3;
 
-/// Asks the CPU to bring an event's texts into its cache. The reading thread
-/// wrote them on the other CPU, each in an allocation of its own, so without
-/// this the fold waits on a cache miss at the first byte of each (a third of
-/// its time at 1M events, `benches/README.md`).
+/// Asks the CPU to bring the texts the fold reads of an event into its
+/// cache. The reading thread wrote them on the other CPU, each in an
+/// allocation of its own, so without this the fold waits on a cache miss at
+/// the first byte of each (most of the JSON reader's time at 1M events,
+/// `benches/README.md`).
 #[inline(always)]
 pub(super) fn prefetch_event(ev: &Event) {
-    prefetch(ev.event_id.as_ptr());
     prefetch(ev.event_type.as_ptr());
     prefetch(ev.aggregate_id.as_ptr());
     prefetch(ev.event_data.as_ptr());
