@@ -37,8 +37,9 @@ pub(super) struct Pass<'o> {
     pub(super) replay_failed: Option<String>,
     pub(super) checkpoint_errors: Held,
     /// The newest `blake3:` checkpoint's sequence number, when known before
-    /// the pass ([`newest_checkpoint`]): it is hashed when reached, and no
-    /// prior versions of rows are kept.
+    /// the pass ([`newest_checkpoint`]): no prior versions of rows are kept
+    /// before it, and it is hashed at the end (beside rule 9) from those kept
+    /// after it, or when reached where every row's rendering is kept.
     newest: Option<i64>,
     /// The last `blake3:` checkpoint the pass reached.
     last_seen: Option<i64>,
