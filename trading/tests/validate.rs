@@ -323,18 +323,7 @@ fn rule10_the_newest_checkpoint_is_checked_when_the_replay_fails_after_it() {
                 r#"{"filled_quantity":1}"#,
             ),
         ] {
-            c.execute(
-                "INSERT INTO events VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                rusqlite::params![
-                    e.event_id,
-                    e.event_type,
-                    e.aggregate_id,
-                    e.event_data,
-                    e.sequence_number,
-                    e.created_at
-                ],
-            )
-            .unwrap();
+            insert_event(&c, &e);
         }
         let r = validate_state(&c, &ValidateOptions::default()).unwrap();
         let mut want = BTreeSet::from([codes::REPLAY_MISMATCH.to_string()]);
@@ -641,23 +630,28 @@ fn many_checkpoints_planted_divergences_early_middle_and_end() {
     assert_eq!(r.metrics["checkpoint_hashes"], *m);
 }
 
+/// Appends an event row as it is (no replay).
+fn insert_event(c: &Connection, e: &Event) {
+    c.execute(
+        "INSERT INTO events VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        rusqlite::params![
+            e.event_id,
+            e.event_type,
+            e.aggregate_id,
+            e.event_data,
+            e.sequence_number,
+            e.created_at
+        ],
+    )
+    .unwrap();
+}
+
 /// Writes the events again in reverse sequence order (rowids reversed).
 fn reverse_rowid_order(c: &Connection) {
     let evs: Vec<Event> = genesis_trading::read_events(c, i64::MIN, None).unwrap();
     c.execute("DELETE FROM events", []).unwrap();
     for e in evs.iter().rev() {
-        c.execute(
-            "INSERT INTO events VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            rusqlite::params![
-                e.event_id,
-                e.event_type,
-                e.aggregate_id,
-                e.event_data,
-                e.sequence_number,
-                e.created_at
-            ],
-        )
-        .unwrap();
+        insert_event(c, e);
     }
 }
 
