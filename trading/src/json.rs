@@ -79,15 +79,43 @@ fn string(text: &str, i: usize) -> Option<(&str, usize)> {
     let b = text.as_bytes();
     // One scan: the first quote, unless an escape or a control character
     // comes before it.
-    let len = b
-        .get(i..)?
-        .iter()
-        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    let len = first_special(b.get(i..)?)?;
     if b[i + len] != b'"' {
         return None;
     }
     // Both ends are ASCII quotes, so these are character boundaries.
     Some((text.get(i..i + len)?, i + len + 1))
+}
+
+/// The index of the first quote, backslash or control character (below
+/// 0x20) in `b`, eight bytes at a time.
+fn first_special(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // The high bit of each byte that is zero: exact up to the first such
+    // byte (a borrow only marks bytes above it), which is all we read.
+    let zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH;
+    let mut chunks = b.chunks_exact(8);
+    let mut at = 0;
+    for chunk in chunks.by_ref() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        // Bytes below 0x20 have the high bit set after subtracting 0x20
+        // and not before (again exact up to the first one).
+        let found = zero(w ^ (ONES * u64::from(b'"')))
+            | zero(w ^ (ONES * u64::from(b'\\')))
+            | (w.wrapping_sub(ONES * 0x20) & !w & HIGH);
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .map(|p| at + p)
 }
 
 /// The value starting at `i` and the index after it.
@@ -123,16 +151,19 @@ const MAX_EXP_DIGITS: usize = 4;
 fn number(b: &[u8], start: usize) -> Option<(SqlVal<'static>, usize)> {
     let negative = b[start] == b'-';
     let mut i = start + usize::from(negative);
-    // The significand of all digits, `None` once it no longer fits.
-    let mut sig = Some(0u64);
+    // The significand of all digits, exact while there are at most 19 of
+    // them (10^19 - 1 fits a u64); `None` beyond, where the standard
+    // library reads the number (as correctly rounded as the division, so
+    // where the line falls changes no value).
+    let mut sig = 0u64;
+    let mut count = 0usize;
     let mut digits = |i: &mut usize| {
         let from = *i;
         while let Some(&c @ b'0'..=b'9') = b.get(*i) {
-            sig = sig
-                .and_then(|s| s.checked_mul(10))
-                .and_then(|s| s.checked_add(u64::from(c - b'0')));
+            sig = sig.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
             *i += 1;
         }
+        count += *i - from;
         *i - from
     };
     let whole = digits(&mut i);
@@ -164,6 +195,7 @@ fn number(b: &[u8], start: usize) -> Option<(SqlVal<'static>, usize)> {
             return None;
         }
     }
+    let sig = (count <= 19).then_some(sig);
     if fraction == 0 && !exponent {
         if whole > MAX_INT_DIGITS {
             return None;
@@ -319,6 +351,44 @@ mod tests {
             r#"{"a":nul}"#,
         ] {
             assert!(fast_reading(text).is_none(), "read: {text}");
+        }
+    }
+
+    #[test]
+    fn the_word_scan_finds_the_first_special_byte() {
+        let scan = |b: &[u8]| b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+        let mut texts: Vec<Vec<u8>> = Vec::new();
+        for len in 0..20 {
+            for at in 0..=len {
+                for special in [b'"', b'\\', 0x00, 0x1f, b'\n'] {
+                    for fill in [
+                        b'a',
+                        0x20,
+                        0x21,
+                        0x7f,
+                        0x80,
+                        0xc3,
+                        0xff,
+                        b'"' + 1,
+                        b'\\' - 1,
+                    ] {
+                        let mut t = vec![fill; len];
+                        if at < len {
+                            t[at] = special;
+                        }
+                        // A second special byte after the first one.
+                        if at + 1 < len {
+                            t[at + 1] = b'"';
+                        }
+                        texts.push(t);
+                    }
+                }
+            }
+        }
+        texts.push("é\"x".as_bytes().to_vec());
+        texts.push("0123456789abcdéf\"".as_bytes().to_vec());
+        for t in &texts {
+            assert_eq!(first_special(t), scan(t), "{t:?}");
         }
     }
 

@@ -301,6 +301,52 @@ fn rule10_checkpoint_hash() {
     );
 }
 
+/// The newest checkpoint is hashed at the end of the pass (beside rule 9);
+/// an event after it that cannot be replayed still leaves it checked, as
+/// the state it had.
+#[test]
+fn rule10_the_newest_checkpoint_is_checked_when_the_replay_fails_after_it() {
+    let bad = format!(r#"{{"state_hash":"blake3:{}"}}"#, "0".repeat(64));
+    for (data, mismatch) in [(bad, true), (String::new(), false)] {
+        let c = build(&[]);
+        let data = if mismatch {
+            data
+        } else {
+            format!(r#"{{"state_hash":"{}"}}"#, state_hash(&c).unwrap())
+        };
+        for e in [
+            ev(10, "CHECKPOINT", "ck2", &data),
+            ev(
+                11,
+                "ORDER_FILLED",
+                "no-such-order",
+                r#"{"filled_quantity":1}"#,
+            ),
+        ] {
+            insert_event(&c, &e);
+        }
+        let r = validate_state(&c, &ValidateOptions::default()).unwrap();
+        let mut want = BTreeSet::from([codes::REPLAY_MISMATCH.to_string()]);
+        if mismatch {
+            want.insert(codes::CHECKPOINT_HASH.to_string());
+        }
+        assert_eq!(error_codes(&r), want, "{:#?}", r.errors);
+        assert!(
+            r.errors
+                .iter()
+                .any(|f| f.message.contains("no order no-such-order to update")),
+            "{:#?}",
+            r.errors
+        );
+        assert_eq!(
+            r.metrics["checkpoint_hashes"]["checked"],
+            serde_json::json!(1),
+            "{:#?}",
+            r.metrics
+        );
+    }
+}
+
 #[test]
 fn warnings_unknown_type_backwards_time_user_version() {
     let mut late = ev(0, "MARGIN_CALL", "m", "{}");
@@ -584,23 +630,28 @@ fn many_checkpoints_planted_divergences_early_middle_and_end() {
     assert_eq!(r.metrics["checkpoint_hashes"], *m);
 }
 
+/// Appends an event row as it is (no replay).
+fn insert_event(c: &Connection, e: &Event) {
+    c.execute(
+        "INSERT INTO events VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        rusqlite::params![
+            e.event_id,
+            e.event_type,
+            e.aggregate_id,
+            e.event_data,
+            e.sequence_number,
+            e.created_at
+        ],
+    )
+    .unwrap();
+}
+
 /// Writes the events again in reverse sequence order (rowids reversed).
 fn reverse_rowid_order(c: &Connection) {
     let evs: Vec<Event> = genesis_trading::read_events(c, i64::MIN, None).unwrap();
     c.execute("DELETE FROM events", []).unwrap();
     for e in evs.iter().rev() {
-        c.execute(
-            "INSERT INTO events VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            rusqlite::params![
-                e.event_id,
-                e.event_type,
-                e.aggregate_id,
-                e.event_data,
-                e.sequence_number,
-                e.created_at
-            ],
-        )
-        .unwrap();
+        insert_event(c, e);
     }
 }
 

@@ -20,8 +20,10 @@
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
-use super::render::{quote_cell, quote_text, render, render_into, Sqlite};
-use super::rows::{key_of, row_of, Cell, Rows, TextSet};
+use super::hash::{hash_rows, render_changed};
+use super::raw::Query;
+use super::render::{quote_cell, quote_text, render, Sqlite};
+use super::rows::{Cell, Rows, TextSet};
 use crate::effects::{self, OpKind, SqlVal, Table};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -81,7 +83,7 @@ fn same(have: ValueRef<'_>, want: &Cell) -> bool {
 
 /// Per hashed table: the first prior version of each row changed since
 /// [`State::start_undo`], by row id (`None`: the row did not exist).
-type Undo = [FxMap<u32, Option<Box<[Cell]>>>; 3];
+pub(super) type Undo = [FxMap<u32, Option<Box<[Cell]>>>; 3];
 
 /// The folded projections.
 pub(super) struct State {
@@ -231,6 +233,11 @@ impl State {
         }
     }
 
+    /// Whether each row's rendering is kept (many hashes).
+    pub(super) fn keeps_lines(&self) -> bool {
+        self.keep_lines
+    }
+
     /// Stops remembering prior versions.
     pub(super) fn stop_undo(&mut self) {
         self.undo = None;
@@ -249,87 +256,10 @@ impl State {
         }
     }
 
-    /// Renders the live rows not rendered since they last changed, on every
-    /// CPU when there are many (a row's rendering depends on no other row).
-    ///
-    /// # Errors
-    /// [`Error::Internal`] if a rendering thread panics.
-    fn render_changed(rows: &mut Rows) -> Result<()> {
-        let width = rows.width();
-        let (keys, ends, cells, meta) = rows.parts();
-        let todo: Vec<u32> = (0..)
-            .zip(meta.iter())
-            .filter(|(_, m)| m.live && m.line.is_none())
-            .map(|(id, _)| id)
-            .collect();
-        let line =
-            |id: u32| render(key_of(keys, ends, id), row_of(cells, width, id)).into_boxed_str();
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
-        let per = todo.len().div_ceil(threads).max(4096);
-        let lines: Vec<Box<str>> = if todo.len() <= per {
-            todo.iter().map(|id| line(*id)).collect()
-        } else {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = todo
-                    .chunks(per)
-                    .map(|chunk| {
-                        s.spawn(move || chunk.iter().map(|id| line(*id)).collect::<Vec<_>>())
-                    })
-                    .collect();
-                let mut all = Vec::with_capacity(todo.len());
-                for h in handles {
-                    all.extend(h.join().map_err(|p| {
-                        Error::internal("rendering rows for the state hash", p.as_ref())
-                    })?);
-                }
-                Ok::<_, Error>(all)
-            })?
-        };
-        for (id, l) in todo.into_iter().zip(lines) {
-            meta[id as usize].line = Some(l);
-        }
-        Ok(())
-    }
-
-    /// Feeds the live rows, rendered, in key order to `hasher`, rendering a
-    /// window of rows at a time on every CPU (memory bounded by the window).
-    ///
-    /// # Errors
-    /// [`Error::Internal`] if a rendering thread panics.
-    fn render_into_hash(rows: &Rows, hasher: &mut blake3::Hasher) -> Result<()> {
-        const WINDOW: usize = 1 << 16;
-        let width = rows.width();
-        let (keys, ends, cells) = rows.parts_ref();
-        let lines = |ids: &[u32]| {
-            let mut out = String::with_capacity(ids.len() * 16 * (width + 1));
-            for &id in ids {
-                render_into(key_of(keys, ends, id), row_of(cells, width, id), &mut out);
-                out.push('\n');
-            }
-            out
-        };
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
-        for window in rows.sorted_ids().chunks(WINDOW) {
-            let per = window.len().div_ceil(threads).max(4096);
-            if window.len() <= per {
-                hasher.update(lines(window).as_bytes());
-                continue;
-            }
-            std::thread::scope(|s| {
-                let parts: Vec<_> = window
-                    .chunks(per)
-                    .map(|part| s.spawn(move || lines(part)))
-                    .collect();
-                for part in parts {
-                    let text = part.join().map_err(|p| {
-                        Error::internal("rendering rows for the state hash", p.as_ref())
-                    })?;
-                    hasher.update(text.as_bytes());
-                }
-                Ok::<_, Error>(())
-            })?;
-        }
-        Ok(())
+    /// Brings every table's key order up to date (after the last change,
+    /// before hashing).
+    fn sort(&mut self) {
+        self.tables.iter_mut().for_each(Rows::sort);
     }
 
     /// The canonical state hash (DOMAIN.md rule 10) of the folded state.
@@ -337,6 +267,10 @@ impl State {
     /// # Errors
     /// [`Error::Internal`] if a rendering thread panics.
     pub(super) fn hash(&mut self) -> Result<String> {
+        self.sort();
+        if !self.keep_lines {
+            return hash_rows(&self.tables, None);
+        }
         // The lines are gathered into large updates: BLAKE3 hashes many
         // chunks at once only when given them at once.
         const BUF: usize = 1 << 16;
@@ -350,16 +284,9 @@ impl State {
         let mut hasher = blake3::Hasher::new();
         let mut buf: Vec<u8> = Vec::with_capacity(BUF + 4096);
         for (table, rows) in HASHED.iter().zip(self.tables.iter_mut()) {
-            rows.sort();
             put(&mut buf, &mut hasher, table.name().as_bytes());
             put(&mut buf, &mut hasher, b"\n");
-            if !self.keep_lines {
-                hasher.update(&buf);
-                buf.clear();
-                Self::render_into_hash(rows, &mut hasher)?;
-                continue;
-            }
-            Self::render_changed(rows)?;
+            render_changed(rows)?;
             for &id in rows.sorted_ids() {
                 match &rows.meta[id as usize].line {
                     Some(line) => put(&mut buf, &mut hasher, line.as_bytes()),
@@ -376,12 +303,59 @@ impl State {
         Ok(format!("blake3:{}", hasher.finalize().to_hex()))
     }
 
+    /// Ends the fold: rule 9's differences with the tables (when `compare`)
+    /// and, when `hash_pending`, the hash of the state as it was at
+    /// [`State::start_undo`]. Without kept renderings, the hash is computed
+    /// from the rows with their prior versions laid over them (rows inserted
+    /// since left out), on other threads while this one reads the tables, so
+    /// neither waits for the other; with them, the rows are rolled back after
+    /// the comparison and hashed.
+    ///
+    /// # Errors
+    /// As [`State::compare`] and [`State::hash`].
+    pub(super) fn finish(
+        &mut self,
+        conn: &Connection,
+        compare: bool,
+        hash_pending: bool,
+    ) -> Result<(Vec<String>, Option<String>)> {
+        if !hash_pending || self.keep_lines {
+            let diffs = if compare {
+                self.compare(conn)?
+            } else {
+                Vec::new()
+            };
+            let hash = if hash_pending {
+                self.roll_back();
+                Some(self.hash()?)
+            } else {
+                None
+            };
+            return Ok((diffs, hash));
+        }
+        self.sort();
+        let this: &State = self;
+        let (tables, undo) = (&this.tables, this.undo.as_ref());
+        std::thread::scope(|s| {
+            let hashing = s.spawn(move || hash_rows(tables, undo));
+            let diffs = if compare {
+                this.compare(conn)
+            } else {
+                Ok(Vec::new())
+            };
+            let hash = hashing
+                .join()
+                .map_err(|p| Error::internal("hashing the folded state", p.as_ref()))?;
+            Ok((diffs?, Some(hash?)))
+        })
+    }
+
     /// Rule 9: the differences between the database's tables and the folded
     /// rows, one message per row and column, in key order per table.
     ///
     /// # Errors
     /// [`Error::Sqlite`] when a table cannot be read.
-    pub(super) fn compare(&mut self, conn: &Connection) -> Result<Vec<String>> {
+    pub(super) fn compare(&self, conn: &Connection) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for (t, table) in HASHED.iter().enumerate() {
             let noun = table.row_noun();
@@ -396,14 +370,20 @@ impl State {
                 action: action.clone(),
                 source,
             };
-            let mut stmt = conn.prepare(&sql).map_err(fail)?;
-            let mut rows = stmt.query([]).map_err(fail)?;
+            let mut r = Query::prepare(conn, &sql).map_err(fail)?;
             let mut found: Vec<(String, String)> = Vec::new();
-            let folded = &mut self.tables[t];
-            while let Some(r) = rows.next().map_err(fail)? {
-                let key = r.get_ref(0).map_err(fail)?;
+            let folded = &self.tables[t];
+            let mut seen = vec![false; folded.ids() as usize];
+            // The table's rowid order is usually the order the events
+            // inserted its rows in, which is the folded ids' order: the row
+            // after the last one found is tried before the hash table.
+            let mut next = 0u32;
+            while r.step().map_err(fail)? {
+                let key = r.value_ref(0).map_err(fail)?;
                 let id = match key {
-                    ValueRef::Text(k) => std::str::from_utf8(k).ok().and_then(|k| folded.find(k)),
+                    ValueRef::Text(k) => std::str::from_utf8(k)
+                        .ok()
+                        .and_then(|k| folded.live_key_at(next, k).or_else(|| folded.find(k))),
                     _ => None,
                 };
                 let mut qk = String::new();
@@ -413,9 +393,10 @@ impl State {
                     found.push((qk, m));
                     continue;
                 };
-                folded.meta[id as usize].seen = true;
+                next = id.saturating_add(1);
+                seen[id as usize] = true;
                 for (i, want) in folded.row(id).iter().enumerate() {
-                    let have = r.get_ref(i + 1).map_err(fail)?;
+                    let have = r.value_ref(i + 1).map_err(fail)?;
                     if same(have, want) {
                         continue;
                     }
@@ -434,10 +415,7 @@ impl State {
             found.sort_by(|a, b| a.0.cmp(&b.0));
             out.extend(found.into_iter().map(|(_, m)| m));
             let unseen: Vec<u32> = (0..folded.ids())
-                .filter(|id| {
-                    let m = &mut folded.meta[*id as usize];
-                    m.live && !std::mem::replace(&mut m.seen, false)
-                })
+                .filter(|id| folded.meta[*id as usize].live && !seen[*id as usize])
                 .collect();
             let mut missing: Vec<&str> = unseen.iter().map(|id| folded.key(*id)).collect();
             missing.sort_unstable();
@@ -515,5 +493,55 @@ mod tests {
         }
         // Rendered straight into the hash or kept: the same hashes.
         assert_eq!(hashes[0], hashes[1]);
+    }
+
+    #[test]
+    fn the_hash_as_of_the_undo_equals_the_rolled_back_hash() {
+        let conn = Connection::open_in_memory().unwrap();
+        let events = [
+            ev(
+                1,
+                "ORDER_CREATED",
+                "o1",
+                r#"{"client_order_id": "c1", "quantity": 2}"#,
+            ),
+            ev(
+                2,
+                "POSITION_OPENED",
+                "p1",
+                r#"{"symbol": "BTC/USDT", "quantity": 1}"#,
+            ),
+            ev(3, "ORDER_FILLED", "o1", r#"{"filled_quantity": 2}"#),
+            ev(4, "ORDER_CREATED", "o0", r#"{"client_order_id": "c0"}"#),
+            ev(5, "POSITION_UPDATED", "p1", r#"{"current_price": 7.25}"#),
+            ev(
+                6,
+                "BALANCE_UPDATED",
+                "b",
+                r#"{"asset": "USDT", "free_balance": 1}"#,
+            ),
+        ];
+        for at in 0..=events.len() {
+            let (mut rolled, mut laid) = (State::new(false).unwrap(), State::new(false).unwrap());
+            let mut vals = Vals::new();
+            for s in [&mut rolled, &mut laid] {
+                for (i, e) in events.iter().enumerate() {
+                    if i == at {
+                        s.start_undo();
+                    }
+                    s.apply(e, &mut vals).unwrap();
+                }
+                if at == events.len() {
+                    s.start_undo();
+                }
+            }
+            let final_hash = laid.hash().unwrap();
+            let (diffs, before) = laid.finish(&conn, false, true).unwrap();
+            assert!(diffs.is_empty());
+            rolled.roll_back();
+            assert_eq!(before, Some(rolled.hash().unwrap()), "undo from event {at}");
+            // Laid over, not rolled back: the state is still the final one.
+            assert_eq!(laid.hash().unwrap(), final_hash);
+        }
     }
 }

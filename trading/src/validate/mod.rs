@@ -13,8 +13,11 @@
 //! rehashes with the folded state at them (which ones: [`pass`]). Nothing is
 //! written to any database.
 
+mod checks;
 mod fold;
+mod hash;
 mod pass;
+mod raw;
 mod render;
 mod rows;
 mod stream;
@@ -223,29 +226,41 @@ fn each_row(
     mut f: impl FnMut(&[SqlValue]) -> Result<()>,
 ) -> Result<()> {
     use rusqlite::types::ValueRef;
-    let mut stmt = conn.prepare(sql).map_err(q(sql))?;
-    let n = stmt.column_count();
-    let mut rows = stmt.query([]).map_err(q(sql))?;
-    let mut buf = vec![SqlValue::Null; n];
-    while let Some(r) = rows.next().map_err(q(sql))? {
+    let mut row = raw::Query::prepare(conn, sql).map_err(q(sql))?;
+    let mut buf = vec![SqlValue::Null; row.column_count()];
+    while row.step().map_err(q(sql))? {
         for (i, slot) in buf.iter_mut().enumerate() {
-            let text = match r.get_ref(i).map_err(q(sql))? {
-                ValueRef::Text(t) => std::str::from_utf8(t).ok(),
-                _ => None,
-            };
-            match (text, &mut *slot) {
-                (Some(t), SqlValue::Text(s)) => {
+            let v = row.value_ref(i).map_err(q(sql))?;
+            match (v, &mut *slot) {
+                (ValueRef::Text(t), SqlValue::Text(s)) if std::str::from_utf8(t).is_ok() => {
                     s.clear();
-                    s.push_str(t);
+                    s.push_str(std::str::from_utf8(t).unwrap_or_default());
                 }
-                // Anything else as before (and its error, for text that is
-                // not UTF-8).
-                (_, slot) => *slot = r.get::<_, SqlValue>(i).map_err(q(sql))?,
+                // Anything else as rusqlite's `get` gives it (and its error,
+                // for text that is not UTF-8).
+                (v, slot) => {
+                    *slot = rusqlite::types::FromSql::column_result(v)
+                        .map_err(|e| from_sql_error(i, v, e))
+                        .map_err(q(sql))?
+                }
             }
         }
         f(&buf)?;
     }
     Ok(())
+}
+
+/// A value rusqlite's `get` could not convert, as its `get` reports it (for
+/// a [`SqlValue`], only text that is not UTF-8).
+fn from_sql_error(
+    i: usize,
+    v: rusqlite::types::ValueRef<'_>,
+    e: rusqlite::types::FromSqlError,
+) -> rusqlite::Error {
+    match e {
+        rusqlite::types::FromSqlError::Utf8Error(err) => rusqlite::Error::Utf8Error(i, err),
+        other => rusqlite::Error::FromSqlConversionFailure(i, v.data_type(), Box::new(other)),
+    }
 }
 
 fn rows(conn: &Connection, sql: &str) -> Result<Vec<Vec<SqlValue>>> {
@@ -306,22 +321,27 @@ pub fn validate_state(conn: &Connection, opts: &ValidateOptions) -> Result<Valid
         };
         (events, tables)
     });
-    let (mut pass, event_warnings, diffs) = events?;
+    let (mut pass, checks, diffs) = events?;
     let tables = tables?;
     metrics.extend(std::mem::take(&mut pass.metrics));
     // Open orders older than the age before the last event (or the target).
-    let reference = pass
+    let reference = checks
         .last_time()
         .and_then(crate::time::parse_opt)
         .map(|t| opts.target.map_or(t, |target| target.min(t)));
 
     tracing::debug!("events and tables checked in {:?}", t0.elapsed());
+    let checks::Checks {
+        sequence,
+        after_target,
+        warnings: event_warnings,
+        ..
+    } = checks;
     warnings.append(event_warnings);
-    pass.sequence.into_sink(codes::EVENT_SEQUENCE, &mut errors);
+    sequence.into_sink(codes::EVENT_SEQUENCE, &mut errors);
     let mut tables = tables;
     errors.push_all(std::mem::replace(&mut tables.duplicates, Sink::new(1)));
-    pass.after_target
-        .into_sink(codes::EVENT_AFTER_TARGET, &mut errors);
+    after_target.into_sink(codes::EVENT_AFTER_TARGET, &mut errors);
     errors.append(tables.errors);
     if let Some(reference) = reference {
         for (id, created, t) in &tables.open_since {
@@ -364,7 +384,7 @@ fn events_pass<'o>(
     conn: &Connection,
     opts: &'o ValidateOptions,
     t0: std::time::Instant,
-) -> Result<(pass::Pass<'o>, Sink, Vec<String>)> {
+) -> Result<(pass::Pass<'o>, checks::Checks<'o>, Vec<String>)> {
     // One read transaction for the search of the newest checkpoint, the pass
     // and the comparison with the tables, so that all see the same database
     // (a live one is written to meanwhile).
@@ -380,32 +400,38 @@ fn events_pass<'o>(
             None
         };
         let mut pass = pass::Pass::new(opts, newest)?;
-        let mut warnings = Sink::new(opts.max_findings_per_rule);
-        let read = stream::each_event(conn, stream::Order::Rowid, |batch| {
-            pass.events(batch, &mut warnings)
-        })?;
+        let mut checks = checks::Checks::new(opts);
+        let read = stream::each_event(
+            conn,
+            stream::Order::Rowid,
+            |ev| checks.event(ev),
+            |batch| pass.events(batch),
+        )?;
         if read == stream::Streamed::OutOfOrder {
             tracing::debug!("events are not in sequence order by rowid: reading them sorted");
             pass = pass::Pass::new(opts, None)?;
-            warnings = Sink::new(opts.max_findings_per_rule);
-            stream::each_event(conn, stream::Order::Sorted, |batch| {
-                pass.events(batch, &mut warnings)
-            })?;
+            checks = checks::Checks::new(opts);
+            stream::each_event(
+                conn,
+                stream::Order::Sorted,
+                |ev| checks.event(ev),
+                |batch| pass.events(batch),
+            )?;
         }
         tracing::debug!("events read and folded in {:?}", t0.elapsed());
         let mut metrics = Map::new();
-        let (mut pass, diffs) = pass.finish(conn, &mut warnings, &mut metrics)?;
+        checks.finish(&mut metrics);
+        let (mut pass, diffs) = pass.finish(conn, &mut metrics)?;
         pass.metrics = metrics;
         tracing::debug!(
             "replay comparison and newest checkpoint done in {:?}",
             t0.elapsed()
         );
-        Ok((pass, warnings, diffs))
+        Ok((pass, checks, diffs))
     })();
     if txn {
         // A read transaction: ending it cannot lose anything.
         let _ = conn.execute_batch("COMMIT");
     }
-    let (pass, warnings, diffs) = read?;
-    Ok((pass, warnings, diffs))
+    read
 }

@@ -1,7 +1,7 @@
-//! The one pass over the events: rules 2 and 3, the time and unknown-type
-//! warnings, the event metrics, and the fold for rules 9 and 10, all checked as
-//! the events stream by ([`super::stream`]); nothing grows with the history but
-//! counters and capped lists of findings.
+//! The one pass over the events, on the thread that folds them: the fold for
+//! rules 9 and 10, as the events stream by ([`super::stream`]; rules 2 and 3
+//! and the event warnings are [`super::checks`], on the reading thread);
+//! nothing grows with the history but the state and capped lists of findings.
 //!
 //! Rule 10 and the cost of the canonical hash: the hash of a state is BLAKE3
 //! over every row of it, and BLAKE3 is not incremental under row updates (a
@@ -15,38 +15,13 @@
 //! version of every row it changes, and rolls back to it at the end. The metrics
 //! name what was not checked.
 
-use std::collections::BTreeMap;
-
-use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
+use super::checks::Held;
 use super::fold::{State, Vals};
-use super::{codes, Sink, ValidateOptions};
+use super::ValidateOptions;
 use crate::error::Result;
 use crate::event::Event;
-
-/// Findings kept in event order until the report is assembled.
-#[derive(Default)]
-pub(super) struct Held {
-    kept: Vec<String>,
-    more: usize,
-}
-
-impl Held {
-    fn push(&mut self, cap: usize, m: String) {
-        if self.kept.len() < cap {
-            self.kept.push(m);
-        } else {
-            self.more += 1;
-        }
-    }
-    pub(super) fn into_sink(self, code: &str, sink: &mut Sink) {
-        for m in self.kept {
-            sink.push(code, m);
-        }
-        sink.skip(code, self.more);
-    }
-}
 
 /// A checkpoint with a `blake3:` hash.
 struct Checkpoint {
@@ -58,43 +33,26 @@ struct Checkpoint {
 pub(super) struct Pass<'o> {
     opts: &'o ValidateOptions,
     cap: usize,
-    // Rule 2.
-    expected: i64,
-    prev: Option<(i64, String)>,
-    pub(super) sequence: Held,
-    // Rule 3 and the time warnings.
-    pub(super) after_target: Held,
-    last_time: Option<(DateTime<Utc>, i64)>,
-    /// Per event type: its count, the first event's sequence number, and
-    /// whether it is known or handled (looked up once per type, not per event).
-    by_type: crate::replay::FxMap<String, TypeCount>,
-    count: u64,
-    last: Option<(i64, String)>,
-    // Rules 9 and 10.
     fold: Option<State>,
     pub(super) replay_failed: Option<String>,
     pub(super) checkpoint_errors: Held,
     /// The newest `blake3:` checkpoint's sequence number, when known before
-    /// the pass ([`newest_checkpoint`]): it is hashed when reached, and no
-    /// prior versions of rows are kept.
+    /// the pass ([`newest_checkpoint`]): no prior versions of rows are kept
+    /// before it, and it is hashed at the end (beside rule 9) from those kept
+    /// after it, or when reached where every row's rendering is kept.
     newest: Option<i64>,
     /// The last `blake3:` checkpoint the pass reached.
     last_seen: Option<i64>,
     /// Without `newest`: the newest checkpoint not hashed when it was reached
     /// (the fold keeps the rows as they were there).
     pending: Option<Checkpoint>,
+    /// The pending checkpoint is the newest, known before the pass: hashed
+    /// at the end even if the fold fails after it.
+    pending_is_newest: bool,
     checked: u64,
     unchecked: Unchecked,
     /// The pass's metrics, once finished.
     pub(super) metrics: Map<String, Value>,
-}
-
-/// The events of one type: how many, the first one's sequence number, and
-/// whether the type has an effect or a handler (else it is warned about).
-struct TypeCount {
-    count: u64,
-    first: i64,
-    known: bool,
 }
 
 /// The checkpoints not rehashed: how many, the first and the last.
@@ -167,14 +125,6 @@ impl<'o> Pass<'o> {
         Ok(Pass {
             opts,
             cap: opts.max_findings_per_rule.max(1),
-            expected: 1,
-            prev: None,
-            sequence: Held::default(),
-            after_target: Held::default(),
-            last_time: None,
-            by_type: Default::default(),
-            count: 0,
-            last: None,
             fold: if opts.check_replay || opts.check_checkpoints {
                 // Many hashes: every checkpoint, or those a restore replayed.
                 Some(State::new(
@@ -188,125 +138,25 @@ impl<'o> Pass<'o> {
             newest,
             last_seen: None,
             pending: None,
+            pending_is_newest: false,
             checked: 0,
             unchecked: Unchecked::default(),
             metrics: Map::new(),
         })
     }
 
-    /// The last event's time, for the open-order age warning.
-    pub(super) fn last_time(&self) -> Option<&str> {
-        self.last.as_ref().map(|(_, t)| t.as_str())
-    }
-
-    /// Checks and folds a batch of events, in order.
-    pub(super) fn events(&mut self, batch: &[Event], warnings: &mut Sink) -> Result<()> {
+    /// Folds a batch of events, in order.
+    pub(super) fn events(&mut self, batch: &[Event]) -> Result<()> {
         // The effects' assignments, one buffer for the batch (they borrow
         // from its events).
         let mut vals = Vals::with_capacity(32);
-        for ev in batch {
-            self.event(ev, &mut vals, warnings)?;
+        for (i, ev) in batch.iter().enumerate() {
+            if let Some(ahead) = batch.get(i + super::stream::PREFETCH_AHEAD) {
+                super::stream::prefetch_event(ahead);
+            }
+            self.fold_event(ev, &mut vals)?;
         }
         Ok(())
-    }
-
-    fn event<'e>(&mut self, ev: &'e Event, vals: &mut Vals<'e>, warnings: &mut Sink) -> Result<()> {
-        self.count += 1;
-        let s = ev.sequence_number;
-        // Rule 2: 1, 2, 3, ...
-        match &self.prev {
-            Some((p, pid)) if *p == s => {
-                let m = format!(
-                    "sequence number {s} is used twice (events {pid} and {})",
-                    ev.event_id
-                );
-                self.sequence.push(self.cap, m);
-            }
-            _ if s > self.expected => {
-                let gap = if s - 1 == self.expected {
-                    format!("{}", self.expected)
-                } else {
-                    format!("{}..{}", self.expected, s - 1)
-                };
-                let m = format!(
-                    "sequence numbers {gap} are missing (before event #{s}, {})",
-                    ev.event_id
-                );
-                self.sequence.push(self.cap, m);
-            }
-            _ => {}
-        }
-        self.expected = self.expected.max(s + 1);
-        match &mut self.prev {
-            Some((p, pid)) => {
-                *p = s;
-                pid.clear();
-                pid.push_str(&ev.event_id);
-            }
-            None => self.prev = Some((s, ev.event_id.clone())),
-        }
-        self.times(ev, warnings);
-        match self.by_type.get_mut(ev.event_type.as_str()) {
-            Some(t) => t.count += 1,
-            None => {
-                let known = crate::effects::is_known(&ev.event_type)
-                    || self.opts.handled_event_types.contains(&ev.event_type);
-                let t = TypeCount {
-                    count: 1,
-                    first: ev.sequence_number,
-                    known,
-                };
-                self.by_type.insert(ev.event_type.clone(), t);
-            }
-        }
-        match &mut self.last {
-            Some((ls, lt)) => {
-                *ls = s;
-                lt.clear();
-                lt.push_str(&ev.created_at);
-            }
-            None => self.last = Some((s, ev.created_at.clone())),
-        }
-        self.fold_event(ev, vals)
-    }
-
-    fn times(&mut self, ev: &Event, warnings: &mut Sink) {
-        match crate::time::parse_opt(&ev.created_at) {
-            None => warnings.push(
-                codes::BAD_TIMESTAMP,
-                format!(
-                    "event #{} ({}) has created_at {:?}, which is not a timestamp",
-                    ev.sequence_number, ev.event_id, ev.created_at
-                ),
-            ),
-            Some(t) => {
-                if let Some(target) = self.opts.target.filter(|target| t > *target) {
-                    let m = format!(
-                        "event #{} ({}, {}) at {} is after the target {}",
-                        ev.sequence_number,
-                        ev.event_id,
-                        ev.event_type,
-                        ev.created_at,
-                        crate::time::format(target)
-                    );
-                    self.after_target.push(self.cap, m);
-                }
-                if let Some((lt, ls)) = self.last_time.filter(|(lt, _)| t < *lt) {
-                    warnings.push(
-                        codes::TIME_BACKWARDS,
-                        format!(
-                            "event #{} at {} is earlier than event #{ls} at {}",
-                            ev.sequence_number,
-                            ev.created_at,
-                            crate::time::format(lt)
-                        ),
-                    );
-                }
-                if self.last_time.is_none_or(|(lt, _)| t >= lt) {
-                    self.last_time = Some((t, ev.sequence_number));
-                }
-            }
-        }
     }
 
     fn fold_event<'e>(&mut self, ev: &'e Event, vals: &mut Vals<'e>) -> Result<()> {
@@ -318,9 +168,22 @@ impl<'o> Pass<'o> {
                 return Err(e);
             }
             self.replay_failed = Some(format!("replaying the events from the first fails: {e}"));
+            // The newest checkpoint, deferred, is hashed as it was (what
+            // hashing it when reached gave); an older pending one is not.
+            let deferred = match self.pending.take() {
+                Some(ck) if self.pending_is_newest => {
+                    state.roll_back();
+                    Some((state.hash()?, ck))
+                }
+                Some(ck) => {
+                    self.unchecked.push(ck.sequence);
+                    None
+                }
+                None => None,
+            };
             self.fold = None;
-            if let Some(ck) = self.pending.take() {
-                self.unchecked.push(ck.sequence);
+            if let Some((actual, ck)) = deferred {
+                self.verdict(&ck, &actual);
             }
             return Ok(());
         }
@@ -345,7 +208,13 @@ impl<'o> Pass<'o> {
                 .opts
                 .checkpoints_after
                 .is_some_and(|after| ev.sequence_number > after);
-        if now {
+        if now && self.newest == Some(ev.sequence_number) && !state.keeps_lines() {
+            // The only hash of this pass: deferred to its end, where it runs
+            // beside rule 9's reading of the tables ([`State::finish`]).
+            state.start_undo();
+            self.pending = Some(ck);
+            self.pending_is_newest = true;
+        } else if now {
             state.stop_undo();
             let actual = state.hash()?;
             self.verdict(&ck, &actual);
@@ -369,42 +238,20 @@ impl<'o> Pass<'o> {
         }
     }
 
-    /// Ends the pass: hashes the newest checkpoint if it is still pending, then
-    /// compares the final state with the tables (rule 9), and writes the metrics.
+    /// Ends the pass: compares the final state with the tables (rule 9),
+    /// hashes the pending checkpoint (beside the comparison, see
+    /// [`State::finish`]), and writes the metrics.
     pub(super) fn finish(
         mut self,
         conn: &rusqlite::Connection,
-        warnings: &mut Sink,
         metrics: &mut Map<String, Value>,
     ) -> Result<(Self, Vec<String>)> {
-        let by_type: BTreeMap<&String, &TypeCount> = self.by_type.iter().collect();
-        for (ty, TypeCount { count, first, .. }) in by_type.iter().filter(|(_, t)| !t.known) {
-            warnings.push(
-                codes::UNKNOWN_EVENT_TYPE,
-                format!(
-                    "event type {ty} has no effect and no handler ({count} events, first #{first})"
-                ),
-            );
-        }
-        metrics.insert("event_count".into(), json!(self.count));
-        let counts: BTreeMap<&String, u64> = by_type.iter().map(|(ty, t)| (*ty, t.count)).collect();
-        metrics.insert("events_by_type".into(), json!(counts));
-        metrics.insert(
-            "last_event_sequence".into(),
-            json!(self.last.as_ref().map(|l| l.0)),
-        );
-        metrics.insert(
-            "last_event_time".into(),
-            json!(self.last.as_ref().map(|l| l.1.clone())),
-        );
         let mut diffs = Vec::new();
         if let Some(mut state) = self.fold.take() {
-            if self.opts.check_replay {
-                diffs = state.compare(conn)?;
-            }
-            if let Some(ck) = self.pending.take() {
-                state.roll_back();
-                let actual = state.hash()?;
+            let pending = self.pending.take();
+            let (found, actual) = state.finish(conn, self.opts.check_replay, pending.is_some())?;
+            diffs = found;
+            if let (Some(ck), Some(actual)) = (pending, actual) {
                 self.verdict(&ck, &actual);
             }
             if self.opts.check_checkpoints && self.newest.is_some() && self.last_seen != self.newest

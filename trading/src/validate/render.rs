@@ -64,7 +64,7 @@ impl Sqlite {
             .prepare_cached(sql)
             .and_then(|mut s| s.query_row([v], |r| r.get::<_, Value>(0)))
             .map(Cell::from)
-            .map_err(Error::sqlite(format!("evaluating {sql}")))
+            .map_err(|e| Error::sqlite(format!("evaluating {sql}"))(e))
     }
 
     /// The value SQLite stores for `v` in a column of this affinity (REAL

@@ -80,12 +80,11 @@ pub(super) type Parts<'r> = (&'r str, &'r [usize], &'r [Box<[Cell]>], &'r mut [M
 /// Rows per chunk of cells.
 const CHUNK: usize = 1024;
 
-/// Per row: whether it exists, whether [`super::fold::State::compare`]
-/// found it in the database, and its rendering for the hash once rendered.
+/// Per row: whether it exists, and its rendering for the hash once
+/// rendered.
 #[derive(Debug, Default)]
 pub(super) struct Meta {
     pub(super) live: bool,
-    pub(super) seen: bool,
     pub(super) line: Option<Box<str>>,
 }
 
@@ -141,6 +140,13 @@ impl Rows {
                 h == hash && key_of(&self.keys, &self.key_ends, id) == key
             })
             .map(|&(_, id)| id)
+    }
+
+    /// `id` when it is a live row with this key (one key comparison, no
+    /// hash: for callers that can guess the id).
+    pub(super) fn live_key_at(&self, id: u32, key: &str) -> Option<u32> {
+        let live = self.meta.get(id as usize).is_some_and(|m| m.live);
+        (live && self.key(id) == key).then_some(id)
     }
 
     /// Inserts a row of NULLs with a key no live row has; its id.
