@@ -188,3 +188,69 @@ fn a_full_staging_disk_under_the_spool_fails_the_restore_and_leaves_nothing() {
     assert!(left.is_empty(), "left in the staging folder: {left:?}");
     assert!(!out.exists(), "a partial --output");
 }
+
+#[test]
+fn a_damaged_segment_on_the_spool_path_is_never_a_silently_wrong_restore() {
+    let env = Env::new();
+    let pipeline = spooling_pipeline(&env);
+    let c = Connection::open(env.db()).expect("open db");
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+         CREATE TABLE kv (k TEXT PRIMARY KEY, v BLOB);",
+    )
+    .expect("set up db");
+    assert_eq!(env.json(&["backup", "full"]).0, 0);
+    let mut states = Vec::new();
+    for round in 1..=4 {
+        change(&c, round, 4096);
+        assert!(env.run(&["backup", "sync"]).status.success());
+        states.push(state_hash(&env.db()));
+    }
+    drop(c);
+    // A flipped byte in the middle of the second segment.
+    let mut segs: Vec<_> = std::fs::read_dir(env.repo().join("segments"))
+        .expect("segments")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    segs.sort();
+    assert_eq!(segs.len(), 4, "the premise: one segment per sync: {segs:?}");
+    let mut bytes = std::fs::read(&segs[1]).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&segs[1], bytes).expect("write");
+    let staging = env.path().join("staging");
+    let out = env.path().join("out.db");
+    let (code, v) = env.json(&[
+        "restore",
+        "--latest",
+        "--no-validate",
+        "--pipeline",
+        pipeline.to_str().expect("utf-8"),
+        "--staging-dir",
+        staging.to_str().expect("utf-8"),
+        "--output",
+        out.to_str().expect("utf-8"),
+    ]);
+    // The point before the damage, said to be a loss: never the latest state
+    // built from a damaged segment, never silently.
+    assert_eq!(code, 5, "{v}");
+    assert_eq!(v["data_loss"], true, "{v}");
+    assert!(
+        v["fallback"]["gap"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("damaged"),
+        "{v}"
+    );
+    assert_eq!(integrity(&out), "ok");
+    assert_eq!(
+        &state_hash(&out),
+        &states[0],
+        "not the point before the damage: {v}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&staging)
+        .expect("staging")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "left in the staging folder: {left:?}");
+}
